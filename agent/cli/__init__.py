@@ -1,0 +1,1 @@
+"""The `edge-agent` command: one module per subcommand, each thin over the packages."""

@@ -1,0 +1,89 @@
+"""Message envelopes: every payload is a JSON object with a `schema` version field.
+
+Decoding is strict and never raises anything but MessageError, whose text says what is wrong, so a
+malformed message from the network becomes a clear REJECTED reply or a log line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from agent.errors import AgentError
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+
+class MessageError(AgentError):
+    """A payload is not valid JSON, not an object, or lacks or mistypes a field."""
+
+
+def encode(kind: str, body: Mapping[str, Any], *, ts: Optional[float] = None) -> bytes:
+    """Serialize a message: {'schema': 1, 'kind': kind, 'ts': epoch seconds, ...body}."""
+    message: Dict[str, Any] = {"schema": SCHEMA_VERSION, "kind": kind, "ts": round(time.time() if ts is None else ts, 3)}
+    message.update(body)
+    return json.dumps(message, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
+
+
+def decode(payload: bytes, expected_kind: Optional[str] = None) -> Dict[str, Any]:
+    """Parse a payload into a dict, checking size, JSON, object-ness, schema and (optionally) kind."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MessageError("payload is not UTF-8 text") from None
+    except ValueError as exc:
+        raise MessageError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"payload must be a JSON object, got {type(data).__name__}")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise MessageError(f"'schema' must be an integer, got {schema!r}")
+    if schema > SCHEMA_VERSION:
+        raise MessageError(f"schema {schema} is newer than this agent understands ({SCHEMA_VERSION}); upgrade the agent")
+    if expected_kind is not None and data.get("kind", expected_kind) != expected_kind:
+        raise MessageError(f"expected a '{expected_kind}' message, got kind {data.get('kind')!r}")
+    return data
+
+
+def field_str(data: Mapping[str, Any], key: str, default: Optional[str] = None, *, max_len: int = 256) -> str:
+    value = data.get(key, default)
+    if value is None:
+        raise MessageError(f"'{key}' is required")
+    if not isinstance(value, str):
+        raise MessageError(f"'{key}' must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise MessageError(f"'{key}' is longer than {max_len} characters")
+    return value
+
+
+def field_int(data: Mapping[str, Any], key: str, default: Optional[int] = None, *, lo: int = 0, hi: int = 2**62) -> int:
+    value = data.get(key, default)
+    if value is None:
+        raise MessageError(f"'{key}' is required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MessageError(f"'{key}' must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise MessageError(f"'{key}' must be from {lo} to {hi}, got {value}")
+    return value
+
+
+def field_float(data: Mapping[str, Any], key: str, default: Optional[float] = None) -> float:
+    value = data.get(key, default)
+    if value is None:
+        raise MessageError(f"'{key}' is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MessageError(f"'{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def field_dict(data: Mapping[str, Any], key: str, default: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    value = data.get(key, default)
+    if value is None:
+        raise MessageError(f"'{key}' is required")
+    if not isinstance(value, dict):
+        raise MessageError(f"'{key}' must be an object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,1 @@
+"""On-disk state: atomic writes, the state folder layout, content-addressed artifacts and garbage collection."""
