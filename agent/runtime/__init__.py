@@ -1,0 +1,1 @@
+"""Runners: one activate / infer / deactivate lifecycle per backend (onnxruntime CPU, TensorRT + pycuda)."""

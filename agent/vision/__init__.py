@@ -1,0 +1,1 @@
+"""Camera sources with reconnect, preprocessing, postprocessing plugins, the pipeline and its metrics."""

@@ -1,0 +1,211 @@
+"""Preprocessing from the model's declared needs, described in the deployment rather than hard-coded.
+
+EfficientNet-Lite0: {"size": [224, 224], "resize": "shorter_crop", "short_side": 256, "interpolation": "cubic",
+                     "color": "rgb", "scale": 0.0078125, "offset": -0.9921875}   # (x - 127) / 128
+BlazeFace:          {"size": [128, 128], "resize": "letterbox", "color": "rgb", "scale": 0.00784313725, "offset": -1.0}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from agent.errors import AgentError
+
+RESIZE_MODES = ("stretch", "letterbox", "shorter_crop")
+INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
+
+
+class PreprocessError(AgentError):
+    """The preprocessing spec is invalid or a frame cannot be prepared."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    size: Tuple[int, int] = (224, 224)  # (height, width) the model takes
+    resize: str = "stretch"  # stretch | letterbox | shorter_crop
+    short_side: int = 0  # for shorter_crop: resize the shorter side to this, then centre-crop `size` (0: max(size))
+    interpolation: str = "linear"
+    color: str = "rgb"  # rgb | bgr | gray
+    mean: Tuple[float, ...] = ()  # per channel on 0..255 values: (x - mean) / std; when empty, scale/offset apply
+    std: Tuple[float, ...] = ()
+    scale: float = 1.0 / 255.0  # used when mean/std are empty: x * scale + offset
+    offset: float = 0.0
+    layout: str = "nchw"  # nchw | nhwc
+    dtype: str = "float32"  # float32 | float16 | uint8
+    pad_value: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise PreprocessError(f"preprocess: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        values: Dict[str, Any] = dict(data)
+        try:
+            if "size" in values:
+                size = values["size"]
+                values["size"] = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+            for key in ("mean", "std"):
+                if key in values:
+                    values[key] = tuple(float(v) for v in values[key])
+            for key in ("scale", "offset"):
+                if key in values:
+                    values[key] = float(values[key])
+            for key in ("short_side", "pad_value"):
+                if key in values:
+                    values[key] = int(values[key])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise PreprocessError(f"preprocess: bad value ({exc})") from None
+        spec = cls(**values)
+        spec.validate()
+        return spec
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["size"] = list(self.size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    def validate(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise PreprocessError(f"preprocess.resize: one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise PreprocessError(f"preprocess.interpolation: one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.color not in ("rgb", "bgr", "gray"):
+            raise PreprocessError(f"preprocess.color: rgb, bgr or gray, got {self.color!r}")
+        if self.layout not in ("nchw", "nhwc"):
+            raise PreprocessError(f"preprocess.layout: nchw or nhwc, got {self.layout!r}")
+        if self.dtype not in ("float32", "float16", "uint8"):
+            raise PreprocessError(f"preprocess.dtype: float32, float16 or uint8, got {self.dtype!r}")
+        if min(self.size) <= 0 or max(self.size) > 8192:
+            raise PreprocessError(f"preprocess.size: positive and at most 8192, got {self.size}")
+        channels = 1 if self.color == "gray" else 3
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values and len(values) not in (1, channels):
+                raise PreprocessError(f"preprocess.{key}: 1 or {channels} values, got {len(values)}")
+        if bool(self.mean) != bool(self.std):
+            raise PreprocessError("preprocess.mean and preprocess.std: give both or neither")
+        if self.std and any(s == 0 for s in self.std):
+            raise PreprocessError("preprocess.std: must not contain 0")
+
+
+@dataclass
+class FrameGeometry:
+    """How a frame was mapped into the model input, to map boxes back (normalised model coords -> pixels)."""
+
+    frame_w: int
+    frame_h: int
+    scale_x: float  # model pixels per frame pixel
+    scale_y: float
+    pad_x: float  # model pixels of padding (letterbox) or negative crop offset (shorter_crop)
+    pad_y: float
+    input_w: int
+    input_h: int
+
+    def to_frame(self, x: float, y: float) -> Tuple[float, float]:
+        """Model-input pixel coordinates -> frame pixel coordinates."""
+        return (x - self.pad_x) / self.scale_x, (y - self.pad_y) / self.scale_y
+
+
+_CV_INTERP: Dict[str, str] = {"nearest": "INTER_NEAREST", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC", "area": "INTER_AREA"}
+
+
+def _resize(cv2: Any, image: np.ndarray, width: int, height: int, interpolation: str) -> np.ndarray:
+    return cv2.resize(image, (width, height), interpolation=getattr(cv2, _CV_INTERP[interpolation]))
+
+
+def prepare(frame_bgr: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, FrameGeometry]:
+    """One BGR uint8 frame -> one model input tensor without the batch axis ([C,H,W] or [H,W,C]) and its geometry."""
+    import cv2
+
+    if frame_bgr is None or frame_bgr.ndim not in (2, 3) or frame_bgr.size == 0:
+        raise PreprocessError(f"frame is empty or not an image (shape {getattr(frame_bgr, 'shape', None)})")
+    if frame_bgr.ndim == 2:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    frame_h, frame_w = frame_bgr.shape[:2]
+    out_h, out_w = spec.size
+    if spec.color == "rgb":
+        image = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    elif spec.color == "gray":
+        image = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+    else:
+        image = frame_bgr
+    if spec.resize == "stretch":
+        resized = _resize(cv2, image, out_w, out_h, spec.interpolation)
+        geometry = FrameGeometry(frame_w, frame_h, out_w / frame_w, out_h / frame_h, 0.0, 0.0, out_w, out_h)
+    elif spec.resize == "letterbox":
+        scale = min(out_w / frame_w, out_h / frame_h)
+        new_w, new_h = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
+        resized_inner = _resize(cv2, image, new_w, new_h, spec.interpolation)
+        pad_x, pad_y = (out_w - new_w) // 2, (out_h - new_h) // 2
+        channels = image.shape[2] if image.ndim == 3 else 1
+        resized = np.full((out_h, out_w, channels), spec.pad_value, dtype=image.dtype)
+        resized[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized_inner.reshape(new_h, new_w, channels)
+        geometry = FrameGeometry(frame_w, frame_h, scale, scale, float(pad_x), float(pad_y), out_w, out_h)
+    else:  # shorter_crop
+        short = spec.short_side or max(out_h, out_w)
+        scale = short / min(frame_w, frame_h)
+        new_w, new_h = max(out_w, round(frame_w * scale)), max(out_h, round(frame_h * scale))
+        big = _resize(cv2, image, new_w, new_h, spec.interpolation)
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        resized = big[top : top + out_h, left : left + out_w]
+        geometry = FrameGeometry(frame_w, frame_h, new_w / frame_w, new_h / frame_h, float(-left), float(-top), out_w, out_h)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    tensor = normalise(resized, spec)
+    if spec.layout == "nchw":
+        tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
+    return tensor, geometry
+
+
+def normalise(image_hwc: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    if spec.dtype == "uint8":
+        return image_hwc.astype(np.uint8, copy=False)
+    values = image_hwc.astype(np.float32)
+    if spec.mean:
+        values = (values - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    else:
+        values = values * np.float32(spec.scale) + np.float32(spec.offset)
+    return values.astype(np.float16 if spec.dtype == "float16" else np.float32, copy=False)
+
+
+def prepare_batch(frames: List[np.ndarray], spec: PreprocessSpec) -> Tuple[np.ndarray, List[FrameGeometry]]:
+    """Several frames -> one batch tensor [N, ...] and their geometries."""
+    tensors, geometries = [], []
+    for frame in frames:
+        tensor, geometry = prepare(frame, spec)
+        tensors.append(tensor)
+        geometries.append(geometry)
+    return np.stack(tensors), geometries
+
+
+EFFICIENTNET_LITE = PreprocessSpec(
+    size=(224, 224), resize="shorter_crop", short_side=256, interpolation="cubic", color="rgb", scale=1.0 / 128.0, offset=-127.0 / 128.0
+)
+BLAZEFACE = PreprocessSpec(size=(128, 128), resize="letterbox", color="rgb", scale=1.0 / 127.5, offset=-1.0)
+PRESETS: Dict[str, PreprocessSpec] = {"efficientnet_lite": EFFICIENTNET_LITE, "blazeface": BLAZEFACE}
+
+
+def spec_from(value: Optional[Any]) -> PreprocessSpec:
+    """A spec from a preset name, a dict, or None (the default spec)."""
+    if value is None:
+        return PreprocessSpec()
+    if isinstance(value, PreprocessSpec):
+        return value
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise PreprocessError(f"preprocess preset {value!r} unknown (known: {sorted(PRESETS)})")
+        return PRESETS[value]
+    if isinstance(value, Mapping):
+        preset = value.get("preset")
+        if preset is not None:
+            base = spec_from(str(preset)).to_dict()
+            base.update({k: v for k, v in value.items() if k != "preset"})
+            return PreprocessSpec.from_dict(base)
+        return PreprocessSpec.from_dict(value)
+    raise PreprocessError(f"preprocess must be a preset name or an object, got {type(value).__name__}")
