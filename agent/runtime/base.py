@@ -46,7 +46,7 @@ class Runner:
         self.inputs: List[TensorSpec] = []
         self.outputs: List[TensorSpec] = []
 
-    def activate(self) -> "Runner":
+    def activate(self) -> Runner:
         if self.is_active:
             return self
         self._activate()
@@ -72,7 +72,7 @@ class Runner:
         finally:
             self.is_active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self.activate()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,7 @@ BlazeFace:          {"size": [128, 128], "resize": "letterbox", "color": "rgb", 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -38,7 +38,7 @@ class PreprocessSpec:
     pad_value: int = 0
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
