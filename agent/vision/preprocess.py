@@ -166,7 +166,7 @@ def prepare(frame_bgr: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, Fr
 def normalise(image_hwc: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.dtype == "uint8":
         return image_hwc.astype(np.uint8, copy=False)
-    values = image_hwc.astype(np.float32)
+    values: np.ndarray = image_hwc.astype(np.float32)
     if spec.mean:
         values = (values - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     else:
