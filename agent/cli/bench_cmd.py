@@ -1,17 +1,158 @@
-"""`edge-agent bench`: placeholder until its issue lands."""
+"""`edge-agent bench --model M [--batch 1,8,32] [--threads N] [--json]`: throughput and latency per batch size.
+
+Larger batches use an accelerator better (multiples of 32 on V100/T4-class GPUs); on the CPU they mostly
+amortise per-call overhead. Inputs are random tensors of the model's input shape, so this measures the engine
+alone; `bench/pipeline.py` measures the whole camera pipeline against it.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-from agent.errors import AgentError
+from agent.cli.output import add_json_flag, print_json, print_table
+from agent.errors import AgentError, UsageError
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="(not implemented yet)")
+    parser = sub.add_parser("bench", help="engine throughput and latency per batch size")
+    parser.add_argument("--model", required=True, help="ONNX model (onnxruntime) or TensorRT plan")
+    parser.add_argument("--backend", default="auto", help="onnxruntime | tensorrt | auto (by suffix, default)")
+    parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: library default)")
+    parser.add_argument("--spin", action="store_true", help="onnxruntime: let idle intra-op threads spin (faster alone, slower beside a camera)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed run per batch size (default 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--precision", default="model", choices=("model", "int8"), help="model: as given; int8: Q/DQ from --table (onnxruntime)")
+    parser.add_argument("--table", default="", help="calibration table for --precision int8")
+    parser.add_argument("--dla-core", type=int, default=None, help="TensorRT: run on this DLA core")
+    add_json_flag(parser)
     parser.set_defaults(func=_run)
 
 
+def parse_batches(text: str) -> List[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--batch wants comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"--batch wants comma-separated positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def bench_runner(runner: Any, batches: List[int], seconds: float, warmup: int) -> List[Dict[str, Any]]:
+    """Time `runner` (activated) on random inputs for each batch size; one row of figures per size."""
+    import numpy as np
+
+    from agent.runtime.base import batch_size_of
+
+    spec = runner.first_input()
+    fixed = batch_size_of(spec)
+    largest = getattr(runner, "max_batch", None)
+    rng = np.random.default_rng(0)
+    rows: List[Dict[str, Any]] = []
+    for batch in batches:
+        if (fixed is not None and batch != fixed) or (largest is not None and batch > largest):
+            limit = f"fixed batch {fixed}" if fixed is not None else f"at most {largest}"
+            rows.append({"batch": batch, "skipped": f"the engine takes {limit}"})
+            continue
+        dims = [batch] + [d if isinstance(d, int) and d > 0 else None for d in spec.shape[1:]]
+        if any(d is None for d in dims):
+            raise AgentError(f"input '{spec.name}' has dynamic dimensions {spec.shape} besides the batch; bench needs fixed ones")
+        feed = {s.name: _random_input(rng, [batch] + [int(d) for d in s.shape[1:]], s.dtype) for s in runner.inputs}
+        for _ in range(max(0, warmup)):
+            runner.infer(feed)
+        times: List[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 5:
+            started = time.perf_counter()
+            runner.infer(feed)
+            times.append((time.perf_counter() - started) * 1000.0)
+        values = np.asarray(times)
+        total_s = float(values.sum()) / 1000.0
+        rows.append(
+            {
+                "batch": batch,
+                "runs": len(times),
+                "throughput": round(batch * len(times) / total_s, 2),
+                "latency_p50_ms": round(float(np.percentile(values, 50)), 3),
+                "latency_p95_ms": round(float(np.percentile(values, 95)), 3),
+                "latency_p99_ms": round(float(np.percentile(values, 99)), 3),
+                "ms_per_item": round(float(values.mean()) / batch, 3),
+            }
+        )
+    return rows
+
+
+def _random_input(rng: Any, shape: List[int], dtype: str) -> Any:
+
+    if dtype.startswith("float"):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 100, shape).astype(dtype)
+
+
+def _int8_model(model: Path, table: str, workdir: str) -> Path:
+    """The model with the calibration table applied as onnxruntime-flavoured Q/DQ (agent.calib)."""
+    if not table:
+        raise UsageError("--precision int8 needs --table (a TensorRT-format calibration table)")
+    try:
+        import onnx
+
+        from agent.calib.qdq import to_qdq  # type: ignore[import-not-found, unused-ignore]
+        from agent.calib.table import read_table  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise AgentError(f"--precision int8 needs agent.calib (Q/DQ conversion), which is not available here: {exc}") from None
+    quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime")
+    out = Path(workdir) / f"{model.stem}.int8.onnx"
+    onnx.save(quantized, str(out))
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
-    raise AgentError("'bench' is not implemented yet")
+    from agent.runtime.factory import backend_for, open_runner
+
+    batches = parse_batches(args.batch)
+    if args.seconds <= 0:
+        raise UsageError("--seconds must be positive")
+    model = Path(args.model)
+    backend = backend_for(args.backend, model)
+    with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
+        if args.precision == "int8":
+            if backend != "onnxruntime":
+                raise UsageError("--precision int8 applies to ONNX models on onnxruntime; a TensorRT plan has its precision built in")
+            model = _int8_model(model, args.table, workdir)
+        runner = open_runner(backend, model, threads=args.threads, dla_core=args.dla_core, spin=args.spin)
+        with runner:
+            rows = bench_runner(runner, batches, args.seconds, args.warmup)
+    report: Dict[str, Any] = {
+        "model": str(args.model),
+        "backend": backend,
+        "precision": args.precision,
+        "threads": args.threads,
+        "results": rows,
+    }
+    if args.json:
+        print_json(report)
+    else:
+        print_table(
+            ("batch", "items/s", "p50 ms", "p95 ms", "p99 ms", "ms/item", "note"),
+            [
+                (
+                    r["batch"],
+                    r.get("throughput"),
+                    r.get("latency_p50_ms"),
+                    r.get("latency_p95_ms"),
+                    r.get("latency_p99_ms"),
+                    r.get("ms_per_item"),
+                    r.get("skipped", ""),
+                )
+                for r in rows
+            ],
+        )
+    measured: Optional[int] = sum(1 for r in rows if "throughput" in r)
+    return 0 if measured else 1

@@ -1,17 +1,332 @@
-"""`edge-agent calib`: placeholder until its issue lands."""
+"""`edge-agent calib`: inspect, check, diff, make and convert INT8 calibration tables.
+
+    edge-agent calib inspect TABLE [--json]
+    edge-agent calib check TABLE [--model ONNX] [--trt-version V] [--target gpu|dla|cpu] [--portable] [--json]
+    edge-agent calib diff A B [--rel-tol R] [--fail-on-diff] [--json]
+    edge-agent calib make --model ONNX --frames DIR_OR_VIDEO... [--preprocess PRESET_OR_JSON] [--method M] [-n N] -o TABLE
+    edge-agent calib to-qdq --model ONNX --table TABLE --flavor tensorrt|onnxruntime -o OUT.onnx
+
+Exit 0 when the command did its job, 1 when a check blocks deployment or an input cannot be read.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-from agent.errors import AgentError
+from agent.cli.output import add_json_flag, print_json, print_table
+from agent.errors import UsageError
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("calib", help="(not implemented yet)")
-    parser.set_defaults(func=_run)
+    parser = sub.add_parser("calib", help="inspect, check, diff, make and convert INT8 calibration tables")
+    parser.set_defaults(func=_no_subcommand, calib_parser=parser)
+    calib = parser.add_subparsers(dest="calib_command", metavar="ACTION")
+
+    inspect = calib.add_parser("inspect", help="format, header and degenerate scales of a table")
+    inspect.add_argument("table", help="calibration table (TensorRT cache, onnxruntime calibration.cache/json)")
+    add_json_flag(inspect)
+    inspect.set_defaults(func=_inspect)
+
+    check = calib.add_parser("check", help="verdicts before deployment: scales, fit to the model, target TensorRT")
+    check.add_argument("table")
+    check.add_argument("--model", help="the ONNX model the table will be applied to")
+    check.add_argument("--trt-version", help="TensorRT version on the target, e.g. 10.3.0 (JetPack 6.1/6.2)")
+    check.add_argument("--target", default="gpu", help="gpu, dla (or dla:N) or cpu (default gpu)")
+    check.add_argument("--portable", action="store_true", help="the table is declared portable (cache calibrator route on GPU)")
+    add_json_flag(check)
+    check.set_defaults(func=_check)
+
+    diff = calib.add_parser("diff", help="entries added, removed and changed between two tables")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--rel-tol", type=float, default=1e-3, help="relative difference counted as a change (default 0.001)")
+    diff.add_argument("--fail-on-diff", action="store_true", help="exit 1 when the tables differ")
+    add_json_flag(diff)
+    diff.set_defaults(func=_diff)
+
+    make = calib.add_parser("make", help="compute a TensorRT-format table on the CPU with onnxruntime")
+    make.add_argument("--model", required=True, help="float ONNX model")
+    make.add_argument("--frames", required=True, nargs="+", help="folder(s) of images, image files or video files")
+    make.add_argument("--preprocess", help="preset name (efficientnet_lite, blazeface), JSON object, or a JSON file")
+    make.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"), help="default entropy (TensorRT's EntropyCalibration2)")
+    make.add_argument("-n", "--count", type=int, default=64, help="frames taken from each source, spread over it (default 64)")
+    make.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    make.add_argument("--trt-version", default="10.3.0", help="TensorRT version written in the header (default 10.3.0)")
+    make.add_argument("--algorithm", help="calibrator name written in the header (default from the method)")
+    make.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    make.add_argument("-o", "--output", required=True, help="table to write")
+    add_json_flag(make)
+    make.set_defaults(func=_make)
+
+    qdq = calib.add_parser("to-qdq", help="explicitly quantized ONNX (Q/DQ) from a table")
+    qdq.add_argument("--model", required=True, help="float ONNX model")
+    qdq.add_argument("--table", required=True)
+    qdq.add_argument("--flavor", required=True, choices=("tensorrt", "onnxruntime"), help="tensorrt: TensorRT/ModelOpt placement; onnxruntime: fast on onnxruntime CPU")
+    qdq.add_argument("--exclude-op", action="append", default=[], metavar="OP_TYPE", help="keep this op type float (repeatable; Gemm gives ModelOpt's exact file)")
+    qdq.add_argument("-o", "--output", required=True)
+    add_json_flag(qdq)
+    qdq.set_defaults(func=_to_qdq)
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise AgentError("'calib' is not implemented yet")
+def _no_subcommand(args: argparse.Namespace) -> int:
+    args.calib_parser.print_help(sys.stderr)
+    raise UsageError("choose an action: inspect, check, diff, make or to-qdq")
+
+
+def _load_model(path: str) -> Any:
+    import onnx
+
+    from agent.calib.table import CalibError
+
+    try:
+        return onnx.load(path)
+    except FileNotFoundError:
+        raise CalibError(f"{path}: no such model file") from None
+    except Exception as exc:  # protobuf raises DecodeError (and others) for a file that is not ONNX
+        raise CalibError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def _float(value: Optional[float]) -> Any:
+    from agent.calib.table import json_float
+
+    return json_float(value)
+
+
+# --- inspect -------------------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from agent.calib.table import DEGENERATE_KINDS, printable, read_table, table_stats
+    from agent.store.hashing import sha256_file
+
+    table = read_table(args.table)
+    stats = table_stats(table)
+    report: Dict[str, Any] = {
+        "path": args.table,
+        "sha256": sha256_file(args.table),
+        "format": table.format,
+        "trt_version": table.trt_version,
+        "version_code": table.version_code,
+        "algorithm": table.algorithm,
+        "header": table.header,
+        "entries": stats.entries,
+        **{kind: getattr(stats, kind) for kind in DEGENERATE_KINDS},
+        "min_scale": _float(stats.min_scale),
+        "max_scale": _float(stats.max_scale),
+        "min_positive_scale": _float(stats.min_positive_scale),
+        "max_amax": _float(stats.max_scale * 127.0 if stats.max_scale is not None else None),
+        "degenerate": stats.degenerate,
+        "degenerate_names": stats.degenerate_names,
+        "duplicates": stats.duplicates,
+    }
+    if args.json:
+        print_json(report)
+        return 0
+    rows = [
+        ("format", table.format),
+        ("header", table.header or "(none)"),
+        ("TensorRT", table.trt_version or "unknown"),
+        ("algorithm", table.algorithm or "unknown"),
+        ("entries", stats.entries),
+        ("zero / inf / nan", f"{stats.zero} / {stats.inf} / {stats.nan}"),
+        ("negative / subnormal", f"{stats.negative} / {stats.denormal}"),
+        ("scale range", f"{_fmt(stats.min_scale)} .. {_fmt(stats.max_scale)} (amax up to {_fmt(report['max_amax'])})"),
+    ]
+    print_table(("field", "value"), rows)
+    for kind in DEGENERATE_KINDS:
+        for name in stats.degenerate[kind]:
+            sys.stdout.write(f"  {kind}: {printable(name)}\n")
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+# --- check ---------------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.calib.check import check_table
+    from agent.calib.table import read_table
+
+    table = read_table(args.table)
+    model = _load_model(args.model) if args.model else None
+    report = check_table(table, model, args.trt_version, args.target, portable=args.portable)
+    if args.json:
+        coverage = report.coverage
+        print_json(
+            {
+                "table": args.table,
+                "model": args.model,
+                "format": table.format,
+                "header_trt_version": table.trt_version,
+                "trt_version": report.trt_version,
+                "target": report.target,
+                "blocking": report.blocking,
+                "route": None if report.route is None else {"method": report.route.method.value, "reason": report.route.reason, "deprecated": report.route.deprecated},
+                "findings": report.findings,
+                "coverage": None
+                if coverage is None
+                else {
+                    "network_tensors": coverage.network_tensors,
+                    "with_scale": coverage.with_scale,
+                    "without_scale": coverage.without_scale,
+                    "unmatched_entries": coverage.unmatched_entries,
+                    "rename_hints": coverage.rename_hints,
+                    "int8_layers": coverage.int8_layers,
+                    "layers": coverage.layers,
+                },
+            }
+        )
+    else:
+        for finding in report.findings:
+            sys.stdout.write(f"{finding.severity.upper():8s}{finding.code}: {finding.message}\n")
+        sys.stdout.write("verdict: " + ("BLOCKED (errors above)" if report.blocking else "ok to deploy") + "\n")
+    return 1 if report.blocking else 0
+
+
+# --- diff ----------------------------------------------------------------------------------------------
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from agent.calib.diff import diff_tables
+    from agent.calib.table import printable, read_table
+
+    first, second = read_table(args.a), read_table(args.b)
+    result = diff_tables(first, second, args.rel_tol)
+    if args.json:
+        print_json(
+            {
+                "a": args.a,
+                "b": args.b,
+                "rel_tol": args.rel_tol,
+                "identical": result.identical,
+                "header": {k: {"a": v[0], "b": v[1]} for k, v in result.header.items()},
+                "added": result.added,
+                "removed": result.removed,
+                "changed": [
+                    {"name": c.name, "a_scale": _float(c.a), "b_scale": _float(c.b), "a_amax": _float(c.a * 127.0), "b_amax": _float(c.b * 127.0), "rel": _float(c.rel)}
+                    for c in result.changed
+                ],
+                "unchanged": result.unchanged,
+                "max_rel": _float(result.max_rel),
+            }
+        )
+    else:
+        for key, (left, right) in result.header.items():
+            sys.stdout.write(f"header {key}: {left} -> {right}\n")
+        sys.stdout.write(
+            f"{len(result.added)} added, {len(result.removed)} removed, {len(result.changed)} changed beyond {args.rel_tol:g}, {result.unchanged} unchanged\n"
+        )
+        for name in result.added:
+            sys.stdout.write(f"+ {printable(name)}\n")
+        for name in result.removed:
+            sys.stdout.write(f"- {printable(name)}\n")
+        for change in result.changed:
+            sys.stdout.write(f"~ {printable(change.name)}: amax {change.a * 127.0:.6g} -> {change.b * 127.0:.6g} ({_fmt(change.rel)})\n")
+    return 1 if args.fail_on_diff and not result.identical else 0
+
+
+# --- make ----------------------------------------------------------------------------------------------
+
+
+def preprocess_spec(value: Optional[str]) -> Any:
+    """--preprocess: a preset name, a JSON object, or the path of a JSON file."""
+    from agent.vision.preprocess import PreprocessError, spec_from
+
+    if value is None:
+        return spec_from(None)
+    text = value.strip()
+    if not text.startswith("{") and Path(text).is_file():
+        text = Path(text).read_text(encoding="utf-8")
+    if text.startswith("{"):
+        try:
+            return spec_from(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise PreprocessError(f"--preprocess: not valid JSON ({exc})") from None
+    return spec_from(text)
+
+
+def _make(args: argparse.Namespace) -> int:
+    from agent.calib.frames import iter_sources
+    from agent.calib.make import make_table
+    from agent.calib.table import table_stats, write_table_file
+    from agent.vision.preprocess import prepare
+
+    if args.count <= 0:
+        raise UsageError("-n must be at least 1")
+    spec = preprocess_spec(args.preprocess)
+    counted = {"frames": 0}
+
+    def frames() -> Any:
+        for frame in iter_sources(args.frames, args.count):
+            counted["frames"] += 1
+            yield prepare(frame, spec)[0]
+
+    def progress(stage: str, done: int) -> None:
+        if not args.json and sys.stderr.isatty():
+            sys.stderr.write(f"\r{stage}: {done} frames")
+
+    started = time.monotonic()
+    table = make_table(
+        args.model, frames(), args.method, percentile=args.percentile, trt_version=args.trt_version, algorithm=args.algorithm, threads=args.threads, progress=progress
+    )
+    write_table_file(args.output, table)
+    stats = table_stats(table)
+    report = {
+        "output": args.output,
+        "model": args.model,
+        "method": args.method,
+        "frames": counted["frames"],
+        "header": table.header,
+        "entries": stats.entries,
+        "degenerate_names": stats.degenerate_names,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    if args.json:
+        print_json(report)
+    else:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        sys.stdout.write(f"wrote {args.output}: {table.header}, {stats.entries} tensors from {counted['frames']} frames ({args.method}, {report['seconds']} s)\n")
+        if stats.degenerate_names:
+            sys.stdout.write(f"warning: degenerate scales (run 'calib check'): {', '.join(stats.degenerate_names[:20])}\n")
+    return 0
+
+
+# --- to-qdq --------------------------------------------------------------------------------------------
+
+
+def _to_qdq(args: argparse.Namespace) -> int:
+    from agent.calib.qdq import describe, to_qdq
+    from agent.calib.table import CalibError, read_table
+    from agent.store.atomic import atomic_write_bytes
+
+    table = read_table(args.table)
+    model = _load_model(args.model)
+    result = to_qdq(model, table, args.flavor, exclude_op_types=args.exclude_op)
+    try:
+        data = result.model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        raise CalibError(f"the quantized model cannot be serialized: {exc}") from None
+    atomic_write_bytes(args.output, data)
+    summary: Dict[str, Any] = {"output": args.output, "bytes": len(data), **describe(result)}
+    if args.json:
+        print_json(summary)
+    else:
+        skipped: List[str] = result.skipped
+        sys.stdout.write(
+            f"wrote {args.output} ({args.flavor} flavour, {len(data)} bytes): {result.quantized_nodes} nodes quantized, "
+            f"{summary['quantize_linear']} QuantizeLinear, {summary['dequantize_linear']} DequantizeLinear\n"
+        )
+        if skipped:
+            sys.stdout.write(f"left float (no usable scale): {', '.join(skipped[:20])}{' ...' if len(skipped) > 20 else ''}\n")
+        for note in result.notes:
+            sys.stdout.write(f"note: {note}\n")
+    return 0

@@ -1,17 +1,102 @@
-"""`edge-agent status`: placeholder until its issue lands."""
+"""`edge-agent status [--json]`: the live state of the agent on this machine, from its state folder.
+
+Reads state.json (what the agent remembers) and status.json (what the running daemon writes every few
+seconds), so it works without the broker. Exit 1 when no agent is running.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
 
-from agent.errors import AgentError
+from agent.cli.output import add_json_flag, print_json
+from agent.config import load_config
+
+FRESH_S = 15.0
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("status", help="(not implemented yet)")
+    parser = sub.add_parser("status", help="the live state of the agent running on this machine")
+    add_json_flag(parser)
     parser.set_defaults(func=_run)
 
 
+def _read(path: Any) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_status(state_dir: Any) -> Dict[str, Any]:
+    from agent.daemon.reported import STATUS_FILE
+    from agent.store.state import STATE_FILE
+
+    status_file = _read(state_dir / STATUS_FILE) or {}
+    state = _read(state_dir / STATE_FILE)
+    live = status_file.get("live") or {}
+    age = time.time() - float(status_file.get("written_at") or 0) if status_file else None
+    running = bool(status_file) and _alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
+    return {
+        "running": running,
+        "status_age_s": None if age is None else round(age, 1),
+        "state_dir": str(state_dir),
+        "status": status_file.get("status"),
+        "live": live or None,
+        "state": state,
+    }
+
+
 def _run(args: argparse.Namespace) -> int:
-    raise AgentError("'status' is not implemented yet")
+    config = load_config(args.config)
+    report = live_status(config.state_dir)
+    if args.json:
+        print_json(report)
+        return 0 if report["running"] else 1
+    status = report["status"] or {}
+    live = report["live"] or {}
+    state = report["state"] or {}
+    out = sys.stdout
+    if report["running"]:
+        out.write(f"edge-agent running (pid {live.get('pid')}, up {live.get('uptime_s')} s): {status.get('state')}\n")
+    else:
+        age = report["status_age_s"]
+        out.write("edge-agent is not running" + (f" (last status {age:.0f} s ago)" if age is not None else "") + "\n")
+    serving = (state.get("serving") or {}).get("deployment") or {}
+    out.write(f"  serving:   {serving.get('id', '-')}" + (f" ({serving.get('precision')} on {serving.get('target')})" if serving else "") + "\n")
+    applying = state.get("applying") or {}
+    if applying:
+        out.write(f"  applying:  {(applying.get('deployment') or {}).get('id')} at step {applying.get('step')} (attempt {applying.get('attempts')})\n")
+    desired = (state.get("desired") or {})
+    out.write(f"  desired:   {(desired.get('deployment') or {}).get('id', '-')}" + (f" from {desired.get('source')}" if desired else "") + "\n")
+    error = state.get("last_error") or {}
+    if error:
+        out.write(f"  last error: {error.get('step')}: {error.get('reason')}\n")
+    broker = live.get("broker") or {}
+    if broker:
+        out.write(f"  broker:    {broker.get('host')}:{broker.get('port')} {'connected' if broker.get('connected') else 'away'}"
+                  f" ({broker.get('reconnects')} reconnects)\n")
+    outbox = live.get("outbox") or {}
+    if outbox:
+        out.write(f"  outbox:    {outbox.get('queued')} queued, {outbox.get('dropped')} dropped (max {outbox.get('max')})\n")
+    pipeline = live.get("pipeline") or {}
+    if pipeline:
+        out.write(f"  pipeline:  {pipeline.get('fps')} fps, {pipeline.get('frames')} frames\n")
+    return 0 if report["running"] else 1

@@ -9,6 +9,7 @@ with several keys (rotation) checks the right one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import string
 from dataclasses import dataclass
@@ -26,12 +27,11 @@ PRIVATE_KEY_NAME = "fleet-signing.key"
 PUBLIC_KEY_NAME = "fleet-signing.pub"
 KEY_ID_CHARS = 16
 
+log = logging.getLogger(__name__)
 
-class KeyError_(AgentError):  # noqa: N801 - the builtin KeyError is taken; this one is about key files
+
+class SigningKeyError(AgentError):
     """A signing or public key cannot be read, or is not an ed25519 key."""
-
-
-SigningKeyError = KeyError_
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     mode = os.stat(path).st_mode & 0o077
     if mode:
         # Not fatal (a CI secret mount may be 0640), but the operator should know.
-        import logging
-
-        logging.getLogger(__name__).warning("signing key %s is readable by group or others (chmod 600 it)", path)
+        log.warning("signing key %s is readable by group or others (chmod 600 it)", path)
     return key
 
 

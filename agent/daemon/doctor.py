@@ -1,0 +1,433 @@
+"""`edge-agent doctor`: one report of everything that blocks or degrades the agent, each line with a fix.
+
+Every check returns a Check (ok | warn | fail | skip) and never raises: a doctor that crashes on the broken
+machine it was called to diagnose is no doctor. `fail` means the agent cannot do its job (exit code 1);
+`warn` means it runs, degraded or at risk; `skip` means the check does not apply here (and says why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import stat
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from agent.config import AgentConfig
+from agent.lazy import module_version, try_import
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+UNIT_NAME = "edge-agent.service"
+UNIT_PATHS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+
+# JetPack release (major.minor) -> (TensorRT major.minor, CUDA major.minor, cuDNN major.minor), from
+# ../shared/reference/tensorrt-facts.md 6.1. TensorRT is tied to JetPack on JetPack <= 6: a mismatch means a
+# pip wheel or a half-upgraded system, and engines built with it will not match the fleet's.
+JETPACK_STACK: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "4.6": ("8.2", "10.2", "8.2"),
+    "5.0": ("8.4", "11.4", "8.4"),
+    "5.1": ("8.5", "11.4", "8.6"),
+    "6.0": ("8.6", "12.2", "8.9"),
+    "6.1": ("10.3", "12.6", "9.3"),
+    "6.2": ("10.3", "12.6", "9.3"),
+    "7.0": ("10.13", "13.0", None),
+    "7.1": ("10.13", "13.0", None),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> Dict[str, str]:
+        return asdict(self)
+
+
+def summarize(checks: List[Check]) -> Dict[str, int]:
+    counts = {OK: 0, WARN: 0, FAIL: 0, SKIP: 0}
+    for check in checks:
+        counts[check.status] = counts.get(check.status, 0) + 1
+    return counts
+
+
+def _major_minor(version: Optional[str]) -> Optional[str]:
+    if not version:
+        return None
+    parts = str(version).split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else parts[0]
+
+
+# software -----------------------------------------------------------------------------------------------------
+def check_python() -> List[Check]:
+    version = ".".join(str(v) for v in sys.version_info[:3])
+    checks = []
+    if (3, 8) <= sys.version_info[:2] <= (3, 12):
+        checks.append(Check("python", OK, f"Python {version} ({sys.executable})"))
+    elif sys.version_info[:2] > (3, 12):
+        checks.append(Check("python", WARN, f"Python {version} is newer than the tested 3.8 to 3.12", "use JetPack's python3 (3.8 or 3.10)"))
+    else:
+        checks.append(Check("python", FAIL, f"Python {version} is older than 3.8", "install Python 3.8 or newer"))
+    required = [("numpy", "numpy"), ("onnx", "onnx"), ("paho.mqtt", "paho-mqtt>=2"), ("psutil", "psutil"), ("cryptography", "cryptography")]
+    for module, package in required:
+        found = module_version(module)
+        if found is None:
+            checks.append(Check(f"package {module}", FAIL, f"{module} is not importable", f"pip install '{package}' (or reinstall edge-agent)"))
+        elif module == "paho.mqtt" and int(found.split(".")[0]) < 2:
+            checks.append(Check("package paho.mqtt", FAIL, f"paho-mqtt {found} is older than 2.0", "pip install 'paho-mqtt>=2'"))
+        else:
+            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
+    for module, purpose, fix in (
+        ("onnxruntime", "the CPU backend and the accuracy gate's reference", "pip install 'edge-agent[cpu]' (onnxruntime)"),
+        ("cv2", "cameras and snapshots", "JetPack: apt install python3-opencv (keep its GStreamer build); elsewhere pip install opencv-python-headless"),
+    ):
+        found = module_version(module)
+        if found is None:
+            checks.append(Check(f"package {module}", WARN, f"{module} is not installed: no {purpose}", fix))
+        else:
+            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
+    return checks
+
+
+def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
+    checks: List[Check] = []
+    trt = fingerprint.get("tensorrt")
+    cuda = fingerprint.get("cuda")
+    cudnn = fingerprint.get("cudnn")
+    jetpack = fingerprint.get("jetpack")
+    is_jetson = bool(fingerprint.get("is_jetson"))
+    have_trt_module = try_import("tensorrt") is not None
+    if not is_jetson:
+        detail = f"not a Jetson ({fingerprint.get('cpu_arch') or '?'}): TensorRT {trt or 'absent'}, CUDA {cuda or 'absent'}"
+        if trt and not have_trt_module:
+            checks.append(Check("tensorrt", WARN, detail + "; the tensorrt Python module does not import", "install TensorRT's Python bindings"))
+        else:
+            checks.append(Check("tensorrt", OK if have_trt_module else SKIP, detail + ("" if have_trt_module else "; engines build with onnxruntime (target cpu)")))
+        return checks
+    expected = JETPACK_STACK.get(_major_minor(jetpack) or "")
+    if not trt or not have_trt_module:
+        checks.append(
+            Check(
+                "tensorrt",
+                FAIL,
+                f"JetPack {jetpack or '?'} without a usable TensorRT Python module (found {trt or 'none'})",
+                "sudo apt install python3-libnvinfer (JetPack's TensorRT; never pip install tensorrt on a Jetson); "
+                "a virtual environment needs --system-site-packages",
+            )
+        )
+    elif expected and _major_minor(trt) != expected[0]:
+        checks.append(
+            Check(
+                "tensorrt",
+                WARN,
+                f"TensorRT {trt} on JetPack {jetpack}, which ships {expected[0]}: engines will not match the rest of the fleet",
+                "use JetPack's own TensorRT (apt reinstall nvidia-tensorrt), remove pip-installed tensorrt wheels",
+            )
+        )
+    else:
+        checks.append(Check("tensorrt", OK, f"TensorRT {trt} matches JetPack {jetpack or '?'}"))
+    if expected and cuda and _major_minor(cuda) != expected[1]:
+        checks.append(Check("cuda", WARN, f"CUDA {cuda} on JetPack {jetpack} (ships {expected[1]})", "fine if you installed the CUDA compat package on purpose; otherwise reinstall JetPack's CUDA"))
+    else:
+        checks.append(Check("cuda", OK if cuda else WARN, f"CUDA {cuda or 'not found'}", "" if cuda else "install JetPack's CUDA (apt install nvidia-jetpack)"))
+    if expected and expected[2] and cudnn and _major_minor(cudnn) != expected[2]:
+        checks.append(Check("cudnn", WARN, f"cuDNN {cudnn} on JetPack {jetpack} (ships {expected[2]})", "reinstall JetPack's cuDNN"))
+    else:
+        checks.append(Check("cudnn", OK if cudnn else SKIP, f"cuDNN {cudnn or 'not found (TensorRT 10 does not need it)'}"))
+    return checks
+
+
+def check_dla(fingerprint: Dict[str, Any]) -> Check:
+    from agent.calib.routes import VersionError, dla_support, parse_version
+
+    module = fingerprint.get("module")
+    cores = fingerprint.get("dla_cores")
+    trt_text = fingerprint.get("tensorrt")
+    if not fingerprint.get("is_jetson"):
+        return Check("dla", SKIP, "not a Jetson: no DLA")
+    try:
+        trt = parse_version(trt_text) if trt_text else None
+    except VersionError:
+        trt = None
+    support = dla_support(trt, cores, module)
+    detail = f"{module or 'unknown module'}: {cores if cores is not None else '?'} DLA cores; {support.reason}"
+    if support.available:
+        return Check("dla", OK, detail + (" (Q/DQ networks only)" if support.qdq_only else ""))
+    if cores:
+        return Check("dla", WARN, detail, "deploy with target gpu (or upgrade to a TensorRT that supports DLA here)")
+    return Check("dla", SKIP, detail)
+
+
+# the state folder, the engine cache --------------------------------------------------------------------------
+def check_state_dir(config: AgentConfig) -> List[Check]:
+    folder = config.state_dir
+    checks: List[Check] = []
+    if not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), Path("/"))
+        if os.access(parent, os.W_OK):
+            return [Check("state folder", WARN, f"{folder} does not exist yet (the agent creates it)")]
+        return [Check("state folder", FAIL, f"{folder} does not exist and {parent} is not writable", f"sudo install -d -m 0750 {folder} (or set state.dir)")]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        checks.append(Check("state folder", FAIL, f"{folder} is not writable by uid {os.getuid()}", f"chown the folder to the agent's user, or set state.dir"))
+    else:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if mode & 0o002:
+            checks.append(Check("state folder", WARN, f"{folder} is world-writable (mode {mode:o})", f"chmod o-w {folder}"))
+        else:
+            checks.append(Check("state folder", OK, f"{folder} (mode {mode:o})"))
+    try:
+        free_mb = shutil.disk_usage(str(folder)).free // (1024 * 1024)
+    except OSError as exc:
+        return checks + [Check("disk space", WARN, f"cannot read free space of {folder}: {exc}")]
+    floor = config.state.min_free_mb
+    if free_mb < floor:
+        checks.append(Check("disk space", FAIL, f"{free_mb} MB free under {folder}, below state.min_free_mb = {floor}", "edge-agent store gc, or free space"))
+    elif free_mb < 2 * floor:
+        checks.append(Check("disk space", WARN, f"{free_mb} MB free under {folder} (floor {floor} MB)", "edge-agent store gc"))
+    else:
+        checks.append(Check("disk space", OK, f"{free_mb} MB free under {folder}"))
+    return checks
+
+
+def check_engine_cache(config: AgentConfig, fingerprint: Dict[str, Any]) -> Check:
+    inspect: Optional[Callable[..., Dict[str, Any]]] = None
+    try:
+        from agent.daemon.pipeline_steps import inspect_engine_cache
+
+        inspect = inspect_engine_cache
+    except ImportError:
+        pass
+    if inspect is None:
+        return Check("engine cache", SKIP, "the engine package is not installed")
+    try:
+        info = inspect(config, fingerprint)
+    except Exception as exc:  # a broken cache must be reported, not crash the doctor
+        return Check("engine cache", WARN, f"cannot read the engine cache: {type(exc).__name__}: {exc}", "edge-agent engine ls; remove unreadable entries")
+    entries, incompatible = int(info.get("entries", 0)), int(info.get("incompatible", 0))
+    detail = f"{entries} engines in {info.get('root')}, {incompatible} incompatible with this device"
+    if incompatible:
+        return Check("engine cache", WARN, detail + f" ({info.get('why', 'built on another device or TensorRT')})", "they rebuild when needed; edge-agent engine gc frees the space")
+    return Check("engine cache", OK, detail)
+
+
+def check_signing(config: AgentConfig) -> Check:
+    if config.artifacts.allow_unsigned:
+        return Check("artifact signatures", WARN, "artifacts.allow_unsigned is on: unsigned artifacts are accepted", "set artifacts.public_keys and turn allow_unsigned off")
+    if not config.artifacts.public_keys:
+        return Check("artifact signatures", FAIL, "no artifacts.public_keys: every artifact will be refused", "edge-agent fleet keys generate; put the .pub path in artifacts.public_keys")
+    try:
+        from agent.fleet.signing import load_public_keys
+
+        keys = load_public_keys(config.artifacts.public_keys)
+    except Exception as exc:
+        return Check("artifact signatures", FAIL, f"cannot load artifacts.public_keys: {exc}", "fix the key paths in the configuration")
+    return Check("artifact signatures", OK, f"{len(keys)} trusted signing keys")
+
+
+# the broker ---------------------------------------------------------------------------------------------------
+def check_broker(config: AgentConfig, timeout_s: float = 5.0) -> List[Check]:
+    """TCP reachability, TLS handshake and certificate, then an MQTT CONNECT with the configured credentials."""
+    broker = config.broker
+    where = f"{broker.host}:{broker.port}"
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout=timeout_s) as sock:
+            if broker.tls:
+                context = ssl.create_default_context(cafile=broker.ca_file or None)
+                if broker.cert_file:
+                    context.load_cert_chain(broker.cert_file, broker.key_file or None)
+                with context.wrap_socket(sock, server_hostname=broker.host) as tls:
+                    tls_detail = f"{tls.version()}, certificate verified"
+    except ssl.SSLError as exc:
+        return [
+            Check("broker reachable", OK, f"TCP {where} answers"),
+            Check("broker TLS", FAIL, f"TLS handshake with {where} failed: {exc.reason or exc}", "check broker.ca_file (the CA that signed the broker's certificate) and the host name in it"),
+        ]
+    except OSError as exc:
+        fix = "start the broker or fix broker.host/port; the agent keeps retrying meanwhile"
+        return [Check("broker reachable", FAIL, f"cannot reach {where}: {exc.strerror or exc}", fix)]
+    checks = [Check("broker reachable", OK, f"TCP {where} answers")]
+    if broker.tls:
+        checks.append(Check("broker TLS", OK, tls_detail))
+    else:
+        checks.append(Check("broker TLS", WARN, "plain TCP: credentials and artifacts travel unencrypted", "enable broker.tls with a CA (deploy/mosquitto/make-certs.sh)"))
+    checks.append(_mqtt_connect(config, timeout_s))
+    return checks
+
+
+def _mqtt_connect(config: AgentConfig, timeout_s: float) -> Check:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    broker = config.broker
+    result: Dict[str, Any] = {}
+    done = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"edge-agent-doctor-{os.getpid()}",
+        protocol=mqtt.MQTTv5 if broker.protocol == "5" else mqtt.MQTTv311,
+    )
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password or None)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca_file or None, certfile=broker.cert_file or None, keyfile=broker.key_file or None)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        result["rc"] = reason_code
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+        client.loop_start()
+        done.wait(timeout_s)
+    except (OSError, ValueError) as exc:
+        return Check("broker auth", FAIL, f"MQTT connect failed: {exc}", "check the broker address and TLS settings")
+    finally:
+        try:
+            client.disconnect()
+            client.loop_stop()
+        except Exception:
+            pass
+    code = result.get("rc")
+    who = f"as {broker.username!r}" if broker.username else "anonymously"
+    if code is None:
+        return Check("broker auth", FAIL, f"no CONNACK within {timeout_s:g} s", "is it an MQTT broker on that port?")
+    if getattr(code, "is_failure", False):
+        return Check("broker auth", FAIL, f"the broker refused the connection {who}: {code}", "check broker.username/password or the client certificate, and the broker's ACL for this device")
+    return Check("broker auth", OK, f"MQTT {broker.protocol} connection accepted {who}")
+
+
+# cameras, the unit, the running agent --------------------------------------------------------------------------
+def check_cameras(config: AgentConfig, timeout_s: float = 5.0) -> List[Check]:
+    from agent.store.state import read_state
+
+    state = read_state(config.state_dir)
+    record = (state.serving or state.desired) if state else None
+    cameras = list(((record or {}).get("deployment") or {}).get("cameras") or [])
+    if not cameras:
+        return [Check("cameras", SKIP, "the current deployment names no cameras")]
+    try:
+        from agent.daemon.pipeline_steps import probe_camera
+    except ImportError:
+        return [Check("cameras", SKIP, f"{len(cameras)} cameras configured; the camera package is not installed")]
+    checks = []
+    for index, uri in enumerate(cameras):
+        try:
+            fps, detail = probe_camera(uri, timeout_s)
+        except Exception as exc:
+            checks.append(Check(f"camera {index}", FAIL, f"{_redact(uri)}: {exc}", "check the URI, the cable or network, and that the agent's user is in the video group"))
+            continue
+        checks.append(Check(f"camera {index}", OK if fps else WARN, f"{_redact(uri)}: {detail}", "" if fps else "the camera opened but delivered no frames"))
+    return checks
+
+
+def _redact(uri: str) -> str:
+    """rtsp://user:secret@host -> rtsp://user:***@host"""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.split("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return uri
+
+
+def check_systemd_unit(env: Optional[Dict[str, str]] = None) -> List[Check]:
+    environ = os.environ if env is None else env
+    unit = next((folder / UNIT_NAME for folder in UNIT_PATHS if (folder / UNIT_NAME).is_file()), None)
+    if unit is None:
+        if not Path("/run/systemd/system").is_dir():
+            return [Check("systemd unit", SKIP, "systemd is not running here (container or another init)")]
+        return [Check("systemd unit", WARN, f"{UNIT_NAME} is not installed", "sudo deploy/install.sh (installs and enables the unit)")]
+    text = unit.read_text(errors="replace")
+    settings = _unit_settings(text)
+    checks = []
+    if settings.get("Type") != "notify":
+        checks.append(Check("systemd unit", WARN, f"{unit}: Type={settings.get('Type', 'simple')}, so READY and the watchdog are unused", "use the unit in systemd/edge-agent.service"))
+    else:
+        checks.append(Check("systemd unit", OK, f"{unit} (Type=notify)"))
+    watchdog = settings.get("WatchdogSec")
+    if not watchdog or watchdog in ("0", "off", "infinity"):
+        checks.append(Check("systemd watchdog", WARN, "no WatchdogSec: a hung agent is never restarted", "set WatchdogSec=60 in the unit"))
+    else:
+        under = "WATCHDOG_USEC" in environ
+        checks.append(Check("systemd watchdog", OK, f"WatchdogSec={watchdog}" + (" (active for this process)" if under else "")))
+    return checks
+
+
+def _unit_settings(text: str) -> Dict[str, str]:
+    settings: Dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def check_running_agent(config: AgentConfig, live: Optional[Dict[str, Any]] = None) -> Check:
+    if live is not None:
+        return Check("agent", OK if live.get("healthy") else WARN, f"running (pid {live.get('pid')}), {live.get('ready_summary') or 'starting'}")
+    from .reported import STATUS_FILE
+
+    path = config.state_dir / STATUS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Check("agent", WARN, f"not running (no {path})", "systemctl start edge-agent, or edge-agent run")
+    age = time.time() - float(data.get("written_at") or 0)
+    pid = int((data.get("live") or {}).get("pid") or 0)
+    alive = pid > 0 and _pid_alive(pid)
+    if alive and age < 15:
+        status = data.get("status") or {}
+        return Check("agent", OK, f"running (pid {pid}): {status.get('state')}, broker {'connected' if (data.get('live') or {}).get('broker', {}).get('connected') else 'away'}")
+    return Check("agent", WARN, f"not running (status file {age:.0f} s old)", "systemctl start edge-agent; journalctl -u edge-agent for why it stopped")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# the report ------------------------------------------------------------------------------------------------
+def run_checks(
+    config: AgentConfig,
+    *,
+    live: Optional[Dict[str, Any]] = None,
+    fingerprint: Optional[Dict[str, Any]] = None,
+    include_broker: bool = True,
+    include_cameras: bool = True,
+) -> List[Check]:
+    """Every check, in the order a person would fix things. Never raises."""
+    from .reported import device_fingerprint
+
+    checks: List[Check] = [Check("config", OK, f"{config.source or 'defaults and environment'}; device id {config.device.id}")]
+    steps: List[Callable[[], Any]] = []
+    fp = fingerprint if fingerprint is not None else device_fingerprint()
+    steps += [check_python, lambda: check_accelerator(fp), lambda: check_dla(fp), lambda: check_state_dir(config)]
+    steps += [lambda: check_engine_cache(config, fp), lambda: check_signing(config)]
+    if include_broker:
+        steps.append(lambda: check_broker(config))
+    if include_cameras:
+        steps.append(lambda: check_cameras(config))
+    steps += [check_systemd_unit, lambda: check_running_agent(config, live)]
+    for step in steps:
+        try:
+            found = step()
+        except Exception as exc:  # a doctor never crashes on the machine it diagnoses
+            found = Check(getattr(step, "__name__", "check"), WARN, f"the check itself failed: {type(exc).__name__}: {exc}")
+        checks.extend(found if isinstance(found, list) else [found])
+    return checks

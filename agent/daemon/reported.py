@@ -1,0 +1,166 @@
+"""The reported state (Azure's reported twin): the retained `<device>/status` document and the status file.
+
+    {schema, kind: "status", ts, device, online, state, version, fingerprint, versions,
+     desired:  {deployment_id, digest, source, hold?, invalid?},
+     serving:  {deployment_id, digest, since, engine: {backend, cache_hit, key, build_s}, gate, warmup_ms} | null,
+     applying: {deployment_id, digest, step, started_at, attempts, job_id, progress?} | null,
+     last_error: {step, reason, deployment_id, digest, at} | null,
+     blocked: [{digest, deployment_id, step, reason}], started_at, pid}
+
+`state` is one word for dashboards: serving, applying, degraded (nothing serves), offline (the last will and
+the clean shutdown). The last will carries the same device and version so a dashboard keeps its row.
+`status.json` beside state.json holds the same document plus live counters, written atomically, for
+`edge-agent status` on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from agent import __version__
+from agent.fleet.messages import encode
+from agent.lazy import module_version, try_import
+from agent.store.atomic import atomic_write_json
+from agent.store.state import AgentState
+
+STATUS_KIND = "status"
+STATUS_FILE = "status.json"
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Versions that decide what the agent can do, for the status document and `doctor`."""
+    tensorrt = try_import("tensorrt")
+    return {
+        "agent": __version__,
+        "python": platform.python_version(),
+        "tensorrt": str(getattr(tensorrt, "__version__", "")) or None if tensorrt is not None else None,
+        "onnxruntime": module_version("onnxruntime"),
+        "numpy": module_version("numpy"),
+        "paho_mqtt": module_version("paho.mqtt"),
+        "opencv": module_version("cv2"),
+    }
+
+
+def device_fingerprint() -> Dict[str, Any]:
+    """agent.device.fingerprint() as a dict; a minimal one (arch, OS) if that module cannot tell."""
+    try:
+        from agent.device.fingerprint import fingerprint
+
+        value = fingerprint()
+        if hasattr(value, "to_dict"):
+            return dict(value.to_dict())
+        if isinstance(value, dict):
+            return value
+        import dataclasses
+
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
+    except ImportError:
+        pass
+    except Exception as exc:  # a fingerprint must never stop the agent
+        return {"arch": platform.machine(), "system": platform.system(), "error": f"{type(exc).__name__}: {exc}"}
+    return {"arch": platform.machine(), "system": platform.system(), "python": sys.version.split()[0]}
+
+
+def _serving_view(record: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not record:
+        return None
+    deployment = record.get("deployment") or {}
+    engine = record.get("engine") or {}
+    return {
+        "deployment_id": deployment.get("id"),
+        "digest": record.get("digest"),
+        "since": record.get("since"),
+        "precision": deployment.get("precision"),
+        "target": deployment.get("target"),
+        "cameras": len(deployment.get("cameras") or []),
+        "engine": {k: engine.get(k) for k in ("backend", "cache_hit", "key", "build_s")},
+        "gate": _gate_summary(record.get("gate")),
+        "warmup_ms": record.get("warmup_ms"),
+    }
+
+
+def _gate_summary(gate: Any) -> Optional[Dict[str, Any]]:
+    if not isinstance(gate, dict) or not gate:
+        return None
+    keep = ("passed", "skipped", "task", "metrics", "reason", "count")
+    return {k: gate[k] for k in keep if k in gate}
+
+
+def _applying_view(record: Optional[Dict[str, Any]], progress: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not record:
+        return None
+    deployment = record.get("deployment") or {}
+    view = {
+        "deployment_id": deployment.get("id"),
+        "digest": record.get("digest"),
+        "step": record.get("step"),
+        "started_at": record.get("started_at"),
+        "step_started_at": record.get("step_started_at"),
+        "attempts": record.get("attempts"),
+        "job_id": record.get("job_id") or None,
+    }
+    if progress and record.get("step") == "fetch":
+        view["progress"] = progress
+    return view
+
+
+def status_document(
+    *,
+    device_id: str,
+    state: AgentState,
+    serving_digest: Optional[str],
+    desired: Dict[str, Any],
+    fingerprint: Dict[str, Any],
+    started_at: float,
+    progress: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The reported state, from the saved state plus what is loaded now (`serving_digest`)."""
+    serving = state.serving if state.serving and state.serving.get("digest") == serving_digest else None
+    if state.applying:
+        word = "applying"
+    elif serving is not None:
+        word = "serving"
+    else:
+        word = "degraded"
+    blocked = [
+        {"digest": digest, "deployment_id": info.get("deployment_id"), "step": info.get("step"), "reason": info.get("reason")}
+        for digest, info in sorted(state.blocked.items(), key=lambda item: float(item[1].get("at") or 0))[-5:]
+    ]
+    return {
+        "device": device_id,
+        "online": True,
+        "state": word,
+        "version": __version__,
+        "fingerprint": fingerprint,
+        "versions": versions(),
+        "desired": desired,
+        "serving": _serving_view(serving),
+        "previous": (state.previous or {}).get("deployment", {}).get("id") if state.previous else None,
+        "applying": _applying_view(state.applying, progress),
+        "last_error": state.last_error,
+        "blocked": blocked,
+        "started_at": round(started_at, 3),
+        "pid": os.getpid(),
+    }
+
+
+def encode_status(document: Dict[str, Any]) -> bytes:
+    return encode(STATUS_KIND, document)
+
+
+def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = None) -> bytes:
+    """The last will (reason 'connection lost') and the clean-shutdown status (reason 'stopped')."""
+    return encode(
+        STATUS_KIND,
+        {"device": device_id, "online": False, "state": "offline", "reason": reason, "version": __version__, "serving_id": serving_id},
+    )
+
+
+def write_status_file(state_dir: Path, document: Dict[str, Any], live: Dict[str, Any]) -> None:
+    atomic_write_json(Path(state_dir) / STATUS_FILE, {"status": document, "live": live, "written_at": round(time.time(), 3)})

@@ -1,0 +1,136 @@
+"""What serves now: one loaded engine and, when the deployment names cameras, the camera pipeline feeding it.
+
+`swap()` puts a new engine in service without stopping the cameras when only the engine changed (the
+pipeline's `swap_runner`), and rebuilds the pipeline when the cameras or the pre/postprocessing changed.
+The old runner is freed only after the new one serves, so a failed swap leaves the old one in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from agent.errors import AgentError
+from agent.fleet.deployment import Deployment
+
+from .steps import Loaded
+
+log = logging.getLogger(__name__)
+
+# (deployment, runner, labels path or None) -> a started pipeline object
+PipelineFactory = Callable[[Deployment, Any], Any]
+
+
+class Serving:
+    def __init__(self, pipeline_factory: Optional[PipelineFactory] = None) -> None:
+        self.pipeline_factory = pipeline_factory
+        self.deployment: Optional[Deployment] = None
+        self.loaded: Optional[Loaded] = None
+        self.pipeline: Any = None
+        self.since = 0.0
+        self._lock = threading.RLock()
+
+    @property
+    def digest(self) -> Optional[str]:
+        with self._lock:
+            return self.deployment.digest() if self.deployment is not None else None
+
+    def swap(self, deployment: Deployment, loaded: Loaded) -> None:
+        with self._lock:
+            old_loaded, old_deployment = self.loaded, self.deployment
+            if deployment.cameras:
+                self._serve_cameras(deployment, loaded, old_deployment)
+            elif self.pipeline is not None:
+                self._stop_pipeline()
+            self.deployment, self.loaded, self.since = deployment, loaded, time.time()
+        if old_loaded is not None and old_loaded is not loaded:
+            old_loaded.close()
+
+    def _serve_cameras(self, deployment: Deployment, loaded: Loaded, old: Optional[Deployment]) -> None:
+        if self.pipeline_factory is None:
+            raise AgentError("this agent has no camera pipeline (agent.vision is not installed)")
+        same_inputs = (
+            old is not None
+            and self.pipeline is not None
+            and old.cameras == deployment.cameras
+            and old.preprocess == deployment.preprocess
+            and old.postprocess == deployment.postprocess
+            and old.labels == deployment.labels
+            and old.batch == deployment.batch
+        )
+        if same_inputs:
+            self.pipeline.swap_runner(loaded.runner)
+            return
+        pipeline = self.pipeline_factory(deployment, loaded.runner)
+        self._stop_pipeline()
+        self.pipeline = pipeline
+
+    def _stop_pipeline(self) -> None:
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            try:
+                pipeline.stop()
+            except Exception:
+                log.exception("stopping the camera pipeline failed")
+
+    def restart_pipeline(self) -> Dict[str, Any]:
+        with self._lock:
+            if self.deployment is None or self.loaded is None:
+                raise AgentError("nothing is serving: no pipeline to restart")
+            if not self.deployment.cameras:
+                raise AgentError(f"deployment {self.deployment.id} names no cameras: there is no pipeline to restart")
+            if self.pipeline_factory is None:
+                raise AgentError("this agent has no camera pipeline (agent.vision is not installed)")
+            self._stop_pipeline()
+            self.pipeline = self.pipeline_factory(self.deployment, self.loaded.runner)
+            return {"deployment_id": self.deployment.id, "cameras": len(self.deployment.cameras)}
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_pipeline()
+            loaded, self.loaded, self.deployment = self.loaded, None, None
+        if loaded is not None:
+            loaded.close()
+
+    # reading ----------------------------------------------------------------------------------------------
+    def metrics(self) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            pipeline = self.pipeline
+        if pipeline is None:
+            return None
+        try:
+            return dict(pipeline.metrics())
+        except Exception as exc:
+            return {"error": str(exc)}
+
+    def frames_flowing(self, max_age_s: float) -> bool:
+        """True when no camera is configured, or the pipeline delivered a frame within `max_age_s`."""
+        with self._lock:
+            deployment, pipeline = self.deployment, self.pipeline
+        if deployment is None or not deployment.cameras:
+            return True
+        if pipeline is None:
+            return False
+        age = last_frame_age(self.metrics() or {})
+        return age is not None and age <= max_age_s
+
+    def snapshot(self, camera: int) -> Tuple[bytes, Dict[str, Any]]:
+        with self._lock:
+            pipeline = self.pipeline
+        if pipeline is None:
+            raise AgentError("no camera pipeline is running: nothing to snapshot")
+        return pipeline.snapshot(camera)  # type: ignore[no-any-return]
+
+
+def last_frame_age(metrics: Dict[str, Any]) -> Optional[float]:
+    """Seconds since the pipeline's last frame, from its metrics (several spellings accepted)."""
+    for key in ("last_frame_age_s", "since_last_frame_s"):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    stamp = metrics.get("last_frame_at") or metrics.get("last_frame_ts")
+    if isinstance(stamp, (int, float)) and stamp > 0:
+        return max(0.0, time.time() - float(stamp))
+    return None

@@ -1,0 +1,364 @@
+"""Fleet commands as jobs (after AWS IoT Jobs): each command has an id and moves through
+QUEUED -> IN_PROGRESS -> SUCCEEDED | FAILED | TIMED_OUT | CANCELED; a command that cannot be accepted at
+all (malformed, unknown type, bad arguments, not addressed to this device, not allowed from where it came)
+goes straight to REJECTED with the reason.
+
+This module is plain data and rules: decoding a command strictly, the argument schema of each type, the
+legal state transitions, and the reply message. The daemon runs the jobs (agent/daemon/jobs.py); the
+operator uses the same schema to build and coerce commands (agent/fleet/operator.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from agent.fleet.messages import MessageError, decode, encode
+
+COMMAND_KIND = "cmd"
+REPLY_KIND = "reply"
+COMMAND_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "QUEUED"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    REJECTED = "REJECTED"
+    CANCELED = "CANCELED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.REJECTED, JobState.CANCELED})
+
+# None is "just received": a command either is queued or rejected.
+TRANSITIONS: Dict[Optional[JobState], frozenset] = {
+    None: frozenset({JobState.QUEUED, JobState.REJECTED}),
+    JobState.QUEUED: frozenset({JobState.IN_PROGRESS, JobState.CANCELED, JobState.TIMED_OUT, JobState.FAILED}),
+    JobState.IN_PROGRESS: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELED}),
+}
+
+
+class CommandRejected(MessageError):
+    """A command that cannot be accepted; `command_id` is set when the payload had a readable id."""
+
+    def __init__(self, reason: str, command_id: str = "", command_type: str = "", reply_to: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.command_id = command_id
+        self.command_type = command_type
+        self.reply_to = reply_to
+
+
+class JobTransitionError(MessageError):
+    """A job was asked to move to a state it cannot reach from where it is (a bug, not user input)."""
+
+
+# the argument schema ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArgSpec:
+    kind: str  # "bool" | "int" | "str" | "choice"
+    default: Any = None
+    required: bool = False
+    choices: Tuple[str, ...] = ()
+    lo: int = 0
+    hi: int = 2**31
+    help: str = ""
+
+    def check(self, name: str, value: Any) -> Any:
+        """Validate a decoded (JSON-typed) value."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise MessageError(f"argument '{name}' must be true or false, got {value!r}")
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
+                raise MessageError(f"argument '{name}' must be an integer from {self.lo} to {self.hi}, got {value!r}")
+            return value
+        if not isinstance(value, str) or len(value) > 256:
+            raise MessageError(f"argument '{name}' must be a string of at most 256 characters, got {value!r}")
+        if self.kind == "choice" and value.upper() not in self.choices:
+            raise MessageError(f"argument '{name}' must be one of {', '.join(self.choices)}, got {value!r}")
+        return value.upper() if self.kind == "choice" else value
+
+    def coerce(self, name: str, text: str) -> Any:
+        """A command-line string (`--arg k=v`) -> the JSON type this argument takes."""
+        if self.kind == "bool":
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise MessageError(f"argument '{name}' must be true or false, got {text!r}")
+        if self.kind == "int":
+            try:
+                return int(text)
+            except ValueError:
+                raise MessageError(f"argument '{name}' must be an integer, got {text!r}") from None
+        return text
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    help: str
+    args: Dict[str, ArgSpec] = field(default_factory=dict)
+    timeout_s: float = 30.0  # default; a command may set its own `timeout_s`
+    from_group: bool = True  # may a group-wide command (group/<name>/cmd) ask for this?
+
+
+COMMANDS: Dict[str, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        CommandSpec("ping", "answer at once (liveness, round-trip time)"),
+        CommandSpec("status", "the reported state now"),
+        CommandSpec(
+            "rebuild",
+            "build the desired deployment again (also one that failed or was rolled back)",
+            {"cold": ArgSpec("bool", False, help="ignore the engine cache and build from scratch")},
+            timeout_s=3600.0,
+        ),
+        CommandSpec("rollback", "serve the previous deployment again", timeout_s=600.0, from_group=False),
+        CommandSpec(
+            "snapshot",
+            "publish one camera frame (JPEG) with its latest result on <device>/snapshot",
+            {"camera": ArgSpec("int", 0, lo=0, hi=15, help="camera index")},
+        ),
+        CommandSpec("telemetry", "publish a telemetry document now"),
+        CommandSpec("diagnostics", "the doctor report", timeout_s=120.0),
+        CommandSpec(
+            "set-log-level",
+            "change the agent's log level until restart",
+            {
+                "level": ArgSpec("choice", required=True, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+                "logger": ArgSpec("str", "", help="a logger name (default: the whole agent)"),
+            },
+        ),
+        CommandSpec("restart-pipeline", "stop and start the camera pipeline with the serving engine", timeout_s=120.0, from_group=False),
+        CommandSpec(
+            "cancel",
+            "cancel a queued or running job",
+            {"job_id": ArgSpec("str", required=True, help="the id of the job to cancel")},
+            from_group=False,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    type: str
+    args: Dict[str, Any]
+    timeout_s: float
+    issued_at: float  # the sender's clock (informational)
+    reply_to: str = ""  # a reply topic from the payload (MQTT 3.1.1); MQTT 5 uses the response topic
+    source: str = "device"  # "device" or "group:<name>"
+
+
+def _readable(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) and len(value) <= 256 else ""
+
+
+def decode_command(payload: bytes, *, device_id: str, source: str = "device", topic_prefix: str = "") -> Command:
+    """Strictly decode a command payload; raises CommandRejected naming the problem (with the id when readable)."""
+    try:
+        data = decode(payload, expected_kind=COMMAND_KIND)
+    except MessageError as exc:
+        raise CommandRejected(f"malformed command: {exc}") from None
+    command_id = _readable(data, "id")
+    command_type = _readable(data, "type")
+    reply_to = _readable(data, "reply_to")
+
+    def reject(reason: str) -> CommandRejected:
+        return CommandRejected(reason, command_id if COMMAND_ID_PATTERN.match(command_id) else "", command_type, reply_to)
+
+    unknown = sorted(set(data) - {"schema", "kind", "ts", "id", "type", "args", "timeout_s", "reply_to", "device"})
+    if unknown:
+        raise reject(f"malformed command: unknown keys {unknown}")
+    if not COMMAND_ID_PATTERN.match(command_id):
+        raise reject(f"malformed command: 'id' is required, 1 to 128 of letters, digits and ._:- ; got {data.get('id')!r}")
+    if "type" not in data or not command_type:
+        raise reject("malformed command: 'type' is required")
+    spec = COMMANDS.get(command_type)
+    if spec is None:
+        raise reject(f"unknown command type {command_type!r} (known: {', '.join(COMMANDS)})")
+    target = data.get("device")
+    if target is not None and target != device_id:
+        raise reject(f"unauthorised: the command is addressed to device {target!r}, this is {device_id!r}")
+    if source != "device" and not spec.from_group:
+        raise reject(f"unauthorised: '{command_type}' is accepted on the device's own command topic only, not from {source}")
+    if reply_to:
+        if any(ch in reply_to for ch in "+#") or (topic_prefix and not reply_to.startswith(topic_prefix + "/")):
+            raise reject(f"unauthorised: reply_to must be a topic under '{topic_prefix}/' without wildcards, got {reply_to!r}")
+    elif "reply_to" in data and data["reply_to"] is not None:
+        raise reject("malformed command: 'reply_to' must be a topic string")
+    raw_args = data.get("args", {})
+    if raw_args is None:
+        raw_args = {}
+    if not isinstance(raw_args, dict):
+        raise reject(f"malformed command: 'args' must be an object, got {type(raw_args).__name__}")
+    try:
+        args = check_args(spec, raw_args)
+    except MessageError as exc:
+        raise reject(f"bad arguments for '{command_type}': {exc}") from None
+    timeout = data.get("timeout_s", spec.timeout_s)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise reject(f"malformed command: 'timeout_s' must be a number of seconds from 0 to {MAX_TIMEOUT_S:.0f}, got {timeout!r}")
+    issued = data.get("ts", 0.0)
+    issued_at = float(issued) if isinstance(issued, (int, float)) and not isinstance(issued, bool) else 0.0
+    return Command(command_id, command_type, args, float(timeout), issued_at, reply_to, source)
+
+
+def check_args(spec: CommandSpec, raw: Mapping[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(raw) - set(spec.args))
+    if unknown:
+        known = ", ".join(spec.args) or "none"
+        raise MessageError(f"unknown arguments {unknown} (known: {known})")
+    out: Dict[str, Any] = {}
+    for name, arg in spec.args.items():
+        if name in raw and raw[name] is not None:
+            out[name] = arg.check(name, raw[name])
+        elif arg.required:
+            raise MessageError(f"argument '{name}' is required")
+        else:
+            out[name] = arg.default
+    return out
+
+
+def coerce_cli_args(command_type: str, pairs: List[str]) -> Dict[str, Any]:
+    """`["cold=true", "camera=1"]` -> typed arguments for `command_type`, checked against its schema."""
+    spec = COMMANDS.get(command_type)
+    if spec is None:
+        raise MessageError(f"unknown command type {command_type!r} (known: {', '.join(COMMANDS)})")
+    raw: Dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise MessageError(f"--arg takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        if key not in spec.args:
+            raise MessageError(f"'{command_type}' has no argument '{key}' (known: {', '.join(spec.args) or 'none'})")
+        raw[key] = spec.args[key].coerce(key, value)
+    check_args(spec, raw)
+    return raw
+
+
+def encode_command(
+    command_id: str,
+    command_type: str,
+    args: Optional[Mapping[str, Any]] = None,
+    *,
+    device: Optional[str] = None,
+    timeout_s: Optional[float] = None,
+    reply_to: str = "",
+) -> bytes:
+    body: Dict[str, Any] = {"id": command_id, "type": command_type, "args": dict(args or {})}
+    if device is not None:
+        body["device"] = device
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    if reply_to:
+        body["reply_to"] = reply_to
+    return encode(COMMAND_KIND, body)
+
+
+# the job ---------------------------------------------------------------------------------------------
+@dataclass
+class Transition:
+    state: JobState
+    at: float
+    detail: str = ""
+
+
+@dataclass
+class Job:
+    """One command's life on the device."""
+
+    command: Command
+    received_at: float = field(default_factory=time.time)
+    history: List[Transition] = field(default_factory=list)
+    result: Dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.command.id
+
+    @property
+    def state(self) -> Optional[JobState]:
+        return self.history[-1].state if self.history else None
+
+    @property
+    def deadline(self) -> float:
+        return self.received_at + self.command.timeout_s
+
+    def advance(self, state: JobState, detail: str = "", *, at: Optional[float] = None) -> Transition:
+        allowed = TRANSITIONS.get(self.state, frozenset())
+        if state not in allowed:
+            raise JobTransitionError(f"job {self.id}: cannot go from {self.state} to {state.value}")
+        transition = Transition(state, time.time() if at is None else at, detail)
+        self.history.append(transition)
+        if state in (JobState.FAILED, JobState.TIMED_OUT, JobState.REJECTED, JobState.CANCELED) and detail:
+            self.error = detail
+        return transition
+
+
+def reply_payload(
+    device_id: str,
+    job_id: str,
+    command_type: str,
+    state: JobState,
+    *,
+    detail: str = "",
+    result: Optional[Mapping[str, Any]] = None,
+) -> bytes:
+    """One state transition of a job, as published on the reply topic."""
+    body: Dict[str, Any] = {"device": device_id, "job_id": job_id, "type": command_type, "state": state.value}
+    if detail:
+        body["detail"] = detail
+    if result:
+        body["result"] = dict(result)
+    return encode(REPLY_KIND, body)
+
+
+@dataclass(frozen=True)
+class Reply:
+    device: str
+    job_id: str
+    type: str
+    state: JobState
+    detail: str
+    result: Dict[str, Any]
+    ts: float
+
+
+def decode_reply(payload: bytes) -> Reply:
+    data = decode(payload, expected_kind=REPLY_KIND)
+    try:
+        state = JobState(data.get("state"))
+    except ValueError:
+        raise MessageError(f"reply: unknown state {data.get('state')!r}") from None
+    result = data.get("result") or {}
+    if not isinstance(result, dict):
+        raise MessageError("reply: 'result' must be an object")
+    ts = data.get("ts", 0.0)
+    return Reply(
+        device=str(data.get("device", "")),
+        job_id=str(data.get("job_id", "")),
+        type=str(data.get("type", "")),
+        state=state,
+        detail=str(data.get("detail", "")),
+        result=result,
+        ts=float(ts) if isinstance(ts, (int, float)) else 0.0,
+    )

@@ -1,0 +1,317 @@
+"""The operator's side of desired state and commands: `fleet deploy | cmd | status | watch`.
+
+- deploy: publish a deployment retained on `<device>/desired` or `group/<name>/desired` (validated first with
+  the same strict decoder the device uses, so a typo fails here, not on a thousand devices);
+- cmd: publish a command with an id and wait for its job's replies. MQTT 5: response topic and correlation
+  data; MQTT 3.1.1: `reply_to` in the payload. Either way the reply topic is the device's own `reply`
+  channel, which broker ACLs already let the device write;
+- status / watch: read the retained `status` of one or all devices, and their telemetry, into one table.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import BrokerConfig
+from agent.errors import AgentError
+from agent.fleet.commands import COMMANDS, Reply, check_args, decode_reply, encode_command
+from agent.fleet.deployment import Deployment, encode_desired
+from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.messages import MessageError, decode
+from agent.fleet.topics import Topics, all_devices, device_of
+
+
+class OperatorError(AgentError):
+    """The operator's request could not be carried out (broker unreachable, no reply, bad input)."""
+
+
+def new_command_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class DeviceRow:
+    """What the operator knows of one device: its retained status and its latest telemetry."""
+
+    device: str
+    status: Dict[str, Any] = field(default_factory=dict)
+    telemetry: Dict[str, Any] = field(default_factory=dict)
+    status_at: float = 0.0
+    telemetry_at: float = 0.0
+
+    @property
+    def state(self) -> str:
+        if not self.status:
+            return "?"
+        if self.status.get("online") is False:
+            return "offline"
+        return str(self.status.get("state") or "?")
+
+    @property
+    def engine(self) -> str:
+        serving = self.status.get("serving") or {}
+        if not serving:
+            return "-"
+        engine = serving.get("engine") or {}
+        return f"{serving.get('deployment_id')} ({engine.get('backend') or '?'} {serving.get('precision') or ''})".strip()
+
+    @property
+    def applying(self) -> str:
+        applying = self.status.get("applying") or {}
+        return f"{applying.get('deployment_id')} @ {applying.get('step')}" if applying else "-"
+
+    @property
+    def error(self) -> str:
+        error = self.status.get("last_error") or {}
+        return f"{error.get('step')}: {error.get('reason')}" if error else ""
+
+    @property
+    def fps(self) -> Optional[float]:
+        pipeline = self.telemetry.get("pipeline") or {}
+        value = pipeline.get("fps")
+        return round(float(value), 1) if isinstance(value, (int, float)) else None
+
+    @property
+    def temperature_c(self) -> Optional[float]:
+        """The hottest zone the device reports (tegrastats on a Jetson, thermal zones elsewhere, NVML GPUs)."""
+        values: List[float] = []
+        for section in ("jetson", "system"):
+            temps = (self.telemetry.get(section) or {}).get("temps_c") or {}
+            values += [float(v) for v in temps.values() if isinstance(v, (int, float))]
+        for gpu in (self.telemetry.get("gpu") or {}).get("devices", []) or []:
+            if isinstance(gpu, dict) and isinstance(gpu.get("temp_c"), (int, float)):
+                values.append(float(gpu["temp_c"]))
+        return round(max(values), 1) if values else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "device": self.device,
+            "state": self.state,
+            "engine": self.engine,
+            "applying": self.applying,
+            "fps": self.fps,
+            "temperature_c": self.temperature_c,
+            "version": self.status.get("version"),
+            "last_error": self.status.get("last_error"),
+            "status": self.status,
+        }
+
+
+class Operator:
+    """One operator connection. `with Operator(broker, prefix) as op: op.deploy(...)`."""
+
+    def __init__(self, broker: BrokerConfig, prefix: str, *, connect_timeout_s: float = 10.0) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.connect_timeout_s = connect_timeout_s
+        self.link = MqttLink(broker, unique_client_id("operator"), persistent_session=False)
+        self.protocol_v5 = self.link.protocol_v5
+
+    def __enter__(self) -> Operator:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> Operator:
+        self.link.start()
+        if not self.link.wait_connected(self.connect_timeout_s):
+            self.link.stop()
+            why = self.link.last_error or "no answer"
+            raise OperatorError(f"cannot reach the broker {self.broker.host}:{self.broker.port} within {self.connect_timeout_s:g} s ({why})")
+        return self
+
+    def close(self) -> None:
+        self.link.stop()
+
+    def topics(self, device: str) -> Topics:
+        return Topics(self.prefix, device)
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+        info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        try:
+            info.wait_for_publish(timeout=self.connect_timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise OperatorError(f"publishing to {topic} failed: {exc}") from None
+        if not info.is_published():
+            raise OperatorError(f"the broker did not acknowledge the message on {topic} within {self.connect_timeout_s:g} s")
+
+    # desired state -----------------------------------------------------------------------------------------
+    def desired_topic(self, device: Optional[str] = None, group: Optional[str] = None) -> str:
+        if bool(device) == bool(group):
+            raise OperatorError("name a device or a group (--group), not both")
+        for name in (device, group):
+            if name is not None and (not name or any(ch in name for ch in "/+#")):
+                raise OperatorError(f"{name!r} is not a device or group name (no '/', '+' or '#')")
+        if group:
+            return Topics(self.prefix, "fleet").group(group, "desired")
+        return self.topics(str(device)).desired
+
+    def deploy(self, deployment: Optional[Deployment], *, device: Optional[str] = None, group: Optional[str] = None) -> str:
+        """Publish the desired state (retained); None clears it (the device keeps serving what it has)."""
+        topic = self.desired_topic(device, group)
+        payload = encode_desired(deployment) if deployment is not None else b""
+        self._publish(topic, payload, retain=True)
+        return topic
+
+    # commands --------------------------------------------------------------------------------------------
+    def command(
+        self,
+        device: str,
+        command_type: str,
+        args: Optional[Dict[str, Any]] = None,
+        *,
+        command_id: Optional[str] = None,
+        timeout_s: Optional[float] = None,
+        wait: bool = False,
+        wait_s: float = 30.0,
+        on_reply: Optional[Callable[[Reply], None]] = None,
+    ) -> List[Reply]:
+        """Send one command; with `wait`, return its replies up to the terminal state (or raise on timeout)."""
+        spec = COMMANDS.get(command_type)
+        if spec is None:
+            raise OperatorError(f"unknown command type {command_type!r} (known: {', '.join(COMMANDS)})")
+        try:
+            checked = check_args(spec, args or {})
+        except MessageError as exc:
+            raise OperatorError(f"{command_type}: {exc}") from None
+        command_id = command_id or new_command_id()
+        topics = self.topics(device)
+        replies: queue.Queue[Reply] = queue.Queue()
+        subscribed = threading.Event()
+
+        def on_message(msg: Any) -> None:
+            try:
+                reply = decode_reply(msg.payload)
+            except MessageError:
+                return
+            if reply.job_id == command_id or (not reply.job_id and wait):
+                replies.put(reply)
+
+        if wait:  # subscribe before sending, and wait for the broker's SUBACK, or the first replies could be missed
+            self.link.client.on_subscribe = lambda *_a: subscribed.set()
+            self.link.subscribe(topics.reply, on_message, qos=1)
+            subscribed.wait(5.0)
+        properties = None
+        reply_to = ""
+        if self.protocol_v5:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = topics.reply
+            properties.CorrelationData = command_id.encode()
+        else:
+            reply_to = topics.reply
+        payload = encode_command(
+            command_id, command_type, {k: v for k, v in checked.items() if k in (args or {})}, device=device, timeout_s=timeout_s, reply_to=reply_to
+        )
+        self._publish(topics.cmd, payload, properties=properties)
+        if not wait:
+            return []
+        got: List[Reply] = []
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    last = got[-1].state.value if got else "no reply"
+                    raise OperatorError(f"command {command_id} to {device}: no final answer within {wait_s:g} s (last: {last})")
+                try:
+                    reply = replies.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                got.append(reply)
+                if on_reply is not None:
+                    on_reply(reply)
+                if reply.state.terminal:
+                    return got
+        finally:
+            self.link.unsubscribe(topics.reply)
+
+    # reading status ---------------------------------------------------------------------------------------
+    def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:
+        """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`)."""
+        rows: Dict[str, DeviceRow] = {}
+        got = threading.Event()
+        topic = self.topics(device).status if device else all_devices(self.prefix, "status")
+
+        def on_status(msg: Any) -> None:
+            name = device_of(msg.topic, self.prefix)
+            if not name or not msg.payload:
+                return
+            try:
+                document = decode(msg.payload)
+            except MessageError:
+                return
+            rows[name] = DeviceRow(name, status=document, status_at=time.time())
+            got.set()
+
+        self.link.subscribe(topic, on_status, qos=1)
+        try:
+            if device:
+                got.wait(wait_s)
+            else:
+                time.sleep(wait_s)
+        finally:
+            self.link.unsubscribe(topic)
+        return rows
+
+    def watch(self, *, interval_s: float = 1.0, duration_s: Optional[float] = None, device: Optional[str] = None) -> Iterator[List[DeviceRow]]:
+        """Yield the fleet table every `interval_s` (status and telemetry of every device, or of one)."""
+        from agent.telemetry.document import from_compact
+
+        rows: Dict[str, DeviceRow] = {}
+        lock = threading.Lock()
+
+        def row(name: str) -> DeviceRow:
+            if name not in rows:
+                rows[name] = DeviceRow(name)
+            return rows[name]
+
+        def on_message(msg: Any) -> None:
+            name = device_of(msg.topic, self.prefix)
+            if not name or not msg.payload:
+                return
+            try:
+                document = decode(msg.payload)
+            except MessageError:
+                return
+            with lock:
+                if msg.topic.endswith("/status"):
+                    row(name).status, row(name).status_at = document, time.time()
+                else:
+                    row(name).telemetry, row(name).telemetry_at = from_compact(document), time.time()
+
+        filters = (
+            [self.topics(device).status, self.topics(device).telemetry]
+            if device
+            else [all_devices(self.prefix, "status"), all_devices(self.prefix, "telemetry")]
+        )
+        for topic_filter in filters:
+            self.link.subscribe(topic_filter, on_message, qos=0)
+        ends = time.monotonic() + duration_s if duration_s is not None else None
+        try:
+            while ends is None or time.monotonic() < ends:
+                time.sleep(interval_s if ends is None else max(0.0, min(interval_s, ends - time.monotonic())))
+                with lock:
+                    snapshot = [DeviceRow(r.device, dict(r.status), dict(r.telemetry), r.status_at, r.telemetry_at) for _, r in sorted(rows.items())]
+                yield snapshot
+        finally:
+            for topic_filter in filters:
+                self.link.unsubscribe(topic_filter)
+
+
+def format_reply(reply: Reply) -> str:
+    text = f"{reply.job_id or '(no id)'} {reply.type or '?'}: {reply.state.value}"
+    if reply.detail:
+        text += f" - {reply.detail}"
+    if reply.result and reply.state.terminal:
+        text += "\n" + json.dumps(reply.result, indent=2, sort_keys=True, default=str)
+    return text
