@@ -357,7 +357,7 @@ def write_table(table: CalibTable) -> bytes:
 
 
 def _check_name(name: str, fmt: str) -> None:
-    if not name or "\n" in name or name.endswith("\r"):
+    if not name or "\n" in name:
         raise CalibTableError(f"tensor name {_show(name)} cannot be written in a table (empty or holds a line break)")
     if fmt == FORMAT_ORT_TEXT and (not name.strip() or name != name.rstrip()):
         raise CalibTableError(f"tensor name {_show(name)} cannot be written as onnxruntime text (blank or ends in white space)")

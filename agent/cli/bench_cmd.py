@@ -103,11 +103,11 @@ def _int8_model(model: Path, table: str, workdir: str) -> Path:
     try:
         import onnx
 
-        from agent.calib.qdq import to_qdq  # type: ignore[import-not-found, unused-ignore]
-        from agent.calib.table import read_table  # type: ignore[import-not-found, unused-ignore]
+        from agent.calib.qdq import to_qdq
+        from agent.calib.table import read_table
     except ImportError as exc:
         raise AgentError(f"--precision int8 needs agent.calib (Q/DQ conversion), which is not available here: {exc}") from None
-    quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime")
+    quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime").model
     out = Path(workdir) / f"{model.stem}.int8.onnx"
     onnx.save(quantized, str(out))
     return out

@@ -41,6 +41,9 @@ def register_fleet(sub: Any) -> None:
     parser.set_defaults(func=make_validation_command)
 
 
+register_actions = register_fleet  # so fleet_cmd.EXTENSION_MODULES can list "agent.cli.gate_cli" as is
+
+
 def register_engine(sub: Any) -> None:
     parser = sub.add_parser(
         "validate",
@@ -221,7 +224,7 @@ def validate_command(args: argparse.Namespace) -> int:
         table,
         reference_model=args.reference_model,
         candidate_model=args.qdq_model or (args.engine if args.table and str(args.engine).endswith(".onnx") else None),
-        precision=str(manifest.get("precision", "")) or None,
+        precision=_manifest_precision(manifest),
         diagnose_budget_s=args.diagnose_budget,
     )
     if args.json:
@@ -229,6 +232,12 @@ def validate_command(args: argparse.Namespace) -> int:
     else:
         _print_result(result)
     return 0 if result.passed else 1
+
+
+def _manifest_precision(manifest: Dict[str, Any]) -> Optional[str]:
+    spec = manifest.get("spec")
+    value = spec.get("precision") if isinstance(spec, dict) else manifest.get("precision")
+    return str(value) if value else None
 
 
 def _print_result(result: Any) -> None:

@@ -61,6 +61,7 @@ def _print_documents(args: argparse.Namespace) -> int:
         raise UsageError("--interval must be positive")
     wanted = 1 if args.once else args.count
     collector = TelemetryCollector(config.telemetry, config.state_dir, device_id=config.device.id)
+    collector.interval_s = interval
     printed = 0
     try:
         collector.start()

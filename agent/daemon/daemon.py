@@ -105,6 +105,7 @@ class Daemon:
             device_id=self.device_id, topics=self.topics, store=self.store, publish=self._publish_reply, handlers=self._handlers()
         )
         self._pending_requests: Dict[str, Any] = {}
+        self._step_limit_s = max(config.engine.build_timeout_s, 3600.0) + 600.0
         self.telemetry: Any = None
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -291,7 +292,11 @@ class Daemon:
         now = time.monotonic()
         if not (self.reconciler.alive and self.jobs.alive):
             return False
-        if not self.reconciler.busy_step and now - self.reconciler.last_beat > LOOP_STALL_S:
+        if self.reconciler.busy_step:
+            # a step may block for long (a download, a build), but each has its own timeout: past that it hangs
+            if now - self.reconciler.busy_since > self._step_limit_s:
+                return False
+        elif now - self.reconciler.last_beat > LOOP_STALL_S:
             return False
         if now - self.jobs.last_beat > LOOP_STALL_S:
             return False

@@ -1,7 +1,12 @@
 """The deployment steps over the real packages (the daemon's only knowledge of their APIs lives here).
 
-Each method is one step of agent/daemon/reconcile.py and turns the package's own errors into
-StepFailed(step, reason, retryable).
+    fetch        agent.fleet.transfer.ArtifactPuller.pull           by artifact id, hash + signature verified
+    check_table  agent.calib.table.read_table + agent.calib.check   the table against the model and this device
+    build        agent.engine.build.ensure_engine                   cached or built in a child process
+    validate     agent.runtime.factory.open_runner + agent.gate      accuracy gate on the golden set, warm-up
+    load         agent.engine.cache verify + open_runner             restore after a restart, rollback
+
+Each method turns the package's own errors into StepFailed(step, reason, retryable).
 """
 
 from __future__ import annotations
@@ -9,13 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink
+from agent.fleet.messages import encode
 from agent.fleet.topics import Topics
+from agent.lazy import try_import
 
 from .steps import ROLE_KINDS, Beat, EngineInfo, Loaded, StepFailed, Steps, warm_up
 
@@ -32,6 +39,19 @@ RETRYABLE_FETCH_ERRORS = (
     "DiskSpaceError",
     "TransferBusyError",
 )
+GATE_KEYS = ("passed", "task", "frames", "seconds", "metrics", "gated", "failed", "notes", "fallback", "better_than_reference")
+
+
+def resolve_target(deployment_target: str, backend: str, have_tensorrt: bool) -> str:
+    """The build target: `auto` is the GPU where TensorRT is usable and the CPU (onnxruntime) elsewhere;
+    `engine.backend = onnxruntime` pins everything to the CPU."""
+    if backend == "onnxruntime":
+        return "cpu"
+    if deployment_target != "auto":
+        return deployment_target
+    if backend == "tensorrt" or have_tensorrt:
+        return "gpu"
+    return "cpu"
 
 
 class PackageSteps(Steps):
@@ -41,9 +61,29 @@ class PackageSteps(Steps):
 
         self.config = config
         self.state_dir = Path(state_dir)
+        self.events = events
         self.artifacts = ArtifactStore(self.state_dir / "artifacts")
         self.puller = ArtifactPuller(link, topics, self.artifacts, config.artifacts, events, min_free_mb=config.state.min_free_mb)
-        self._build_cancel = threading.Event()
+        self._fingerprint: Any = None
+        self._lock = threading.Lock()
+        self._active_cancel: Optional[threading.Event] = None
+
+    # the device, once ---------------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> Any:
+        if self._fingerprint is None:
+            from agent.device.fingerprint import fingerprint
+
+            self._fingerprint = fingerprint()
+        return self._fingerprint
+
+    def target(self, deployment: Deployment) -> str:
+        have_trt = bool(self.fingerprint.tensorrt) and try_import("tensorrt") is not None
+        return resolve_target(deployment.target, self.config.engine.backend, have_trt)
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events({"event": name, **fields})
 
     # fetch ---------------------------------------------------------------------------------------------------
     def fetch(self, deployment: Deployment, cancel: threading.Event) -> Dict[str, Path]:
@@ -62,42 +102,272 @@ class PackageSteps(Steps):
 
     # check the table -------------------------------------------------------------------------------------------
     def check_table(self, deployment: Deployment, artifacts: Dict[str, Path]) -> Dict[str, Any]:
-        raise StepFailed("check_table", "the calibration check (agent.calib.check) is not available in this build")
+        if "table" not in artifacts:
+            return {"checked": False, "reason": f"no calibration table ({deployment.precision})"}
+        from agent.calib.check import check_table
+        from agent.calib.table import CalibError, read_table
+
+        target = self.target(deployment)
+        try:
+            table = read_table(artifacts["table"])
+            model = _load_onnx(artifacts["model"])
+            report = check_table(table, model, None if target == "cpu" else self.fingerprint.tensorrt, target)
+        except CalibError as exc:
+            raise StepFailed("check_table", str(exc)) from None
+        errors = [f for f in report.findings if f.severity == "error"]
+        if report.blocking:
+            text = "; ".join(f"{f.code}: {f.message}" for f in errors[:5])
+            raise StepFailed("check_table", f"the calibration table is not usable here: {text}")
+        summary: Dict[str, Any] = {
+            "checked": True,
+            "target": target,
+            "route": report.route.method.value if report.route else None,
+            "warnings": [f"{f.code}: {f.message}" for f in report.findings if f.severity == "warning"][:10],
+        }
+        if report.coverage is not None:
+            summary["int8_layers"] = report.coverage.int8_layers
+            summary["tensors_without_scale"] = len(report.coverage.without_scale)
+        return summary
 
     # build -------------------------------------------------------------------------------------------------
+    def build_spec(self, deployment: Deployment) -> Any:
+        from agent.engine.spec import BatchProfile, BuildSpec, Precision
+
+        target = self.target(deployment)
+        return BuildSpec(
+            model_sha256=deployment.model,
+            precision=Precision(deployment.precision),
+            target=target,
+            calib_sha256=deployment.table,
+            gpu_fallback=deployment.gpu_fallback if target.startswith("dla") else False,
+            batch=BatchProfile(deployment.batch, deployment.batch, deployment.batch),
+            workspace_mb=self.config.engine.workspace_mb,
+            timing_cache=self.config.engine.timing_cache,
+        )
+
     def build(self, deployment: Deployment, artifacts: Dict[str, Path], *, cold: bool, cancel: threading.Event, beat: Beat) -> EngineInfo:
-        raise StepFailed("build", "the engine builder (agent.engine) is not available in this build")
+        from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
+        from agent.engine.cache import EngineCache
+
+        try:
+            spec = self.build_spec(deployment).validate()
+        except AgentError as exc:
+            raise StepFailed("build", str(exc)) from None
+
+        def on_event(event: EngineEvent) -> None:
+            beat()
+            fields = {"key": event.key, "message": event.message, "fraction": event.fraction}
+            if event.kind != "progress":
+                fields.update({k: v for k, v in event.data.items() if k in ("reasons", "warnings", "violations")})
+            self._emit(f"engine.{event.kind}", **fields)
+
+        with self._lock:
+            self._active_cancel = cancel
+        try:
+            result = ensure_engine(
+                spec,
+                EngineCache.for_state(self.state_dir),
+                self.fingerprint,
+                model=artifacts["model"],
+                calib=artifacts.get("table"),
+                options=BuildOptions.from_config(self.config, force=cold),
+                on_event=on_event,
+                cancel=cancel,
+            )
+        except AgentError as exc:
+            raise StepFailed("build", str(exc)) from None
+        finally:
+            with self._lock:
+                self._active_cancel = None
+        manifest = result.manifest
+        report = manifest.report
+        return EngineInfo(
+            path=str(result.path),
+            backend=manifest.backend,
+            cache_hit=result.cache_hit,
+            key=result.key,
+            build_s=round(manifest.build_seconds, 3),
+            manifest={
+                "backend_version": manifest.backend_version,
+                "built_at": manifest.built_at,
+                "int8": manifest.int8,
+                "layers": report.layers,
+                "precisions": report.precisions,
+                "dla_fraction": report.dla_fraction,
+                "warnings": (result.warnings or [])[:10],
+                "rebuilt_because": result.rebuilt_because,
+            },
+        )
 
     # validate ----------------------------------------------------------------------------------------------
     def validate(self, deployment: Deployment, artifacts: Dict[str, Path], engine: EngineInfo) -> Loaded:
-        raise StepFailed("validate", "the accuracy gate is not available in this build")
+        runner = self._open(deployment, engine, "validate")
+        try:
+            gate = self._gate(deployment, artifacts, runner)
+            warmup_ms = warm_up(runner)
+        except BaseException:
+            runner.deactivate()
+            raise
+        return Loaded(runner, engine, warmup_ms=warmup_ms, gate=gate)
 
+    def _gate(self, deployment: Deployment, artifacts: Dict[str, Path], runner: Any) -> Dict[str, Any]:
+        if "validation" not in artifacts:
+            if deployment.accuracy:
+                raise StepFailed("validate", "accuracy thresholds are set but the deployment names no validation set")
+            return {"skipped": True, "reason": "the deployment names no validation set"}
+        from agent.calib.table import CalibError, read_table
+        from agent.gate.gate import run_gate
+        from agent.gate.thresholds import GateThresholds
+        from agent.gate.validation import load_validation
+
+        try:
+            validation = load_validation(artifacts["validation"])
+            table = read_table(artifacts["table"]) if "table" in artifacts else None
+            result = run_gate(
+                runner,
+                validation,
+                GateThresholds.from_dict(deployment.accuracy or None),
+                table,
+                reference_model=str(artifacts["model"]),
+                model_sha256=deployment.model,
+                precision=str(self.build_spec(deployment).effective_precision().value),
+                diagnose_budget_s=30.0,
+            )
+        except (AgentError, CalibError) as exc:
+            raise StepFailed("validate", str(exc)) from None
+        summary = {k: v for k, v in result.to_dict().items() if k in GATE_KEYS}
+        if not result.passed:
+            raise StepFailed("validate", result.summary())
+        return summary
+
+    # load (restore, rollback) ---------------------------------------------------------------------------------
     def load(self, deployment: Deployment, engine: EngineInfo) -> Loaded:
-        runner = self._open(deployment, engine, "restore")
-        return Loaded(runner, engine, warmup_ms=warm_up(runner))
+        self._check_compatible(engine)
+        runner = self._open(deployment, engine, "load")
+        try:
+            warmup_ms = warm_up(runner)
+        except BaseException:
+            runner.deactivate()
+            raise
+        return Loaded(runner, engine, warmup_ms=warmup_ms)
+
+    def _check_compatible(self, engine: EngineInfo) -> None:
+        """The cached engine against this device (B1: an engine from before a JetPack upgrade must not load)."""
+        if not engine.key:
+            return
+        from agent.engine.cache import EngineCache
+
+        cache = EngineCache.for_state(self.state_dir)
+        try:
+            entry = cache.lookup(engine.key)
+        except AgentError as exc:
+            raise StepFailed("load", str(exc)) from None
+        if entry is None:
+            raise StepFailed("load", f"engine {engine.key} is no longer in the cache")
+        verdict = cache.verify(entry, self.fingerprint)
+        if not verdict.loadable:
+            raise StepFailed("load", f"engine {engine.key} does not fit this device: {'; '.join(verdict.reasons[:3])}")
 
     def _open(self, deployment: Deployment, engine: EngineInfo, step: str) -> Any:
         from agent.runtime.factory import open_runner
 
         if not engine.path or not Path(engine.path).is_file():
             raise StepFailed(step, f"engine file missing: {engine.path or '(none recorded)'}")
-        dla_core = int(deployment.target.split(":")[1]) if deployment.target.startswith("dla:") else None
+        dla_core = int(deployment.target.split(":")[1]) if engine.backend == "tensorrt" and deployment.target.startswith("dla:") else None
         try:
-            runner = open_runner(engine.backend or "auto", engine.path, threads=self.config.engine.threads, dla_core=dla_core)
+            runner = open_runner(engine.backend or "auto", engine.path, threads=self.config.engine.threads, dla_core=dla_core, name=deployment.id)
             runner.activate()
         except AgentError as exc:
             raise StepFailed(step, str(exc)) from None
         return runner
 
-    # shutdown ------------------------------------------------------------------------------------------------
+    # after the swap ---------------------------------------------------------------------------------------------
+    def committed(self, deployment: Deployment, engine: EngineInfo) -> None:
+        """Pin the serving engine (current/previous) so the engine cache's gc keeps both."""
+        if not engine.key:
+            return
+        from agent.engine.cache import EngineCache
+
+        try:
+            EngineCache.for_state(self.state_dir).promote(engine.key)
+        except (OSError, AgentError) as exc:
+            log.warning("cannot pin engine %s in the cache: %s", engine.key, exc)
+
+    # cancel ----------------------------------------------------------------------------------------------------
     def cancel_build(self) -> None:
-        self._build_cancel.set()
+        with self._lock:
+            if self._active_cancel is not None:
+                self._active_cancel.set()
 
     def cancel(self) -> None:
         self.puller.cancel()
-        self._build_cancel.set()
+        self.cancel_build()
 
 
+def _load_onnx(path: Path) -> Any:
+    from agent.calib.table import CalibError
+
+    onnx = try_import("onnx")
+    if onnx is None:
+        return None  # the table is then judged alone
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise CalibError(f"the model artifact is not a readable ONNX file: {exc}") from None
+
+
+# the camera pipeline ------------------------------------------------------------------------------------------
 def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes], None]) -> Optional[Callable[[Deployment, Any], Any]]:
-    """A factory for the camera pipeline (agent.vision), or None when it is not installed."""
-    return None
+    """A factory for the camera pipeline (agent.vision): the deployment's cameras, pre- and postprocessing."""
+    artifacts_root = Path(config.state_dir) / "artifacts"
+
+    def make(deployment: Deployment, runner: Any) -> Any:
+        from agent.vision.capture import Capture
+        from agent.vision.pipeline import FrameResult, Pipeline
+        from agent.vision.sources import SourceOptions
+
+        options = SourceOptions.from_dict(deployment.camera_options or None)
+        captures = [Capture(uri, options, name=f"camera{i}") for i, uri in enumerate(deployment.cameras)]
+        post: Dict[str, Any] = dict(deployment.postprocess or {"type": "classification"})
+        if deployment.labels and post.get("type") == "classification" and not post.get("labels"):
+            post["labels"] = str(artifacts_root / deployment.labels)
+
+        def on_result(result: FrameResult) -> None:
+            publish_result(encode("result", {"deployment_id": deployment.id, **result.to_dict()}))
+
+        pipeline = Pipeline(captures, runner, deployment.preprocess, post, on_result, batch=deployment.batch, name=deployment.id)
+        try:
+            return pipeline.start()
+        except BaseException:
+            pipeline.stop()
+            raise
+
+    return make
+
+
+def probe_camera(uri: str, timeout_s: float = 5.0) -> Tuple[float, str]:
+    """Open a camera for `doctor`, read a few frames: (measured fps, description)."""
+    from agent.vision.sources import SourceOptions, probe_source
+
+    report = probe_source(uri, frames=10, options=SourceOptions(loop=False, open_timeout_s=timeout_s, read_timeout_s=timeout_s))
+    detail = f"{report.kind} via {report.backend}, {report.width}x{report.height}, {report.measured_fps:.1f} fps measured"
+    return (report.measured_fps if report.frames else 0.0), detail
+
+
+def inspect_engine_cache(config: AgentConfig, fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+    """For `doctor`: how many engines are cached and how many would not load on this device (and why)."""
+    from agent.device.fingerprint import DeviceFingerprint
+    from agent.engine.cache import EngineCache
+
+    cache = EngineCache.for_state(Path(config.state_dir))
+    fp = DeviceFingerprint.from_dict(fingerprint)
+    entries = [e for e in cache.entries() if e.status == "ok"]
+    why: List[str] = []
+    incompatible = 0
+    for entry in entries:
+        verdict = cache.verify(entry, fp, full_hash=False)
+        if not verdict.loadable:
+            incompatible += 1
+            why.extend(r for r in verdict.reasons[:1] if r not in why)
+    return {"root": str(cache.root), "entries": len(entries), "incompatible": incompatible, "why": "; ".join(why[:2])}
+

@@ -38,6 +38,7 @@ STEPS = ("fetch", "check_table", "build", "validate", "serve")
 MAX_INTERRUPTED_ATTEMPTS = 3
 RETRY_MIN_S = 5.0
 RETRY_MAX_S = 300.0
+SETTLE_S = 0.5  # after desired state arrives, wait this long for the rest (device and group retained messages come together)
 
 # callbacks into the daemon
 EventFn = Callable[[str, Dict[str, Any]], None]
@@ -81,6 +82,7 @@ class Reconciler:
         self.failpoints = failpoints or Failpoints()
         self.last_beat = time.monotonic()
         self.busy_step = ""  # the step running now, for the watchdog and the status
+        self.busy_since = 0.0
         self._inputs: queue.Queue[Tuple[str, bytes]] = queue.Queue()
         self._requests: queue.Queue[Request] = queue.Queue()
         self._wake = threading.Event()
@@ -94,6 +96,7 @@ class Reconciler:
         self._retry_delay: Dict[str, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._persisted = _persisted_desired(store)
+        self._settle_until = 0.0
         self.ready = threading.Event()
 
     # lifecycle -----------------------------------------------------------------------------------------
@@ -161,7 +164,8 @@ class Reconciler:
         self.on_ready(summary)
         while not self._stop.is_set():
             self.last_beat = time.monotonic()
-            self._wake.wait(1.0)
+            settle = self._settle_until - time.monotonic()
+            self._wake.wait(min(1.0, settle) if settle > 0 else 1.0)
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -206,6 +210,7 @@ class Reconciler:
             log.info("desired state from %s: %s", source, deployment.describe() if deployment else "none")
             changed = True
         if changed:
+            self._settle_until = time.monotonic() + SETTLE_S
             self._persist_desired()
             self.on_change()
 
@@ -242,6 +247,8 @@ class Reconciler:
         return None, "", ""
 
     def _reconcile(self) -> None:
+        if time.monotonic() < self._settle_until:
+            return
         desired, _source, _hold = self._effective()
         if desired is None:
             return
@@ -373,6 +380,16 @@ class Reconciler:
                 raise
             return None
         except Canceled as exc:
+            if self._stop.is_set():
+                # a shutdown, not a verdict: leave `applying` in state.json so the next start resumes it,
+                # and do not count this as an interrupted attempt
+                with self.store.mutate() as saved:
+                    if saved.applying is not None:
+                        saved.applying["attempts"] = max(0, int(saved.applying.get("attempts", 1)) - 1)
+                log.info("applying %s abandoned at step %s: the agent is stopping", deployment.id, self.busy_step)
+                if request is not None:
+                    raise
+                return None
             self._fail(deployment, StepFailed(self.busy_step or "?", str(exc)), request, canceled=True)
             raise
         finally:
@@ -386,20 +403,22 @@ class Reconciler:
     def _run_step(self, step: str, deployment: Deployment, request: Optional[Request], action: Callable[[], Any]) -> Any:
         if request is not None and request.cancel.is_set() or self._stop.is_set():
             raise Canceled(f"canceled before step {step}" if not self._stop.is_set() else "the agent is stopping")
-        self.busy_step = step
+        self.busy_step, self.busy_since = step, time.monotonic()
         self._set_step(step)
         self.beat()
         started = time.monotonic()
         try:
-            self.failpoints.hit(step, request.cancel if request else None)
+            self.failpoints.hit(step, self._current_cancel)
             result = action()
-        except StepFailed:
-            raise
         except Canceled:
             raise
         except AgentError as exc:
+            if self._stop.is_set():
+                raise Canceled("the agent is stopping") from None
             if request is not None and request.cancel.is_set():
                 raise Canceled(f"canceled during step {step}") from None
+            if isinstance(exc, StepFailed):
+                raise
             raise StepFailed(step, str(exc)) from None
         except Exception as exc:  # a bug in a step is a failed step, not a dead loop
             log.exception("step %s of %s failed unexpectedly", step, deployment.id)
@@ -457,6 +476,7 @@ class Reconciler:
             self._update_keep(state)
         self._retry_at.pop(digest, None)
         self._retry_delay.pop(digest, None)
+        self.steps.committed(deployment, loaded.engine)
         log.info("serving %s (engine %s, cache %s)", deployment.describe(), loaded.engine.backend, "hit" if loaded.engine.cache_hit else "miss")
         self.on_event(
             "deployment.serving",
@@ -524,7 +544,7 @@ class Reconciler:
             return "degraded: the serving record in state.json is unreadable"
         if self._persisted is None:
             self._persisted = deployment
-        self.busy_step = "restore"
+        self.busy_step, self.busy_since = "restore", time.monotonic()
         try:
             loaded = self.steps.load(deployment, engine)
             try:

@@ -19,7 +19,7 @@ from .steps import Loaded
 
 log = logging.getLogger(__name__)
 
-# (deployment, runner, labels path or None) -> a started pipeline object
+# (deployment, activated runner) -> a started pipeline object (agent.vision.pipeline.Pipeline)
 PipelineFactory = Callable[[Deployment, Any], Any]
 
 
@@ -133,4 +133,6 @@ def last_frame_age(metrics: Dict[str, Any]) -> Optional[float]:
     stamp = metrics.get("last_frame_at") or metrics.get("last_frame_ts")
     if isinstance(stamp, (int, float)) and stamp > 0:
         return max(0.0, time.time() - float(stamp))
-    return None
+    ages = [s.get("seconds_since_frame") for s in metrics.get("sources") or [] if isinstance(s, dict)]
+    known = [float(a) for a in ages if isinstance(a, (int, float))]
+    return min(known) if known else None  # the freshest camera: frames flow while any camera delivers

@@ -96,6 +96,9 @@ class Steps:
     def load(self, deployment: Any, engine: EngineInfo) -> Loaded:
         raise NotImplementedError
 
+    def committed(self, deployment: Any, engine: EngineInfo) -> None:
+        """The engine now serves (pin it in the engine cache)."""
+
     def cancel_build(self) -> None:
         """Abandon the build in progress (the operator canceled its job)."""
 

@@ -41,7 +41,7 @@ from agent.engine.report import policy_violations, precision_warnings
 from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
 from agent.engine.worker import RESULT_NAME, Job
 from agent.errors import AgentError
-from agent.lazy import module_version
+from agent.lazy import module_version, require
 from agent.store.atomic import atomic_write_json
 from agent.store.hashing import sha256_file
 
@@ -187,6 +187,8 @@ def ensure_engine(
         rebuilt_because = ["rebuild forced"]
         emit("rejected", "rebuild forced", reasons=rebuilt_because)
 
+    if spec.backend == BACKEND_TENSORRT:
+        require("tensorrt", f"building for target {spec.target}")  # missing TensorRT is not a failed build
     cache.check_writable()
     model_path, calib_path = _resolve_inputs(spec, cache, model, calib)
     plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == BACKEND_TENSORRT else []

@@ -42,7 +42,8 @@ _LAYER_FALLBACK = re.compile(r"layer (.+?) is not supported on DLA", re.IGNORECA
 # the start of a new log message: a '[...]' prefix, 'ERROR:', a glog 'E0915', an error code '6: ', a docker
 # 'name  | ' prefix, 'Class::method', 'trt_infer: '
 _MESSAGE_START = re.compile(r"^\s*(?:\[|[A-Z_]{4,}\b|[EWIF]\d{4}\s|\d+:\s|\S+\s+\|\s|[\w.]+::|\w+:\s)")
-_ERRORISH = re.compile(r"\[E\]|\bERROR\b|Error Code|\bError\[|INTERNAL_ERROR|\bfailed\b|INVALID_CONFIG|\[TRT\]\s*\[E\]", re.IGNORECASE)
+# error markers of TensorRT and the tools around it (case matters: prose saying "error" is not an error line)
+_ERRORISH = re.compile(r"\[E\]|\bERROR\b|Error Code|\bError\[|INTERNAL_ERROR|INVALID_CONFIG|^\s*E\d{4}\s|\bassertion\b.*\bfailed\b|Assertion .* failed")
 _GENERIC = re.compile(
     r"Engine deserialization failed|Got invalid engine|deserializeCudaEngine.*Error Code 4|engine->deserialize\(|"
     r"Assertion engine != nullptr failed|Engine could not be created|unable to load plan file|load failed for model",
@@ -203,7 +204,8 @@ def diagnose_log(text: str) -> List[Problem]:
     """A whole TensorRT log -> the problems in it, in order. A generic failure line ("Engine deserialization
     failed") right after a specific problem is folded into it instead of standing alone."""
     problems: List[Problem] = []
-    for line in join_wrapped(text.splitlines()):
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]  # comments in saved logs
+    for line in join_wrapped(lines):
         problem = classify_line(line)
         if problem is None:
             continue
@@ -217,7 +219,9 @@ def diagnose_log(text: str) -> List[Problem]:
             and problem.kind in ("version_mismatch", "device_mismatch", "corrupt")
             and previous.runtime is None
             and previous.plan is None
+            and not previous.related
             and (problem.runtime is not None or problem.plan is not None)
+            and not _MESSAGE_START.match(problem.line)
         ):  # the same message split over lines: keep the one with the versions
             problem.related = [previous.line.strip(), *previous.related, *problem.related]
             problems[-1] = problem

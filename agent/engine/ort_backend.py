@@ -97,13 +97,12 @@ def _trial_run(ort: Any, path: str, spec: BuildSpec) -> None:
     options.intra_op_num_threads = 1
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        feed = {}
-        for index, tensor in enumerate(session.get_inputs()):
+        feed: Dict[str, Any] = {}
+        for tensor in session.get_inputs():
             shape = [d if isinstance(d, int) and d > 0 else (spec.batch.opt if i == 0 else 1) for i, d in enumerate(tensor.shape)]
             dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
                      "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_}.get(tensor.type, np.float32)
             feed[tensor.name] = np.zeros(shape, dtype=dtype)
-            del index
         session.run(None, feed)
     except Exception as exc:
         raise WorkerError(f"the optimized model does not run: {_first_line(exc)}") from None

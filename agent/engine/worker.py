@@ -79,13 +79,13 @@ def _event_writer() -> Emit:
 
 def run(job: Job, emit: Emit) -> Dict[str, Any]:
     if job.backend == "onnxruntime":
-        from agent.engine import ort_backend
+        from agent.engine.ort_backend import build as build_onnxruntime
 
-        return ort_backend.build(job, emit)
+        return build_onnxruntime(job, emit)
     if job.backend == "tensorrt":
-        from agent.engine import trt_builder
+        from agent.engine.trt_builder import build as build_tensorrt
 
-        return trt_builder.build(job, emit)
+        return build_tensorrt(job, emit)
     raise WorkerError(f"unknown backend {job.backend!r}")
 
 

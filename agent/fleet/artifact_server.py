@@ -35,6 +35,7 @@ from agent.fleet.artifacts import (
 from agent.fleet.link import MqttLink
 from agent.fleet.messages import MessageError
 from agent.fleet.topics import Topics, all_devices, device_of
+from agent.fleet.transfer import ensure_no_delay
 from agent.store.artifacts import is_artifact_id
 from agent.store.atomic import atomic_move, atomic_write_bytes, read_json
 from agent.store.hashing import sha256_file
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".manifest.json"
 _OPEN_FILES = 32
 _TRACKED_TRANSFERS = 4096
+_INLINE_REQUEST_BYTES = 4096  # a request message this small ...
+_INLINE_SERVE_BYTES = 8 * 1024 * 1024  # ... asking for at most this much is served on the network thread
+
+
+class _TooBigForInline(Exception):
+    """The request is answered by the worker thread instead."""
 
 
 # ------------------------------------------------------------------------------------------------ folder
@@ -181,12 +188,21 @@ class ArtifactServer:
             log.info("republished %d artifact manifests", len(manifests))
         return len(manifests)
 
-    # paho thread: queue and return
     def _on_request(self, msg: Any) -> None:
-        import os as _os
-        if _os.environ.get("INLINE_SERVE"):
-            self._serve(msg.topic, msg.payload)
-            return
+        """paho's network thread. A usual request (a window's refill: a few blocks, a few MB read from the page
+        cache) is answered right here: handing it to another thread costs more in GIL hand-offs than reading
+        and publishing it, and halved the throughput in bench/transfer.py. Big or rate-limited requests go to
+        the worker, so this thread never sleeps or stalls on a large read."""
+        ensure_no_delay(self.link)  # every call: the socket is new after a reconnect; a setsockopt is cheap
+        if self.rate_limit_bps <= 0 and len(msg.payload) <= _INLINE_REQUEST_BYTES:
+            try:
+                self._serve(msg.topic, msg.payload, inline_limit=_INLINE_SERVE_BYTES)
+                return
+            except _TooBigForInline:
+                pass
+            except Exception:  # one bad request must not stop the server
+                log.exception("artifact request on %s failed", msg.topic)
+                return
         self._requests.put((msg.topic, msg.payload))
 
     def _work(self) -> None:
@@ -200,7 +216,7 @@ class ArtifactServer:
             except Exception:  # one bad request must not stop the server
                 log.exception("artifact request on %s failed", topic)
 
-    def _serve(self, topic: str, payload: bytes) -> None:
+    def _serve(self, topic: str, payload: bytes, inline_limit: int = 0) -> None:
         device = device_of(topic, self.prefix)
         if not device:
             self.stats.bad_requests += 1
@@ -213,6 +229,8 @@ class ArtifactServer:
             self.recent_errors.append(f"{device}: {exc}")
             log.warning("bad artifact request from %s: %s", device, exc)
             return
+        if inline_limit and len(request.blocks) * request.chunk_size > inline_limit:
+            raise _TooBigForInline
         self.stats.requests += 1
         opened = self._open(request.artifact_id)
         if opened is None:

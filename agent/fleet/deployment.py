@@ -153,7 +153,7 @@ def _preprocess(value: Any) -> PreprocessValue:
 
 
 def _postprocess(value: Any) -> Dict[str, Any]:
-    if value is None:
+    if value is None or value == {}:
         return {}
     if isinstance(value, str):
         value = {"type": value}

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import queue
+import socket
 import struct
 import threading
 import time
@@ -75,7 +76,6 @@ PROGRESS_INTERVAL_S = 1.0
 _LOG_MAGIC = b"EAPL"
 _LOG_HEADER = struct.Struct(">4sIQ")  # magic, chunk size, artifact size
 _LOG_RECORD = struct.Struct(">I")
-_STOP = object()
 
 
 @dataclass
@@ -115,8 +115,7 @@ class PartialFile:
         self._whole = hashlib.sha256()
         self._hashed = 0  # blocks [0, _hashed) are in _whole
         self._unsynced = 0
-        self._worker: Optional[threading.Thread] = None
-        self._work_queue: queue.Queue[Any] = queue.Queue()
+        self._sync_thread: Optional[threading.Thread] = None
 
     def open(self) -> Set[int]:
         """Lock, create or reopen, and return the blocks already on disk that still match their hashes."""
@@ -176,65 +175,46 @@ class PartialFile:
         os.write(self._log_fd, _LOG_RECORD.pack(index))
         self.have.add(index)
         if index == self._hashed:
-            self._feed(data)
+            self._whole.update(data)
             self._hashed += 1
         self._advance()
         self._unsynced += len(data)
-        if self._unsynced >= self.SYNC_EVERY:
+        if self._unsynced >= self.SYNC_EVERY and (self._sync_thread is None or not self._sync_thread.is_alive()):
             self._unsynced = 0
-            self._feed(None)
+            self._sync_thread = threading.Thread(target=self._sync_quietly, name="artifact-sync", daemon=True)
+            self._sync_thread.start()
 
     def _advance(self) -> None:
         while self._hashed < self.manifest.block_count and self._hashed in self.have:
             offset, length = self.manifest.block_range(self._hashed)
-            self._feed((offset, length))
+            self._whole.update(os.pread(self._part_fd, length, offset))
             self._hashed += 1
 
-    def _feed(self, item: Any) -> None:
-        """Hand work to the background thread: bytes to hash, (offset, length) to read back and hash, or None
-        to flush written data to disk. Hashing and flushing release the GIL, so this runs beside the network
-        thread on another core; the bounded queue keeps memory to a few blocks if it falls behind."""
-        if self._worker is None:
-            self._work_queue = queue.Queue(maxsize=32)
-            self._worker = threading.Thread(target=self._work, name="artifact-hash", daemon=True)
-            self._worker.start()
-        self._work_queue.put(item)
-
-    def _work(self) -> None:
-        while True:
-            item = self._work_queue.get()
-            if item is _STOP:
-                return
-            if item is None:
-                try:
-                    os.fdatasync(self._part_fd)
-                except OSError:  # the final fsync reports what matters
-                    pass
-            elif isinstance(item, tuple):
-                self._whole.update(os.pread(self._part_fd, item[1], item[0]))
-            else:
-                self._whole.update(item)
-
-    def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._work_queue.put(_STOP)
-            self._worker.join()
-            self._worker = None
+    def _sync_quietly(self) -> None:
+        try:
+            os.fdatasync(self._part_fd)
+        except OSError:  # the final fsync reports what matters
+            pass
 
     def finish(self) -> str:
         """Flush and close the data file; return its sha256 (every block must be present)."""
         self._advance()
         if self._hashed != self.manifest.block_count:  # pragma: no cover - the transfer loop ends only when complete
             raise ArtifactError(f"artifact {self.manifest.artifact_id[:12]}: finishing with blocks missing")
-        self._stop_worker()
+        self._join_sync()
         os.fsync(self._part_fd)
         os.close(self._part_fd)
         self._part_fd = -1
         return self._whole.hexdigest()
 
+    def _join_sync(self) -> None:
+        if self._sync_thread is not None:
+            self._sync_thread.join()
+            self._sync_thread = None
+
     def close(self) -> None:
         """Close the files and release the lock (the partial stays for the next attempt)."""
-        self._stop_worker()  # never close a descriptor the worker is using
+        self._join_sync()  # never close a descriptor a flush is using
         for attr in ("_part_fd", "_log_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
@@ -369,6 +349,7 @@ class ArtifactPuller:
         wait = self.manifest_timeout_s
         if deadline is not None:
             wait = max(0.0, min(wait, deadline - time.monotonic()))
+        ensure_no_delay(self.link)
         self.link.subscribe(topic, lambda msg: arrived.put(bytes(msg.payload)), qos=1)
         try:
             end = time.monotonic() + wait
@@ -402,6 +383,7 @@ class ArtifactPuller:
 
     def _transfer(self, manifest: ArtifactManifest, partial: PartialFile, have: Set[int], stats: TransferStats,
                   deadline: Optional[float]) -> None:
+        ensure_no_delay(self.link)
         run = _Transfer(self, manifest, partial, have, stats, deadline)
         self._run = run
         try:
@@ -563,6 +545,7 @@ class _Transfer:
         if self.p.link.connects == self.connects or not self.p.link.connected.is_set():
             return
         self.connects = self.p.link.connects
+        ensure_no_delay(self.p.link)
         lost = list(self.in_flight)
         log.info("artifact %s: broker reconnected; asking again for %d blocks in flight", self.m.artifact_id[:12], len(lost))
         for index in reversed(lost):
@@ -656,6 +639,19 @@ def _write_error(artifact_id: str, root: Path, exc: OSError) -> ArtifactError:
         return DiskSpaceError(f"artifact {artifact_id[:12]}: the disk under {root} is full; free space or run edge-agent store gc "
                               "(the blocks written so far are kept)")
     return ArtifactError(f"artifact {artifact_id[:12]}: cannot write under {root}: {exc.strerror or exc} ({exc.filename or ''})")
+
+
+def ensure_no_delay(link: MqttLink) -> None:
+    """Turn off Nagle's algorithm on the link's socket. A block request is a small packet; held back until the
+    previous one is acknowledged, it met the peer's delayed ACK and cost 40 ms before the first block came.
+    Idempotent and cheap; called again after a reconnect (a new socket)."""
+    setsockopt = getattr(link.client.socket(), "setsockopt", None)
+    if setsockopt is None:
+        return
+    try:
+        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not TCP (a websocket transport, a test double): nothing to tune
+        pass
 
 
 WantedArtifact = Tuple[str, Optional[str], Optional[str]]  # (artifact id, kind, name); None: any

@@ -91,6 +91,7 @@ class GateResult:
         """Plain JSON (no NaN/inf): for the engine manifest, the status document and the event."""
         return {
             "passed": self.passed,
+            "summary": self.summary(),
             "task": self.task,
             "frames": self.frames,
             "seconds": round(self.seconds, 3),

@@ -49,6 +49,7 @@ class TelemetryCollector:
     ) -> None:
         self.config = config
         self.device_id = device_id
+        self.interval_s = config.interval_s  # reported in the document; the publisher sets its own
         self.sources = SoftSources()
         self.providers: Dict[str, Provider] = {}
         for name, provider in (providers or {}).items():
@@ -93,7 +94,7 @@ class TelemetryCollector:
             "kind": KIND,
             "ts": round(time.time(), 3),
             "device": self.device_id,
-            "interval_s": self.config.interval_s,
+            "interval_s": self.interval_s,
             "collect_ms": None,
             "unavailable": {},
             # the section wrappers only catch bugs; each collector reports its own missing sources by name

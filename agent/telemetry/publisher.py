@@ -40,7 +40,8 @@ class TelemetryPublisher:
         self.link = link
         self.topic = topic
         self.collector = collector
-        self.interval_s = float(interval_s)
+        self._interval_s = float(interval_s)
+        collector.interval_s = self._interval_s
         self.qos = qos
         self.retain = retain
         self.published = 0  # handed to the broker connection
@@ -49,6 +50,8 @@ class TelemetryPublisher:
         self._sources = SoftSources(log)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._requested = False
+        self._rescheduled = False
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
 
@@ -71,8 +74,24 @@ class TelemetryPublisher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
+    @interval_s.setter
+    def interval_s(self, value: float) -> None:
+        """A new interval (a deployment may set its own) takes effect now, counted from the last document."""
+        if value <= 0:
+            raise ValueError(f"interval_s must be positive, got {value}")
+        if float(value) != self._interval_s:
+            self._interval_s = float(value)
+            self.collector.interval_s = self._interval_s
+            self._rescheduled = True
+            self._wake.set()
+
     def request(self) -> None:
         """Publish a document as soon as the publisher thread wakes (returns at once)."""
+        self._requested = True
         self._wake.set()
 
     def publish_now(self) -> bool:
@@ -94,20 +113,27 @@ class TelemetryPublisher:
             return sent
 
     def _run(self) -> None:
-        next_at = time.monotonic() + self.interval_s
+        last_at = time.monotonic()
+        next_at = last_at + self._interval_s
         while not self._stopping:
-            requested = self._wake.wait(max(0.0, next_at - time.monotonic()))
+            woken = self._wake.wait(max(0.0, next_at - time.monotonic()))
             if self._stopping:
                 break
-            if requested:
+            if woken:
                 self._wake.clear()
-                self.publish_now()
+                if self._rescheduled:
+                    self._rescheduled = False
+                    next_at = last_at + self._interval_s
+                if self._requested:
+                    self._requested = False
+                    self.publish_now()
                 continue
             self.publish_now()
-            next_at += self.interval_s
+            last_at = next_at
+            next_at += self._interval_s
             now = time.monotonic()
             if next_at <= now:  # fell behind (a slow collection, a suspended device): skip, do not burst
-                next_at = now + self.interval_s
+                last_at, next_at = now, now + self._interval_s
 
 
 def agent_provider(link: MqttLink, version: str, started_monotonic: Optional[float] = None) -> Callable[[], Dict[str, Any]]:

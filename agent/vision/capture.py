@@ -131,7 +131,8 @@ class Capture:
     def stop(self, timeout: float = 3.0) -> None:
         self._stop.set()
         with self._cond:
-            self._state = "stopped"
+            if self._state != "ended":
+                self._state = "stopped"
             self._cond.notify_all()
         for listener in self.listeners:
             listener.set()
@@ -200,7 +201,7 @@ class Capture:
     # the capture thread ---------------------------------------------------------------------------------
     def _set_state(self, state: str, error: Optional[str] = None) -> None:
         with self._cond:
-            if self._state != "stopped":
+            if self._state not in ("stopped", "ended"):
                 self._state = state
             if error is not None:
                 self._last_error = error

@@ -115,7 +115,12 @@ def fourcc_code(text: str) -> int:
 
 def fps_fraction(fps: float) -> str:
     """29.97 -> '30000/1001', 30 -> '30/1' (GStreamer caps want a fraction)."""
-    fraction = Fraction(fps).limit_denominator(1001)
+    if float(fps).is_integer():
+        return f"{int(fps)}/1"
+    ntsc = round(fps * 1.001)  # 23.976, 29.97, 59.94: the x1000/1001 rates
+    if abs(ntsc * 1000 / 1001 - fps) < 0.005:
+        return f"{ntsc * 1000}/1001"
+    fraction = Fraction(fps).limit_denominator(1000)
     return f"{fraction.numerator}/{fraction.denominator}"
 
 

@@ -124,3 +124,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def tls_broker_readable(mosquitto_available: None) -> Iterator[Dict[str, Any]]:
+    """A TLS-only mosquitto whose certificates sit where a broker started as root (which drops to the
+    `mosquitto` user) can read them; the shared `tls_broker` fixture's pytest folder is mode 0700."""
+    import shutil
+    import tempfile
+
+    from tests.conftest import make_test_pki
+
+    folder = Path(tempfile.mkdtemp(prefix="edge-agent-pki-"))
+    try:
+        pki = make_test_pki(folder / "pki")
+        for path in [folder, folder / "pki", *pki.values()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        with LocalBroker(tls_cert=str(pki["server.crt"]), tls_key=str(pki["server.key"]), tls_ca=str(pki["ca"])) as local:
+            yield {"broker": local, **pki}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -45,6 +45,7 @@ def test_result_is_plain_json(tiny_validation, damaged_model):
     result = run_gate(OnnxRuntimeRunner(damaged_model), tiny_validation)
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert data["task"] == "classification"
+    assert data["summary"].startswith("accuracy gate")
     assert data["gated"] == ["top1_agreement", "top5_containment"]
     assert set(data["metrics"]) >= {"top1_agreement", "top5_containment", "cosine", "max_abs_error"}
     assert data["details"]["classification"]["disagreements"][0].startswith("drawn_")

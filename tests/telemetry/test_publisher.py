@@ -123,3 +123,20 @@ def test_a_broken_collector_costs_one_document_not_the_thread(link: MqttLink, tm
 def test_interval_must_be_positive(link: MqttLink, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         TelemetryPublisher(link, "t", TelemetryCollector(TelemetryConfig(), tmp_path, on_jetson=False), 0)
+
+
+def test_a_new_interval_takes_effect_at_once(broker: LocalBroker, link: MqttLink, tmp_path: Path) -> None:
+    topic = Topics("edge", "tele-retime").telemetry
+    watcher = Collector(broker.host, broker.port, [topic])
+    publisher = TelemetryPublisher(link, topic, _collector(tmp_path, link, "tele-retime"), interval_s=60.0).start()
+    try:
+        time.sleep(0.1)
+        publisher.interval_s = INTERVAL_S  # as the daemon does when a deployment sets its own interval
+        docs = [json.loads(m.payload) for m in _receive(watcher, 2, timeout=10)]
+    finally:
+        publisher.stop()
+        publisher.collector.close()
+        watcher.close()
+    assert len(docs) == 2 and docs[-1]["interval_s"] == INTERVAL_S
+    with pytest.raises(ValueError):
+        publisher.interval_s = 0

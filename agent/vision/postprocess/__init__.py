@@ -17,10 +17,11 @@ from agent.vision.postprocess.base import (
     PostprocessError,
     Postprocessor,
 )
+from agent.vision.postprocess.gate_adapter import gate_decoder
 
 PLUGIN_MODULES = ("classification", "blazeface", "yolo")
 
-__all__ = ["Classification", "Detection", "Findings", "PostprocessError", "Postprocessor", "create", "registry"]
+__all__ = ["Classification", "Detection", "Findings", "PostprocessError", "Postprocessor", "create", "gate_decoder", "registry"]
 
 
 def registry() -> Dict[str, Tuple[Type[Any], Type[Postprocessor]]]:

@@ -1,0 +1,384 @@
+"""The thin TensorRT builder: ONNX -> serialized plan, one code path for TensorRT 8.5 to 11.
+
+It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_memory_pool_limit`,
+`num_io_tensors`, name-based tensors) and branches only where tensorrt-facts.md section 5.1 says it must:
+
+- network creation: EXPLICIT_BATCH on 8.x, flags 0 from 10 (the enum value is gone in 11);
+- precision: BuilderFlag FP16/INT8 on 8.x and 10.x; none on 11 (strongly typed: types come from the ONNX);
+- INT8 from a calibration table by `agent.calib.routes.choose_int8_route`: per-tensor dynamic ranges or a
+  cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, via agent.calib.qdq flavour "tensorrt");
+- the progress monitor exists from 10.0.
+
+DLA only where `agent.calib.routes.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
+spec allows it (a strict DLA build lists the layers DLA cannot run before building). The timing cache is
+loaded and saved around the build. Plugin libraries come only from the paths the parent resolved (configured
+folder, sha256 checked). The report comes from the engine inspector (ProfilingVerbosity.DETAILED) and the log.
+
+Runs inside the build worker (agent.engine.worker), never in the daemon. Verified by type checks only (mypy
+against tensorrt-stubs 10.13, `disallow_untyped_defs`): no machine of this project has TensorRT.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from agent.calib.routes import Int8Method, Int8Route, Version, choose_int8_route, dla_support, format_version, parse_version
+from agent.engine.diagnose import diagnose_log
+from agent.engine.report import report_from_tensorrt
+from agent.engine.spec import BuildSpec, Precision
+from agent.engine.worker import Emit, Job, WorkerError
+from agent.lazy import require
+from agent.store.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    from agent.calib.table import CalibTable
+
+# Lines kept from the VERBOSE stream (the DLA/GPU placement summary is VERBOSE on newer TensorRT).
+PLACEMENT_MARKERS = ("[DlaLayer]", "[GpuLayer]", "Layers Running on")
+
+
+class _Log:
+    """TensorRT's log: INFO and above to stderr (the build log) and memory; VERBOSE only for placement lines."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+        self.lock = threading.Lock()
+
+    def add(self, severity: int, message: str) -> None:
+        if severity >= 4 and not any(marker in message for marker in PLACEMENT_MARKERS):
+            return
+        name = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")[min(max(severity, 0), 4)]
+        line = f"[{name}] {message}"
+        with self.lock:
+            self.lines.append(line)
+        sys.stderr.write(line + "\n")
+
+
+def _logger(sink: _Log, verbose: bool) -> trt.ILogger:
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    class CaptureLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.min_severity = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.INFO
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            sink.add(int(severity), msg)
+
+    return CaptureLogger()
+
+
+def _calibrator(cache: bytes, batch_size: int) -> trt.IInt8EntropyCalibrator2:
+    """A calibrator that only hands TensorRT the stored table (header rewritten for this TensorRT) and never
+    supplies data: if TensorRT rejects the table, the build fails loudly instead of calibrating on nothing."""
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # required by the bindings
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: List[str]) -> List[int]:
+            return []
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None
+
+    return CacheOnlyCalibrator()
+
+
+def _progress_monitor(emit: Emit) -> trt.IProgressMonitor:
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    class Monitor(trt.IProgressMonitor):
+        """Top-level phases become progress events (fraction 0.2 to 0.9 of the whole build), at most 2 a second."""
+
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: Dict[str, int] = {}
+            self.top: Optional[str] = None
+            self.last = 0.0
+            self.lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            with self.lock:
+                self.steps[phase_name] = max(1, num_steps)
+                if parent_phase is None:
+                    self.top = phase_name
+            emit("build", None, phase_name)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            now = time.monotonic()
+            with self.lock:
+                if phase_name != self.top or now - self.last < 0.5:
+                    return True
+                self.last = now
+                fraction = 0.2 + 0.7 * min(1.0, (step + 1) / self.steps.get(phase_name, 1))
+            emit("build", round(fraction, 3), f"{phase_name}: step {step + 1} of {self.steps.get(phase_name, 1)}")
+            return True  # False would cancel the build; the parent kills the process instead
+
+        def phase_finish(self, phase_name: str) -> None:
+            return None
+
+    return Monitor()
+
+
+def _parser_errors(parser: trt.OnnxParser) -> List[str]:
+    """Each ONNX parser error with its node: 'node 12 (Conv_3, Conv): Assertion failed: ...'."""
+    out: List[str] = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        where = ""
+        try:
+            node = int(error.node())
+            name = str(error.node_name()) if hasattr(error, "node_name") else ""
+            operator = str(error.node_operator()) if hasattr(error, "node_operator") else ""
+            if node >= 0:
+                where = f"node {node}" + (f" ({', '.join(x for x in (name, operator) if x)})" if name or operator else "") + ": "
+        except Exception:  # older parsers lack some accessors
+            where = ""
+        out.append(f"{where}{error.desc()}")
+    return out
+
+
+def _network_flags(version: Version) -> int:
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    if version < (10, 0, 0):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    return 0
+
+
+def _ints(dims: trt.Dims) -> List[int]:
+    """A Dims as a list (the stubs give it __len__ and __getitem__, not __iter__)."""
+    return [int(dims[i]) for i in range(len(dims))]
+
+
+def _dims(values: List[int]) -> trt.Dims:
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    return trt.Dims(values)
+
+
+def _add_profile(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, spec: BuildSpec) -> Optional[trt.IOptimizationProfile]:
+    """One optimization profile when an input has dynamic dimensions: the batch (first) dimension from the spec;
+    any other dynamic dimension is an error (this agent serves fixed-size camera frames)."""
+    dynamic = False
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        shape = _ints(tensor.shape)
+        if all(d >= 0 for d in shape):
+            continue
+        dynamic = True
+        if any(d < 0 for d in shape[1:]):
+            raise WorkerError(f"input {tensor.name} has dynamic dimensions besides the batch ({shape}): export the model with fixed sizes", "unsupported")
+        rest = shape[1:]
+        profile.set_shape(tensor.name, _dims([spec.batch.min, *rest]), _dims([spec.batch.opt, *rest]), _dims([spec.batch.max, *rest]))
+    if not dynamic:
+        return None
+    config.add_optimization_profile(profile)
+    return profile
+
+
+def _apply_dynamic_ranges(network: trt.INetworkDefinition, table: CalibTable) -> Tuple[int, List[str]]:
+    """ITensor.set_dynamic_range(-amax, amax) for every float tensor the table has; the rest are reported."""
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    from agent.calib.table import is_usable_scale
+
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    tensors: List[trt.ITensor] = [network.get_input(i) for i in range(network.num_inputs)]
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        tensors.extend(layer.get_output(j) for j in range(layer.num_outputs))
+    applied, missing = 0, []
+    for tensor in tensors:
+        if tensor.dtype != trt.DataType.FLOAT or tensor.name in outputs:
+            continue
+        scale = table.entries.get(tensor.name)
+        if scale is None or not is_usable_scale(scale):
+            missing.append(tensor.name)
+            continue
+        amax = table.amax(tensor.name)
+        tensor.set_dynamic_range(-amax, amax)
+        applied += 1
+    return applied, missing
+
+
+def _dla_layers_blocked(network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> List[str]:
+    return [network.get_layer(i).name for i in range(network.num_layers) if not config.can_run_on_DLA(network.get_layer(i))]
+
+
+def _timing_cache(config: trt.IBuilderConfig, path: Optional[str], notes: List[str]) -> None:
+    if path is None:
+        return
+    data = b""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        notes.append(f"timing cache unreadable ({exc}): starting a new one")
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, False):
+        notes.append("the timing cache was made by another TensorRT or GPU: starting a new one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Optional[str], notes: List[str]) -> None:
+    if path is None:
+        return
+    try:
+        atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
+    except OSError as exc:
+        notes.append(f"could not save the timing cache: {exc}")
+
+
+def _model_bytes(job: Job, route: Optional[Int8Route], table: Optional[CalibTable], notes: List[str]) -> bytes:
+    if route is None or route.method != Int8Method.QDQ_TENSORRT or table is None:
+        return Path(job.model).read_bytes()
+    onnx = require("onnx", "explicit Q/DQ for TensorRT 11")
+    from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
+
+    result = to_qdq(onnx.load(job.model), table, FLAVOR_TENSORRT)
+    notes.extend(result.notes)
+    if result.skipped:
+        notes.append(f"{len(result.skipped)} tensor(s) have no usable scale and stay float in the Q/DQ model")
+    return bytes(result.model.SerializeToString())
+
+
+def build(job: Job, emit: Emit) -> Dict[str, Any]:
+    require("tensorrt", "building TensorRT engines")
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
+
+    started = time.monotonic()
+    version = parse_version(trt.__version__)
+    spec = BuildSpec.from_dict(job.spec)
+    precision = spec.effective_precision()
+    dla_core = spec.dla_core
+    notes: List[str] = []
+    sink = _Log()
+    logger = _logger(sink, verbose=dla_core is not None)
+    trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    registry = builder.get_plugin_registry()
+    for plugin in job.plugins:
+        registry.load_library(plugin)
+    emit("parse", 0.05, f"TensorRT {trt.__version__}: parsing the ONNX model")
+
+    support = None
+    if dla_core is not None:
+        support = dla_support(version, builder.num_DLA_cores, job.fingerprint.get("module"))
+        if not support.available:
+            raise WorkerError(f"DLA core {dla_core} refused: {support.reason}", "dla")
+        if dla_core >= builder.num_DLA_cores:
+            raise WorkerError(f"DLA core {dla_core} refused: this device has {builder.num_DLA_cores} DLA core(s)", "dla")
+
+    route: Optional[Int8Route] = None
+    table: Optional[CalibTable] = None
+    if precision == Precision.INT8:
+        from agent.calib.table import read_table
+
+        if not job.calib:
+            raise WorkerError("INT8 needs the calibration table, and the job has none")
+        route = choose_int8_route(version, spec.target, spec.calib_portable)
+        table = read_table(job.calib)
+        if route.deprecated:
+            notes.append(f"{route.method.value}: deprecated since TensorRT 10.1, still supported on {format_version(version)}")
+    if support is not None and support.qdq_only and (route is None or route.method != Int8Method.QDQ_TENSORRT):
+        raise WorkerError(f"DLA on TensorRT {format_version(version)} takes explicit Q/DQ INT8 networks only: build int8 with a table", "dla")
+    if version >= (11, 0, 0) and precision == Precision.FP16:
+        raise WorkerError(
+            f"TensorRT {format_version(version)} builds strongly typed networks: FP16 needs an FP16 ONNX model (no builder flag "
+            "exists any more); ship an FP16 export, or ask for int8 with a table or fp32",
+            "unsupported",
+        )
+
+    network = builder.create_network(_network_flags(version))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(_model_bytes(job, route, table, notes)):
+        errors = _parser_errors(parser)
+        raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse")
+
+    config = builder.create_builder_config()
+    if spec.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    profile = _add_profile(builder, network, config, spec)
+
+    missing: List[str] = []
+    int8: Dict[str, Any] = {}
+    if version < (11, 0, 0):
+        if precision in (Precision.FP16, Precision.INT8):
+            config.set_flag(trt.BuilderFlag.FP16)  # layers without an INT8 scale run FP16, not FP32 (and DLA needs it)
+        if precision == Precision.INT8 and route is not None and table is not None:
+            config.set_flag(trt.BuilderFlag.INT8)
+            if route.method == Int8Method.DYNAMIC_RANGE:
+                applied, missing = _apply_dynamic_ranges(network, table)
+                int8["tensors_with_range"] = applied
+            elif route.method == Int8Method.CACHE_CALIBRATOR:
+                from agent.calib.table import with_header_version, write_table
+
+                cache = write_table(with_header_version(table, version))
+                config.int8_calibrator = _calibrator(cache, spec.batch.opt)
+                if profile is not None:
+                    config.set_calibration_profile(profile)
+                known = {network.get_input(i).name for i in range(network.num_inputs)}
+                for index in range(network.num_layers):
+                    layer = network.get_layer(index)
+                    known.update(layer.get_output(j).name for j in range(layer.num_outputs))
+                missing = sorted(name for name in known if name not in table.entries)
+    if route is not None:
+        int8.update({"route": route.method.value, "reason": route.reason, "deprecated": route.deprecated})
+
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        if spec.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        else:
+            blocked = _dla_layers_blocked(network, config)
+            if blocked:
+                raise WorkerError(
+                    f"{len(blocked)} layer(s) cannot run on DLA and GPU fallback is not allowed: {', '.join(blocked[:10])}"
+                    + (" ..." if len(blocked) > 10 else ""),
+                    "dla",
+                )
+
+    _timing_cache(config, job.timing_cache, notes)
+    if version >= (10, 0, 0) and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(emit)
+    emit("build", 0.2, "building (this can take minutes on a Jetson)")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        problems = diagnose_log("\n".join(sink.lines))
+        why = "; ".join(f"{p.kind}: {p.detail or p.line}" for p in problems if p.severity == "error")[:800]
+        raise WorkerError("TensorRT could not build the engine" + (f": {why}" if why else " (see the build log)"), "build")
+    data = bytes(plan)
+    atomic_write_bytes(job.engine_path, data)
+    _save_timing_cache(config, job.timing_cache, notes)
+
+    emit("inspect", 0.92, "loading the new plan and reading the engine inspector")
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise WorkerError("the plan just built does not deserialize on this device", "build")
+    inspector = engine.create_engine_inspector()
+    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    report = report_from_tensorrt(info, sink.lines, dla_core is not None, missing, time.monotonic() - started)
+    emit("done", 1.0, "built")
+    return {"backend_version": str(trt.__version__), "report": report.to_dict(), "int8": int8, "notes": notes}
