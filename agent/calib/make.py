@@ -14,6 +14,7 @@ iterator are spooled to a temporary file for the second pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -134,8 +135,8 @@ class _Spool:
     """Frames written once to a temporary file and read back in order: a second pass over a one-shot iterator
     without holding the frames in memory."""
 
-    def __init__(self) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="edge-agent-calib-")
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
         self.count = 0
 
     def add(self, frame: np.ndarray) -> None:
@@ -146,9 +147,6 @@ class _Spool:
         self._file.seek(0)
         for _ in range(self.count):
             yield np.load(self._file, allow_pickle=False)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _all_tensor_model(model_bytes: bytes) -> tuple:
@@ -231,9 +229,9 @@ def make_table(
     observer = _Observer(names)
     two_pass = method != "minmax"
     reusable = isinstance(frames, (list, tuple))
-    spool = _Spool() if two_pass and not reusable else None
     done = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        spool = _Spool(stack.enter_context(tempfile.TemporaryFile(prefix="edge-agent-calib-"))) if two_pass and not reusable else None
         for frame in frames:
             observer.observe_max(run(frame))
             if spool is not None:
@@ -249,9 +247,6 @@ def make_table(
                 observer.observe_hist(run(frame))
                 if progress:
                     progress("histograms", k)
-    finally:
-        if spool is not None:
-            spool.close()
     amax = observer.thresholds(method, percentile)
     log.info("calibrated %d tensors over %d frames (%s)", len(amax), done, method)
     return new_table({name: scale_from_amax(value) for name, value in amax.items()}, trt_version, algorithm or ALGORITHM_FOR_METHOD[method])

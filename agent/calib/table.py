@@ -28,7 +28,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from agent.calib.routes import Version, VersionError, decode_header_version, encode_header_version, format_version, parse_version
+from agent.calib.routes import (
+    Version,
+    VersionError,
+    decode_header_version,
+    encode_header_version,
+    format_version,
+    parse_version,
+)
 from agent.errors import AgentError
 
 
@@ -185,38 +192,23 @@ def parse_table(data: bytes) -> CalibTable:
         raise CalibTableError("the file holds only white space: a TensorRT calibration table starts with 'TRT-<version>-<algorithm>'")
     newline = "\r\n" if crlf else "\n"
     first_number, first = lines[0]
+    layout = {"newline": newline, "final_newline": final_newline, "bom": bom}
     if first.startswith("TRT-") and not (HEADER_RE.match(first.rstrip()) is None and _trt_entry(first) is not None):
         match = HEADER_RE.match(first.rstrip())
         if not match:
             raise CalibTableError(f"line {first_number}: malformed header {_show(first)} (expected 'TRT-<version>-<algorithm>')")
         code = int(match.group(1))
-        entries, spelling, duplicates = _parse_trt_entries(lines[1:])
-        return CalibTable(
-            format=FORMAT_TENSORRT,
+        return replace(
+            _parse_entries(lines[1:], FORMAT_TENSORRT, layout),
             trt_version=format_version(decode_header_version(code)),
             version_code=code,
             algorithm=match.group(2),
-            entries=entries,
-            spelling=spelling,
             header_text=first,
-            newline=newline,
-            final_newline=final_newline,
-            bom=bom,
-            duplicates=duplicates,
         )
     if _trt_entry(first) is not None:
-        entries, spelling, duplicates = _parse_trt_entries(lines)
-        return CalibTable(
-            format=FORMAT_TENSORRT_HEADERLESS,
-            entries=entries,
-            spelling=spelling,
-            newline=newline,
-            final_newline=final_newline,
-            bom=bom,
-            duplicates=duplicates,
-        )
+        return _parse_entries(lines, FORMAT_TENSORRT_HEADERLESS, layout)
     if _ort_entry(first) is not None:
-        return _parse_ort_text(lines, newline, final_newline, bom)
+        return _parse_entries(lines, FORMAT_ORT_TEXT, layout)
     raise CalibTableError(
         f"not a calibration table: line {first_number} is {_show(first)}; expected a header 'TRT-<version>-<algorithm>', "
         "'name: hex' lines (TensorRT) or 'name value' lines (onnxruntime calibration.cache)"
@@ -235,24 +227,6 @@ def _trt_entry(line: str) -> Optional[Tuple[str, str, float]]:
     return name, value, scale_from_bits(int(value.strip(), 16))
 
 
-def _parse_trt_entries(lines: List[Tuple[int, str]]) -> Tuple[Dict[str, float], Dict[str, str], Tuple[str, ...]]:
-    entries: Dict[str, float] = {}
-    spelling: Dict[str, str] = {}
-    duplicates: List[str] = []
-    for number, line in lines:
-        parsed = _trt_entry(line)
-        if parsed is None:
-            if HEADER_RE.match(line.rstrip()):
-                raise CalibTableError(f"line {number}: a second header {_show(line)}: two tables concatenated?")
-            raise CalibTableError(f"line {number}: expected '<tensor name>: <up to 8 hex digits>', got {_show(line)}")
-        name, value, scale = parsed
-        if name in entries and name not in duplicates:
-            duplicates.append(name)
-        entries[name] = scale  # TensorRT's readers keep the last value for a repeated name
-        spelling[name] = value
-    return entries, spelling, tuple(duplicates)
-
-
 def _ort_entry(line: str) -> Optional[Tuple[str, str, float]]:
     parts = line.rstrip().rsplit(None, 1)
     if len(parts) != 2 or not DECIMAL_RE.match(parts[1]):
@@ -263,28 +237,25 @@ def _ort_entry(line: str) -> Optional[Tuple[str, str, float]]:
     return name, line[len(name) :], scale_from_amax(float(parts[1]))
 
 
-def _parse_ort_text(lines: List[Tuple[int, str]], newline: str, final_newline: bool, bom: bool) -> CalibTable:
+def _parse_entries(lines: List[Tuple[int, str]], fmt: str, layout: Dict[str, Any]) -> CalibTable:
+    """Entry lines -> table. TensorRT's readers keep the last value of a repeated name; so does this one."""
+    parse_line = _ort_entry if fmt == FORMAT_ORT_TEXT else _trt_entry
+    expected = "'<tensor name> <decimal amax>' (onnxruntime calibration.cache)" if fmt == FORMAT_ORT_TEXT else "'<tensor name>: <up to 8 hex digits>'"
     entries: Dict[str, float] = {}
     spelling: Dict[str, str] = {}
     duplicates: List[str] = []
     for number, line in lines:
-        parsed = _ort_entry(line)
+        parsed = parse_line(line)
         if parsed is None:
-            raise CalibTableError(f"line {number}: onnxruntime calibration.cache expects '<tensor name> <decimal amax>', got {_show(line)}")
+            if HEADER_RE.match(line.rstrip()):
+                raise CalibTableError(f"line {number}: a second header {_show(line)}: two tables concatenated?")
+            raise CalibTableError(f"line {number}: expected {expected}, got {_show(line)}")
         name, value, scale = parsed
         if name in entries and name not in duplicates:
             duplicates.append(name)
         entries[name] = scale
         spelling[name] = value
-    return CalibTable(
-        format=FORMAT_ORT_TEXT,
-        entries=entries,
-        spelling=spelling,
-        newline=newline,
-        final_newline=final_newline,
-        bom=bom,
-        duplicates=tuple(duplicates),
-    )
+    return CalibTable(format=fmt, entries=entries, spelling=spelling, duplicates=tuple(duplicates), **layout)
 
 
 def _json_number(value: Any, where: str) -> float:

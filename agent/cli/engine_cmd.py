@@ -163,6 +163,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.timeout is not None:
         overrides["timeout_s"] = args.timeout
     options = BuildOptions.from_config(config, policy, **overrides)
+    spec = spec.validate()  # an impossible request is reported before a missing TensorRT
     if spec.backend == "tensorrt" and try_import("tensorrt") is None:
         raise AgentError(f"target {target} needs TensorRT, which this machine lacks (it comes with JetPack); use --target cpu for onnxruntime")
     result = ensure_engine(

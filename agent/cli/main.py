@@ -73,6 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-agent ... | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - keep interpreter shutdown from flushing into the closed pipe
+        except OSError:
+            pass
+        return 0
     return int(code or 0)
 
 

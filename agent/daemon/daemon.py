@@ -357,11 +357,25 @@ class Daemon:
         self.telemetry.interval_s = float(wanted)
 
     def _pipeline_section(self) -> Optional[Dict[str, Any]]:
+        """The pipeline's metrics (agent.vision) in the telemetry document's terms (agent.telemetry.schema)."""
         metrics = self.serving.metrics()
-        if not metrics:
+        if not metrics or "error" in metrics:
             return None
-        keep = ("fps", "frames", "drops", "camera_reconnects", "latency_ms")
-        return {k: metrics[k] for k in keep if k in metrics}
+        latency: Dict[str, Dict[str, float]] = {}
+        stages = dict(metrics.get("stages") or {})
+        if isinstance(metrics.get("latency"), dict):
+            stages["total"] = metrics["latency"]
+        for name, stage in stages.items():
+            if isinstance(stage, dict) and stage.get("count"):
+                latency[name] = {"p50": float(stage.get("p50_ms", 0.0)), "p99": float(stage.get("p99_ms", 0.0))}
+        section: Dict[str, Any] = {
+            "fps": metrics.get("fps"),
+            "frames": metrics.get("results"),
+            "drops": metrics.get("drops"),
+            "camera_reconnects": metrics.get("reconnects"),
+            "latency_ms": latency,
+        }
+        return {k: v for k, v in section.items() if v is not None}
 
     def _engine_section(self) -> Optional[Dict[str, Any]]:
         loaded, deployment = self.serving.loaded, self.serving.deployment
@@ -435,11 +449,9 @@ class Daemon:
         level = str(job.command.args["level"])
         name = str(job.command.args.get("logger") or "")
         target = logging.getLogger(name) if name else logging.getLogger()
+        previous = logging.getLevelName(target.level)
         target.setLevel(level)
-        if not name:
-            for handler in logging.getLogger().handlers:
-                handler.setLevel(level)
-        return {"logger": name or "root", "level": level, "until": "restart"}
+        return {"logger": name or "root", "level": level, "previous": previous, "until": "restart"}
 
 
 def _status_line(document: Dict[str, Any]) -> str:
@@ -452,6 +464,3 @@ def _status_line(document: Dict[str, Any]) -> str:
     error = document.get("last_error") or {}
     return "degraded" + (f": {error.get('step')}: {str(error.get('reason'))[:120]}" if error else ": no deployment")
 
-
-def configured_groups(config: AgentConfig) -> List[str]:
-    return list(config.device.groups)

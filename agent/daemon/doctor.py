@@ -177,7 +177,7 @@ def check_state_dir(config: AgentConfig) -> List[Check]:
             return [Check("state folder", WARN, f"{folder} does not exist yet (the agent creates it)")]
         return [Check("state folder", FAIL, f"{folder} does not exist and {parent} is not writable", f"sudo install -d -m 0750 {folder} (or set state.dir)")]
     if not os.access(folder, os.W_OK | os.X_OK):
-        checks.append(Check("state folder", FAIL, f"{folder} is not writable by uid {os.getuid()}", f"chown the folder to the agent's user, or set state.dir"))
+        checks.append(Check("state folder", FAIL, f"{folder} is not writable by uid {os.getuid()}", "chown the folder to the agent's user, or set state.dir"))
     else:
         mode = stat.S_IMODE(folder.stat().st_mode)
         if mode & 0o002:
@@ -187,7 +187,7 @@ def check_state_dir(config: AgentConfig) -> List[Check]:
     try:
         free_mb = shutil.disk_usage(str(folder)).free // (1024 * 1024)
     except OSError as exc:
-        return checks + [Check("disk space", WARN, f"cannot read free space of {folder}: {exc}")]
+        return [*checks, Check("disk space", WARN, f"cannot read free space of {folder}: {exc}")]
     floor = config.state.min_free_mb
     if free_mb < floor:
         checks.append(Check("disk space", FAIL, f"{free_mb} MB free under {folder}, below state.min_free_mb = {floor}", "edge-agent store gc, or free space"))

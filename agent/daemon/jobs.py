@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from agent.errors import AgentError
-from agent.fleet.commands import Command, CommandRejected, Job, JobState, decode_command, reply_payload
+from agent.fleet.commands import CommandRejected, Job, JobState, decode_command, reply_payload
 from agent.fleet.topics import Topics
 from agent.store.state import StateStore
 

@@ -63,7 +63,10 @@ class PackageSteps(Steps):
         self.state_dir = Path(state_dir)
         self.events = events
         self.artifacts = ArtifactStore(self.state_dir / "artifacts")
-        self.puller = ArtifactPuller(link, topics, self.artifacts, config.artifacts, events, min_free_mb=config.state.min_free_mb)
+        # a retained manifest arrives right after subscribing; waiting longer than a block's timeout only delays the report
+        self.puller = ArtifactPuller(
+            link, topics, self.artifacts, config.artifacts, events, min_free_mb=config.state.min_free_mb, manifest_timeout_s=config.artifacts.block_timeout_s
+        )
         self._fingerprint: Any = None
         self._lock = threading.Lock()
         self._active_cancel: Optional[threading.Event] = None

@@ -21,11 +21,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
-from agent.fleet.deployment import Deployment, DeploymentError, decode_desired, deployment_from_dict, resolve_desired
+from agent.fleet.deployment import (
+    Deployment,
+    DeploymentError,
+    decode_desired,
+    deployment_from_dict,
+)
 from agent.store.state import StateStore
 
 from .failpoints import Failpoints
@@ -38,7 +42,7 @@ STEPS = ("fetch", "check_table", "build", "validate", "serve")
 MAX_INTERRUPTED_ATTEMPTS = 3
 RETRY_MIN_S = 5.0
 RETRY_MAX_S = 300.0
-SETTLE_S = 0.5  # after desired state arrives, wait this long for the rest (device and group retained messages come together)
+SETTLE_S = 0.3  # after desired state arrives, wait this long for the rest (device and group retained messages come together)
 
 # callbacks into the daemon
 EventFn = Callable[[str, Dict[str, Any]], None]
@@ -401,7 +405,7 @@ class Reconciler:
         return engine
 
     def _run_step(self, step: str, deployment: Deployment, request: Optional[Request], action: Callable[[], Any]) -> Any:
-        if request is not None and request.cancel.is_set() or self._stop.is_set():
+        if (request is not None and request.cancel.is_set()) or self._stop.is_set():
             raise Canceled(f"canceled before step {step}" if not self._stop.is_set() else "the agent is stopping")
         self.busy_step, self.busy_since = step, time.monotonic()
         self._set_step(step)
@@ -409,6 +413,8 @@ class Reconciler:
         started = time.monotonic()
         try:
             self.failpoints.hit(step, self._current_cancel)
+            if request is not None and request.cancel.is_set():
+                raise Canceled(f"canceled during step {step}")
             result = action()
         except Canceled:
             raise

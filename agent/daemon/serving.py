@@ -117,11 +117,18 @@ class Serving:
         return age is not None and age <= max_age_s
 
     def snapshot(self, camera: int) -> Tuple[bytes, Dict[str, Any]]:
+        """The newest processed frame with its results drawn (JPEG) and that frame's result."""
         with self._lock:
-            pipeline = self.pipeline
-        if pipeline is None:
+            pipeline, deployment = self.pipeline, self.deployment
+        if pipeline is None or deployment is None:
             raise AgentError("no camera pipeline is running: nothing to snapshot")
-        return pipeline.snapshot(camera)  # type: ignore[no-any-return]
+        if not 0 <= camera < len(deployment.cameras):
+            raise AgentError(f"camera {camera} does not exist: deployment {deployment.id} has {len(deployment.cameras)} cameras")
+        image = pipeline.snapshot()
+        if image is None:
+            raise AgentError("no frame has been processed yet: try again in a moment")
+        latest = pipeline.latest()
+        return bytes(image), (latest.to_dict() if latest is not None else {})
 
 
 def last_frame_age(metrics: Dict[str, Any]) -> Optional[float]:

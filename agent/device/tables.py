@@ -121,7 +121,7 @@ def jetpack_for_l4t(l4t: Optional[str]) -> Optional[str]:
     if not l4t:
         return None
     parts = l4t.split(".")
-    full = ".".join((parts + ["0", "0"])[:3])
+    full = ".".join([*parts, "0", "0"][:3])
     for candidate in (l4t, full, ".".join(parts[:2]), parts[0]):
         if candidate in L4T_JETPACK:
             return L4T_JETPACK[candidate]

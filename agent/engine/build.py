@@ -31,11 +31,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from agent.calib.routes import VersionError, dla_support, parse_version
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
 from agent.engine import compat
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
-from agent.engine.manifest import ENGINE_FILES, STATUS_OK, STATUS_REJECTED, BuildReport, Manifest, now_utc, write_manifest
+from agent.engine.manifest import (
+    ENGINE_FILES,
+    STATUS_OK,
+    STATUS_REJECTED,
+    BuildReport,
+    Manifest,
+    now_utc,
+    write_manifest,
+)
 from agent.engine.plugins import resolve_plugins
 from agent.engine.report import policy_violations, precision_warnings
 from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
@@ -49,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_RESERVE_MB = 256  # left to the daemon and the camera pipeline when no explicit limit is configured
 TRANSIENT_KINDS = ("timeout", "memory")  # retried when the limit that stopped them is raised
+HEARTBEAT_S = 5.0  # a progress event at least this often during a build (the daemon's watchdog, the CLI)
 
 
 class BuildError(AgentError):
@@ -161,9 +171,9 @@ def ensure_engine(
     key = cache_key(spec, fp)
     events: List[EngineEvent] = []
 
-    def emit(kind: str, message: str, fraction: Optional[float] = None, **data: Any) -> None:
-        event = EngineEvent(kind, key, message, fraction, data)
-        if kind != "progress" or not events or events[-1].kind != "progress":
+    def emit(event_kind: str, message: str, fraction: Optional[float] = None, **data: Any) -> None:
+        event = EngineEvent(event_kind, key, message, fraction, data)
+        if event_kind != "progress" or not events or events[-1].kind != "progress":
             events.append(event)
         else:
             events[-1] = event  # keep only the latest progress in the result
@@ -187,6 +197,7 @@ def ensure_engine(
         rebuilt_because = ["rebuild forced"]
         emit("rejected", "rebuild forced", reasons=rebuilt_because)
 
+    _check_target(spec, fp, key)
     if spec.backend == BACKEND_TENSORRT:
         require("tensorrt", f"building for target {spec.target}")  # missing TensorRT is not a failed build
     cache.check_writable()
@@ -268,12 +279,27 @@ def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, optio
     return BuildResult(key, True, path, entry.manifest, entry.manifest.report, [], warnings)
 
 
+def _check_target(spec: BuildSpec, fp: DeviceFingerprint, key: str) -> None:
+    """Refuse a DLA core this device cannot have, with the reason, before anything is started."""
+    if spec.dla_core is None:
+        return
+    try:
+        version = parse_version(fp.tensorrt) if fp.tensorrt else None
+    except VersionError:
+        version = None
+    support = dla_support(version, fp.dla_cores, fp.module)
+    if not support.available:
+        raise BuildError(f"DLA core {spec.dla_core} refused: {support.reason}", kind="dla", key=key)
+    if fp.dla_cores is not None and spec.dla_core >= fp.dla_cores:
+        raise BuildError(f"DLA core {spec.dla_core} refused: this device has {fp.dla_cores} DLA core(s)", kind="dla", key=key)
+
+
 def _limit_raised(failure: Dict[str, Any], options: BuildOptions) -> bool:
     if failure.get("kind") == "timeout":
         return options.timeout_s > float(failure.get("timeout_s", 0) or 0)
     if failure.get("kind") == "memory":
         recorded = int(failure.get("memory_limit_mb", 0) or 0)
-        return options.memory_limit_mb == 0 and recorded != 0 or options.memory_limit_mb > recorded
+        return (options.memory_limit_mb == 0 and recorded != 0) or options.memory_limit_mb > recorded
     return False
 
 
@@ -449,7 +475,7 @@ def _run_worker(
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    lines: "queue.Queue[str]" = queue.Queue()
+    lines: queue.Queue[str] = queue.Queue()
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent.engine.worker", str(job_path)],
@@ -467,8 +493,13 @@ def _run_worker(
             watched = psutil.Process(process.pid)
         except psutil.Error:
             watched = None
+        last_event = time.monotonic()
         while process.poll() is None:
-            _drain(lines, emit)
+            if _drain(lines, emit):
+                last_event = time.monotonic()
+            elif time.monotonic() - last_event >= HEARTBEAT_S:  # a sign of life while TensorRT reports nothing
+                last_event = time.monotonic()
+                emit("progress", f"still building ({time.monotonic() - (deadline - options.timeout_s):.0f} s)", None, heartbeat=True)
             if cancel is not None and cancel.is_set():
                 outcome = "canceled"
             elif time.monotonic() > deadline:
@@ -485,18 +516,21 @@ def _run_worker(
     return outcome
 
 
-def _pump(stream: Any, lines: "queue.Queue[str]") -> None:
+def _pump(stream: Any, lines: queue.Queue[str]) -> None:
     for raw in iter(stream.readline, b""):
         lines.put(raw.decode("utf-8", "replace"))
     stream.close()
 
 
-def _drain(lines: "queue.Queue[str]", emit: Callable[..., None]) -> None:
+def _drain(lines: queue.Queue[str], emit: Callable[..., None]) -> bool:
+    """Forward the worker's progress lines as events; True when there was at least one."""
+    seen = False
     while True:
         try:
             raw = lines.get_nowait()
         except queue.Empty:
-            return
+            return seen
+        seen = True
         try:
             data = json.loads(raw)
         except ValueError:
@@ -523,7 +557,7 @@ def _rss_mb(process: Any) -> float:
     return total / 2**20
 
 
-def _kill(process: "subprocess.Popen[bytes]") -> None:
+def _kill(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

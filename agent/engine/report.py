@@ -146,15 +146,20 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 
 def report_from_onnx(model: onnx.ModelProto, tensors_without_scale: Iterable[str] = (), build_seconds: float = 0.0) -> BuildReport:
-    """onnxruntime's optimized graph: a node is INT8 when it is a quantized kernel (QLinearConv, ...) or still
-    takes a DequantizeLinear output (Q/DQ form left unfused)."""
+    """onnxruntime's optimized graph: a node runs INT8 only as a quantized kernel (QLinearConv, QGemm, ...). A float
+    node that takes DequantizeLinear outputs (the TensorRT Q/DQ flavour on onnxruntime) computes in FP32 on
+    dequantized values: 'fp32-qdq', not INT8."""
     report = BuildReport(source="onnx graph", build_seconds=round(build_seconds, 3))
     dq_outputs = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     for node in model.graph.node:
         if node.op_type in _QDQ:
             continue
-        quantized = node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear") or any(i in dq_outputs for i in node.input)
-        precision = "int8" if quantized else "fp32"
+        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            precision = "int8"
+        elif any(i in dq_outputs for i in node.input):
+            precision = "fp32-qdq"
+        else:
+            precision = "fp32"
         report.layer_precisions.append({"name": node.name or node.op_type, "precision": precision, "device": "cpu", "op": node.op_type})
         report.precisions[precision] = report.precisions.get(precision, 0) + 1
     report.layers = report.layers_cpu = len(report.layer_precisions)

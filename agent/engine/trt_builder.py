@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from agent.calib.routes import Int8Method, Int8Route, Version, choose_int8_route, dla_support, format_version, parse_version
+from agent.calib.routes import (
+    Int8Method,
+    Int8Route,
+    Version,
+    choose_int8_route,
+    dla_support,
+    format_version,
+    parse_version,
+)
 from agent.engine.diagnose import diagnose_log
 from agent.engine.report import report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
@@ -192,21 +200,39 @@ def _add_profile(builder: trt.Builder, network: trt.INetworkDefinition, config: 
     return profile
 
 
-def _apply_dynamic_ranges(network: trt.INetworkDefinition, table: CalibTable) -> Tuple[int, List[str]]:
-    """ITensor.set_dynamic_range(-amax, amax) for every float tensor the table has; the rest are reported."""
+def _load_plugins(paths: List[str]) -> None:
+    """Plugin libraries (already checked by the parent: configured folder, sha256). IPluginRegistry.load_library
+    exists from 8.6; before it, loading the library registers its creators."""
+    import ctypes
+
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
-    from agent.calib.table import is_usable_scale
+    registry: Any = trt.get_plugin_registry()
+    for path in paths:
+        if hasattr(registry, "load_library"):
+            registry.load_library(path)
+        else:
+            ctypes.CDLL(path)
+
+
+def _activation_tensors(network: trt.INetworkDefinition) -> List[trt.ITensor]:
+    """The float tensors INT8 needs a scale for: network inputs and layer outputs, not the network's outputs."""
+    import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     outputs = {network.get_output(i).name for i in range(network.num_outputs)}
     tensors: List[trt.ITensor] = [network.get_input(i) for i in range(network.num_inputs)]
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         tensors.extend(layer.get_output(j) for j in range(layer.num_outputs))
+    return [t for t in tensors if t.dtype == trt.DataType.FLOAT and t.name not in outputs]
+
+
+def _apply_dynamic_ranges(network: trt.INetworkDefinition, table: CalibTable) -> Tuple[int, List[str]]:
+    """ITensor.set_dynamic_range(-amax, amax) for every float tensor the table has; the rest are reported."""
+    from agent.calib.table import is_usable_scale
+
     applied, missing = 0, []
-    for tensor in tensors:
-        if tensor.dtype != trt.DataType.FLOAT or tensor.name in outputs:
-            continue
+    for tensor in _activation_tensors(network):
         scale = table.entries.get(tensor.name)
         if scale is None or not is_usable_scale(scale):
             missing.append(tensor.name)
@@ -273,9 +299,7 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     logger = _logger(sink, verbose=dla_core is not None)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
-    registry = builder.get_plugin_registry()
-    for plugin in job.plugins:
-        registry.load_library(plugin)
+    _load_plugins(job.plugins)
     emit("parse", 0.05, f"TensorRT {trt.__version__}: parsing the ONNX model")
 
     support = None
@@ -335,11 +359,7 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
                 config.int8_calibrator = _calibrator(cache, spec.batch.opt)
                 if profile is not None:
                     config.set_calibration_profile(profile)
-                known = {network.get_input(i).name for i in range(network.num_inputs)}
-                for index in range(network.num_layers):
-                    layer = network.get_layer(index)
-                    known.update(layer.get_output(j).name for j in range(layer.num_outputs))
-                missing = sorted(name for name in known if name not in table.entries)
+                missing = [t.name for t in _activation_tensors(network) if t.name not in table.entries]
     if route is not None:
         int8.update({"route": route.method.value, "reason": route.reason, "deprecated": route.deprecated})
 

@@ -115,6 +115,9 @@ class Operator:
         self.connect_timeout_s = connect_timeout_s
         self.link = MqttLink(broker, unique_client_id("operator"), persistent_session=False)
         self.protocol_v5 = self.link.protocol_v5
+        self._lock = threading.Lock()
+        self._waiters: Dict[str, queue.Queue[Reply]] = {}
+        self._reply_refs: Dict[str, int] = {}
 
     def __enter__(self) -> Operator:
         return self.connect()
@@ -187,53 +190,77 @@ class Operator:
         command_id = command_id or new_command_id()
         topics = self.topics(device)
         replies: queue.Queue[Reply] = queue.Queue()
-        subscribed = threading.Event()
+        if wait:  # subscribe before sending, or the first replies could be missed
+            self._watch_replies(topics.reply, command_id, replies)
+        try:
+            properties = None
+            reply_to = ""
+            if self.protocol_v5:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.ResponseTopic = topics.reply
+                properties.CorrelationData = command_id.encode()
+            else:
+                reply_to = topics.reply
+            sent_args = {k: v for k, v in checked.items() if k in (args or {})}
+            payload = encode_command(command_id, command_type, sent_args, device=device, timeout_s=timeout_s, reply_to=reply_to)
+            self._publish(topics.cmd, payload, properties=properties)
+            if not wait:
+                return []
+            return self._collect(device, command_id, replies, wait_s, on_reply)
+        finally:
+            if wait:
+                self._unwatch_replies(topics.reply, command_id)
 
-        def on_message(msg: Any) -> None:
-            try:
-                reply = decode_reply(msg.payload)
-            except MessageError:
-                return
-            if reply.job_id == command_id or (not reply.job_id and wait):
-                replies.put(reply)
+    def _watch_replies(self, topic: str, command_id: str, sink: queue.Queue[Reply]) -> None:
+        """One subscription per reply topic, shared by every command waiting on it (threads may wait at once)."""
+        with self._lock:
+            self._waiters[command_id] = sink
+            first = self._reply_refs.get(topic, 0) == 0
+            self._reply_refs[topic] = self._reply_refs.get(topic, 0) + 1
+        if not first:
+            return
+        acked = threading.Event()
+        self.link.client.on_subscribe = lambda *_a: acked.set()
+        self.link.subscribe(topic, self._on_reply, qos=1)
+        acked.wait(5.0)
 
-        if wait:  # subscribe before sending, and wait for the broker's SUBACK, or the first replies could be missed
-            self.link.client.on_subscribe = lambda *_a: subscribed.set()
-            self.link.subscribe(topics.reply, on_message, qos=1)
-            subscribed.wait(5.0)
-        properties = None
-        reply_to = ""
-        if self.protocol_v5:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.ResponseTopic = topics.reply
-            properties.CorrelationData = command_id.encode()
-        else:
-            reply_to = topics.reply
-        payload = encode_command(
-            command_id, command_type, {k: v for k, v in checked.items() if k in (args or {})}, device=device, timeout_s=timeout_s, reply_to=reply_to
-        )
-        self._publish(topics.cmd, payload, properties=properties)
-        if not wait:
-            return []
+    def _unwatch_replies(self, topic: str, command_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(command_id, None)
+            self._reply_refs[topic] -= 1
+            last = self._reply_refs[topic] == 0
+        if last:
+            self.link.unsubscribe(topic)
+
+    def _on_reply(self, msg: Any) -> None:
+        try:
+            reply = decode_reply(msg.payload)
+        except MessageError:
+            return
+        with self._lock:
+            sink = self._waiters.get(reply.job_id)
+        if sink is not None:
+            sink.put(reply)
+
+    def _collect(
+        self, device: str, command_id: str, replies: queue.Queue[Reply], wait_s: float, on_reply: Optional[Callable[[Reply], None]]
+    ) -> List[Reply]:
         got: List[Reply] = []
         deadline = time.monotonic() + wait_s
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    last = got[-1].state.value if got else "no reply"
-                    raise OperatorError(f"command {command_id} to {device}: no final answer within {wait_s:g} s (last: {last})")
-                try:
-                    reply = replies.get(timeout=remaining)
-                except queue.Empty:
-                    continue
-                got.append(reply)
-                if on_reply is not None:
-                    on_reply(reply)
-                if reply.state.terminal:
-                    return got
-        finally:
-            self.link.unsubscribe(topics.reply)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                last = got[-1].state.value if got else "no reply"
+                raise OperatorError(f"command {command_id} to {device}: no final answer within {wait_s:g} s (last: {last})")
+            try:
+                reply = replies.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            got.append(reply)
+            if on_reply is not None:
+                on_reply(reply)
+            if reply.state.terminal:
+                return got
 
     # reading status ---------------------------------------------------------------------------------------
     def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:

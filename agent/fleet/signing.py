@@ -73,6 +73,8 @@ def generate_keys(folder: Path, *, overwrite: bool = False) -> GeneratedKeys:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SigningKeyError(f"no signing key at {path}: make one with edge-agent fleet keys generate, or pass --key") from None
     except OSError as exc:
         raise SigningKeyError(f"cannot read signing key {path}: {exc.strerror or exc}") from None
     try:

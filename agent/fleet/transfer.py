@@ -255,6 +255,11 @@ class ArtifactPuller:
         """Abort the pull in progress and refuse later ones (shutdown). The partial file stays for next time."""
         self._cancel.set()
 
+    def close(self) -> None:
+        """Cancel and stop listening for blocks (the link itself belongs to the caller)."""
+        self.cancel()
+        self.link.unsubscribe(self.topics.artifact_data)
+
     def pull(
         self,
         artifact_id: str,
@@ -285,11 +290,17 @@ class ArtifactPuller:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         if self.store.has(artifact_id):
             return self._already_stored(artifact_id, expect_kind, expect_name)
-        manifest = self._cached_manifest(artifact_id) or self._fetch_manifest(artifact_id, deadline)
-        verdict = verify_manifest(manifest, self.public_keys, self.config.allow_unsigned)
-        if verdict != "signed":
-            log.warning("artifact %s: accepting an unverified manifest because artifacts.allow_unsigned is on", artifact_id[:12])
-        check_expectations(manifest, artifact_id, expect_kind=expect_kind, expect_name=expect_name, max_bytes=self.config.max_bytes)
+        manifest = self._cached_manifest(artifact_id)
+        if manifest is not None:
+            try:
+                self._accept(manifest, artifact_id, expect_kind, expect_name)
+            except ArtifactError as exc:  # keys rotated or labels corrected since: ask the broker for the current one
+                log.info("artifact %s: the manifest of the partial transfer no longer passes (%s); fetching it again",
+                         artifact_id[:12], exc)
+                manifest = None
+        if manifest is None:
+            manifest = self._fetch_manifest(artifact_id, deadline)
+            self._accept(manifest, artifact_id, expect_kind, expect_name)
         partial = PartialFile(self.store, manifest)
         fresh = not partial.log_path.exists()
         have = partial.open()
@@ -338,9 +349,17 @@ class ArtifactPuller:
             log.warning("artifact %s: ignoring unreadable cached manifest %s: %s", artifact_id[:12], path, exc)
             return None
 
+    def _accept(self, manifest: ArtifactManifest, artifact_id: str, expect_kind: Optional[str], expect_name: Optional[str]) -> None:
+        """Signature, identity, name, kind, size: raises the specific refusal."""
+        verdict = verify_manifest(manifest, self.public_keys, self.config.allow_unsigned)
+        if verdict != "signed":
+            log.warning("artifact %s: accepting an unverified manifest because artifacts.allow_unsigned is on", artifact_id[:12])
+        check_expectations(manifest, artifact_id, expect_kind=expect_kind, expect_name=expect_name, max_bytes=self.config.max_bytes)
+
     def _save_manifest(self, manifest: ArtifactManifest) -> None:
         path = self.store.partial_path(manifest.artifact_id, ".manifest.json")
-        if not path.exists():
+        cached = self._cached_manifest(manifest.artifact_id) if path.exists() else None
+        if cached != manifest:
             atomic_write_json(path, manifest.to_dict())
 
     def _fetch_manifest(self, artifact_id: str, deadline: Optional[float]) -> ArtifactManifest:
@@ -638,7 +657,8 @@ def _write_error(artifact_id: str, root: Path, exc: OSError) -> ArtifactError:
     if exc.errno == errno.ENOSPC:
         return DiskSpaceError(f"artifact {artifact_id[:12]}: the disk under {root} is full; free space or run edge-agent store gc "
                               "(the blocks written so far are kept)")
-    return ArtifactError(f"artifact {artifact_id[:12]}: cannot write under {root}: {exc.strerror or exc} ({exc.filename or ''})")
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ArtifactError(f"artifact {artifact_id[:12]}: disk error under {root}: {exc.strerror or exc}{where}")
 
 
 def ensure_no_delay(link: MqttLink) -> None:

@@ -241,7 +241,10 @@ class Pipeline:
         postprocess: Union[str, Mapping[str, Any], Postprocessor, None] = None,
     ) -> Runner:
         """Put `new_runner` in service between two batches and return the old one (the caller deactivates it).
-        The cameras keep running. If the new engine does not fit, PipelineError and nothing changes."""
+        The cameras keep running. If the new engine does not fit, PipelineError and nothing changes. Swapping in
+        the runner already serving, with nothing else new, changes nothing."""
+        if new_runner is self._runner and preprocess is None and postprocess is None:
+            return new_runner
         spec = spec_from(preprocess) if preprocess is not None else self._spec
         post = postprocess_plugins.create(postprocess) if postprocess is not None else self._post
         input_name, batch, fixed = self._configure(new_runner, spec)
@@ -448,3 +451,25 @@ class Pipeline:
         if now - self._last_error_log > 5.0:  # a broken engine fails every batch; log it, not flood with it
             self._last_error_log = now
             log.warning("pipeline %s: %s", self.name, message)
+
+
+def build_pipeline(
+    uris: Sequence[str],
+    runner: Runner,
+    preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None],
+    postprocess: Union[str, Mapping[str, Any], Postprocessor],
+    on_result: Optional[ResultCallback] = None,
+    *,
+    batch: int = 1,
+    source_options: Optional[Mapping[str, Any]] = None,
+    name: str = "camera",
+) -> Pipeline:
+    """A pipeline over `uris` (one Capture each, the same options for all), not started. Source URIs and
+    options are checked here, so a bad deployment fails before anything runs."""
+    from agent.vision.sources import SourceOptions
+
+    options = SourceOptions.from_dict(source_options)
+    # one camera fills a batch with its own consecutive frames; several cameras batch their newest frame each
+    depth = max(1, batch) if len(uris) == 1 else 1
+    captures = [Capture(uri, options, depth=depth) for uri in uris]
+    return Pipeline(captures, runner, preprocess, postprocess, on_result, batch=batch, name=name)

@@ -350,7 +350,10 @@ class OpenCvReader(FrameReader):
             if param is not None:
                 params += [int(param), int(param_value)]
         try:
-            capture = cv2.VideoCapture(plan.target, api, params) if params else cv2.VideoCapture(plan.target, api)
+            try:
+                capture = cv2.VideoCapture(plan.target, api, params) if params else cv2.VideoCapture(plan.target, api)
+            except TypeError:  # OpenCV before 4.5.2 takes no open parameters: open without the timeouts
+                capture = cv2.VideoCapture(plan.target, api)
         except cv2.error as exc:
             raise SourceError(f"OpenCV refused it ({' '.join(str(exc).split())[:200]})") from None
         if not capture.isOpened():

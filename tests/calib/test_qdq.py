@@ -101,7 +101,9 @@ def test_excluding_gemm_leaves_the_classifier_float(effnet: Any, effnet_table: C
 def test_onnxruntime_flavour_fuses_and_keeps_fp32_top1(effnet: Any, effnet_table: CalibTable, photos: List[np.ndarray]) -> None:
     result = to_qdq(effnet, effnet_table, "onnxruntime")
     nodes = result.model.graph.node
-    assert not [n for n in nodes if n.op_type == "Clip"]  # removed: the uint8 range (lower bound 0) clips
+    # every Clip is removed (the uint8 range, lower bound 0, clips) except the one after the float image stem
+    assert [n.input[0] for n in nodes if n.op_type == "Clip"] == ["conv_3"]
+    assert "conv_3" in result.notes[-1] and result.quantized_nodes == 60
     zero_points = [initializer(result.model, n.input[2]) for n in nodes if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
     assert [int(y.argmax()) for y in run(result.model, photos)] == [int(y.argmax()) for y in run(effnet, photos)]
@@ -111,7 +113,7 @@ def test_onnxruntime_flavour_fuses_and_keeps_fp32_top1(effnet: Any, effnet_table
 def test_onnxruntime_flavour_refuses_old_onnxruntime(tiny_onnx: Path, tiny_table: CalibTable) -> None:
     import onnx
 
-    with pytest.raises(CalibError, match="1.20"):
+    with pytest.raises(CalibError, match=r"1\.20"):
         to_qdq(onnx.load(str(tiny_onnx)), tiny_table, "onnxruntime")
 
 

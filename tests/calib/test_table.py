@@ -193,7 +193,7 @@ def test_malformed_input_is_refused_with_a_reason(data: bytes, message: str) -> 
 def test_read_table_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.cache"
     path.write_bytes(b"nonsense here\n")
-    with pytest.raises(CalibTableError, match="bad.cache"):
+    with pytest.raises(CalibTableError, match=r"bad\.cache"):
         read_table(path)
     with pytest.raises(CalibTableError, match="cannot read"):
         read_table(tmp_path / "missing.cache")

@@ -23,7 +23,7 @@ def agent_env(broker: LocalBroker, state_dir: Path, device_id: str, **extra: str
         "EDGE_AGENT_BROKER_HOST": broker.host,
         "EDGE_AGENT_BROKER_PORT": str(broker.port),
         "EDGE_AGENT_BROKER_RECONNECT_MIN_S": "1",
-        "EDGE_AGENT_BROKER_RECONNECT_MAX_S": "2",
+        "EDGE_AGENT_BROKER_RECONNECT_MAX_S": "1",
         "EDGE_AGENT_DEVICE_ID": device_id,
         "EDGE_AGENT_STATE_DIR": str(state_dir),
         "EDGE_AGENT_TELEMETRY_INTERVAL_S": "3600",
@@ -48,10 +48,10 @@ class AgentProcess:
         full.update(env)
         full["PYTHONPATH"] = str(REPO_ROOT)
         self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--log-level", "INFO", "run"], env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT)
-        )
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--log-level", "INFO", "run"], env=full, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT)
+            )
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -68,7 +68,6 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self._log.close()
 
 
 @pytest.fixture()

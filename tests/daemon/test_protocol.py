@@ -22,6 +22,7 @@ from agent.fleet.commands import (
     reply_payload,
 )
 from agent.fleet.deployment import (
+    Deployment,
     DeploymentError,
     decode_desired,
     deployment_from_dict,
@@ -112,7 +113,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(sorted(deployment_from_dict.__globals__["_FIELDS"]) + ["x"]), json_values, max_size=8))
+@given(st.dictionaries(st.sampled_from([*sorted(Deployment.__dataclass_fields__), "x"]), json_values, max_size=8))
 def test_deployment_fields_of_any_json_type_give_clear_errors(data: Dict[str, Any]) -> None:
     payload = json.dumps({"schema": 1, "kind": "desired", "deployment": data}).encode()
     try:

@@ -12,8 +12,8 @@ from agent.cli.main import main
 from agent.device import sources
 from agent.device.fingerprint import fingerprint
 from agent.device.tables import jetpack_for_l4t
-from tests.device.samples import Sample, lay_out, split_samples
 from tests import helpers
+from tests.device.samples import Sample, lay_out, split_samples
 
 # What each real sample determines: (kind, index) -> expected fields. Every sample is read; those listed here
 # are checked field by field as well.

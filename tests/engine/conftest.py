@@ -94,3 +94,20 @@ def make_readonly() -> Iterator[object]:
         subprocess.run(["chattr", "-i", str(item)], capture_output=True, check=False)
     for item in chmodded:
         os.chmod(item, 0o755)
+
+
+@pytest.fixture(scope="session")
+def _built_once(tmp_path_factory: pytest.TempPathFactory, tiny: Path, here: DeviceFingerprint) -> Path:
+    from agent.engine.build import ensure_engine
+
+    root = tmp_path_factory.mktemp("seed") / "engines"
+    ensure_engine(cpu_spec(tiny), EngineCache(root), here, model=tiny)
+    return root
+
+
+@pytest.fixture()
+def seeded(tmp_path: Path, _built_once: Path) -> EngineCache:
+    """A cache that already holds the tiny model's FP32 onnxruntime engine (built once per session, copied)."""
+    root = tmp_path / "state" / "engines"
+    shutil.copytree(_built_once, root)
+    return EngineCache(root)

@@ -151,6 +151,8 @@ class Probe:
         self._event = threading.Condition()
         self._subacks: Dict[int, List[Any]] = {}
         self._pubacks: Dict[int, Any] = {}
+        self._filters: List[Tuple[str, int]] = []  # subscribed again after paho reconnects (a restarted broker)
+        self.connects = 0
         kwargs: Dict[str, Any] = {
             "callback_api_version": CallbackAPIVersion.VERSION2,
             "client_id": self.client_id or f"probe-{self.username}-{time.monotonic_ns()}",
@@ -159,6 +161,7 @@ class Probe:
         if not self._v5:
             kwargs["clean_session"] = self.clean
         self.client = mqtt.Client(**kwargs)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)  # back at once after a broker restart
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
         if self.tls:
@@ -177,8 +180,12 @@ class Probe:
         with self._event:
             self._event.notify_all()
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         self.connack = reason_code
+        if not reason_code.is_failure:
+            self.connects += 1
+            if self.connects > 1 and self._filters:
+                client.subscribe(list(self._filters))
         self._notify()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -232,6 +239,7 @@ class Probe:
 
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> List[Any]:
         """The SUBACK reason codes (empty if none came before the timeout or a disconnect)."""
+        self._filters.append((topic_filter, qos))
         _rc, mid = self.client.subscribe(topic_filter, qos=qos)
         self._wait(lambda: mid in self._subacks or bool(self.disconnects), timeout)
         return self._subacks.get(mid, [])
@@ -270,6 +278,13 @@ def probes() -> Iterator[List[Probe]]:
     yield made
     for probe in made:
         probe.close()
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.hardening.harness import SigningKeys
+
+    return SigningKeys(tmp_path_factory.mktemp("signing"))
 
 
 # ------------------------------------------------------------------------------------------ RabbitMQ cluster

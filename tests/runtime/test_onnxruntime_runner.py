@@ -34,7 +34,7 @@ def test_infer_runs_any_batch_and_is_deterministic(tiny_model: Path) -> None:
 
 
 def test_a_wrong_dtype_is_a_clear_error(tiny_model: Path) -> None:
-    with OnnxRuntimeRunner(tiny_model) as runner, pytest.raises(RunnerError, match="float64.*float32"):
+    with OnnxRuntimeRunner(tiny_model) as runner, pytest.raises(RunnerError, match=r"float64.*float32"):
         runner.infer({"input": np.zeros((1, 3, 8, 8), np.float64)})
 
 

@@ -162,3 +162,23 @@ def test_a_fixed_batch_engine_gets_padded_batches(tmp_path: Path, short_video: P
         pipeline.stop()
         fixed.deactivate()
     assert len(results) == 24
+
+
+def test_two_cameras_share_one_pipeline_and_batch(tiny_runner: OnnxRuntimeRunner, short_video: Path, stills: Path) -> None:
+    from agent.vision.pipeline import build_pipeline
+
+    results: List[FrameResult] = []
+    pipeline = build_pipeline(
+        [f"file://{short_video}", f"images://{stills}"], tiny_runner, TINY_PREPROCESS, "classification", results.append,
+        batch=2, source_options={"realtime": True, "fps": 50},
+    )
+    try:
+        pipeline.start()
+        deadline = time.monotonic() + 10
+        while len({r.source for r in results}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        metrics = pipeline.metrics()
+    finally:
+        pipeline.stop()
+    assert {r.source for r in results} == {f"file://{short_video}", f"images://{stills}"}
+    assert len(metrics["sources"]) == 2 and metrics["errors"] == 0

