@@ -21,9 +21,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     have_trt = try_import("tensorrt") is not None
     have_cuda = try_import("pycuda") is not None and os.path.exists("/dev/nvidiactl")
     for item in items:
-        if "tensorrt" in item.keywords and not have_trt:
+        if item.get_closest_marker("tensorrt") is not None and not have_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (JetPack); none on this machine"))
-        if "gpu" in item.keywords and not have_cuda:
+        if item.get_closest_marker("gpu") is not None and not have_cuda:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with pycuda; none on this machine"))
 
 

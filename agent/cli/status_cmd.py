@@ -53,7 +53,8 @@ def live_status(state_dir: Any) -> Dict[str, Any]:
     state = _read(state_dir / STATE_FILE)
     live = status_file.get("live") or {}
     age = time.time() - float(status_file.get("written_at") or 0) if status_file else None
-    running = bool(status_file) and _alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
+    stopped = (status_file.get("status") or {}).get("online") is False  # written last by a clean stop
+    running = bool(status_file) and not stopped and _alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
     return {
         "running": running,
         "status_age_s": None if age is None else round(age, 1),

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -28,6 +28,7 @@ from agent.errors import AgentError
 from agent.fleet.commands import Job, JobState
 from agent.fleet.link import MqttLink, Outbox, OutboxItem, Will, reply_properties
 from agent.fleet.messages import encode
+from agent.fleet.operator import disable_nagle
 from agent.fleet.topics import Topics
 from agent.store.state import StateStore
 
@@ -104,7 +105,6 @@ class Daemon:
         self.jobs = JobRunner(
             device_id=self.device_id, topics=self.topics, store=self.store, publish=self._publish_reply, handlers=self._handlers()
         )
-        self._pending_requests: Dict[str, Any] = {}
         self._step_limit_s = max(config.engine.build_timeout_s, 3600.0) + 600.0
         self.telemetry: Any = None
         self._changed = threading.Event()
@@ -192,6 +192,7 @@ class Daemon:
             self.link.subscribe(self.topics.group(group, "cmd"), command_handler(f"group:{group}"), qos=1)
 
     def _on_connected(self) -> None:
+        disable_nagle(self.link)  # replies are small request/response messages: no 40 ms Nagle/delayed-ACK stalls
         self._changed.set()  # publish the retained status again: the last will may have replaced it
 
     # publishing ------------------------------------------------------------------------------------------------
@@ -416,13 +417,11 @@ class Daemon:
     def _engine_job(self, action: str) -> JobHandler:
         def handle(job: Job) -> Pending:
             request = self.reconciler.request(action, job.id, job.command.args)
-            self._pending_requests[job.id] = request
             return Pending(cancel=lambda: self.reconciler.cancel(request), detail=f"handed to the reconcile loop ({action})")
 
         return handle
 
     def _job_done(self, job_id: str, state: str, detail: str, result: Optional[Dict[str, Any]]) -> None:
-        self._pending_requests.pop(job_id, None)
         self.jobs.complete(job_id, JobState(state), detail, result)
 
     def _job_snapshot(self, job: Job) -> Dict[str, Any]:

@@ -138,6 +138,10 @@ class JobRunner:
         except CommandRejected as exc:
             self._reject(inbound, exc)
             return
+        if inbound.response_topic and not self._reply_topic_allowed(inbound.response_topic):
+            reason = f"unauthorised: the response topic must be under '{self.topics.prefix}/' without wildcards, got {inbound.response_topic!r}"
+            self._reject(inbound, CommandRejected(reason, command.id, command.type))
+            return
         route = self._route_for(inbound, command.reply_to)
         with self.store.mutate() as state:
             seen = state.command_seen(command.id)
@@ -158,8 +162,12 @@ class JobRunner:
             return
         self._work.put(job)
 
+    def _reply_topic_allowed(self, topic: str) -> bool:
+        """Replies go only under the fleet's prefix: a command must not make the device publish elsewhere."""
+        return topic.startswith(self.topics.prefix + "/") and not any(ch in topic for ch in "+#")
+
     def _route_for(self, inbound: Inbound, reply_to: str) -> _Route:
-        if inbound.response_topic:
+        if inbound.response_topic and self._reply_topic_allowed(inbound.response_topic):
             return _Route(inbound.response_topic, inbound.response_properties)
         if reply_to:
             return _Route(reply_to, None)

@@ -29,6 +29,7 @@ from agent.fleet.deployment import (
     DeploymentError,
     decode_desired,
     deployment_from_dict,
+    resolve_desired,
 )
 from agent.store.state import StateStore
 
@@ -38,7 +39,6 @@ from .steps import EngineInfo, Loaded, StepFailed, Steps
 
 log = logging.getLogger(__name__)
 
-STEPS = ("fetch", "check_table", "build", "validate", "serve")
 MAX_INTERRUPTED_ATTEMPTS = 3
 RETRY_MIN_S = 5.0
 RETRY_MAX_S = 300.0
@@ -92,7 +92,6 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._current_cancel: Optional[threading.Event] = None
-        self._current_job = ""
         self._lock = threading.Lock()
         self._sources: Dict[str, Optional[Deployment]] = {}
         self._invalid: Dict[str, str] = {}
@@ -240,14 +239,15 @@ class Reconciler:
             if "device" in self._invalid:
                 return None, "", f"the device's desired state is invalid: {self._invalid['device']}"
             device = self._sources.get("device")
-            if device is not None:
-                return device, "device", ""
-            for name in self.group_order:
-                if f"group:{name}" in self._invalid:
-                    return None, "", f"group {name}'s desired state is invalid: {self._invalid['group:' + name]}"
-                candidate = self._sources.get(f"group:{name}")
-                if candidate is not None:
-                    return candidate, f"group:{name}", ""
+            winner = resolve_desired(device, self._groups(), self.group_order)
+            if device is None:  # an invalid group ahead of the winning one holds: its operator meant something
+                for name in self.group_order:
+                    if winner is not None and winner.name == f"group:{name}":
+                        break
+                    if f"group:{name}" in self._invalid:
+                        return None, "", f"group {name}'s desired state is invalid: {self._invalid['group:' + name]}"
+            if winner is not None:
+                return winner.deployment, winner.name, ""
         return None, "", ""
 
     def _reconcile(self) -> None:
@@ -363,7 +363,6 @@ class Reconciler:
         cancel = request.cancel if request is not None else threading.Event()
         with self._lock:
             self._current_cancel = cancel
-            self._current_job = request.job_id if request else ""
         log.info("applying %s%s", deployment.describe(), " (cold build)" if cold else "")
         self.on_event("deployment.applying", {"deployment_id": deployment.id, "digest": digest, "attempt": attempts})
         try:
@@ -400,7 +399,6 @@ class Reconciler:
             self.busy_step = ""
             with self._lock:
                 self._current_cancel = None
-                self._current_job = ""
         self._commit(deployment, loaded, mark_previous=mark_previous)
         return engine
 

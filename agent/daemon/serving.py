@@ -20,6 +20,8 @@ from .steps import Loaded
 log = logging.getLogger(__name__)
 
 # (deployment, activated runner) -> a started pipeline object (agent.vision.pipeline.Pipeline)
+CAMERA_PROGRESS_S = 45.0  # a reconnecting camera retries at least this often (capture backoff 30 s + open timeout)
+RECONNECTING = ("starting", "opening", "waiting")
 PipelineFactory = Callable[[Deployment, Any], Any]
 
 
@@ -30,6 +32,7 @@ class Serving:
         self.loaded: Optional[Loaded] = None
         self.pipeline: Any = None
         self.since = 0.0
+        self._progress: Dict[str, Tuple[Tuple[Any, ...], float]] = {}  # camera -> (its counters, when they last changed)
         self._lock = threading.RLock()
 
     @property
@@ -66,6 +69,7 @@ class Serving:
         pipeline = self.pipeline_factory(deployment, loaded.runner)
         self._stop_pipeline()
         self.pipeline = pipeline
+        self._progress.clear()
 
     def _stop_pipeline(self) -> None:
         pipeline, self.pipeline = self.pipeline, None
@@ -85,6 +89,7 @@ class Serving:
                 raise AgentError("this agent has no camera pipeline (agent.vision is not installed)")
             self._stop_pipeline()
             self.pipeline = self.pipeline_factory(self.deployment, self.loaded.runner)
+            self._progress.clear()
             return {"deployment_id": self.deployment.id, "cameras": len(self.deployment.cameras)}
 
     def stop(self) -> None:
@@ -105,16 +110,36 @@ class Serving:
         except Exception as exc:
             return {"error": str(exc)}
 
-    def frames_flowing(self, max_age_s: float) -> bool:
-        """True when no camera is configured, or the pipeline delivered a frame within `max_age_s`."""
+    def frames_flowing(self, max_age_s: float, progress_s: float = CAMERA_PROGRESS_S) -> bool:
+        """For the watchdog: True when no camera is configured, when a camera delivered a frame within
+        `max_age_s`, or when a camera that is down is visibly trying to reconnect (its state or failure count
+        changed within `progress_s`: restarting the agent would not bring it back). False when the pipeline is
+        gone or every camera is stuck (an open or a read that never returns)."""
         with self._lock:
             deployment, pipeline = self.deployment, self.pipeline
         if deployment is None or not deployment.cameras:
             return True
         if pipeline is None:
             return False
-        age = last_frame_age(self.metrics() or {})
-        return age is not None and age <= max_age_s
+        metrics = self.metrics() or {}
+        if metrics.get("running") is False or "error" in metrics:
+            return False
+        sources = [s for s in metrics.get("sources") or [] if isinstance(s, dict)]
+        if not sources:
+            age = last_frame_age(metrics)
+            return age is not None and age <= max_age_s
+        now = time.monotonic()
+        for source in sources:
+            name = str(source.get("name"))
+            mark = tuple(source.get(k) for k in ("frames", "state", "open_failures", "reconnects", "disconnects"))
+            if self._progress.get(name, ((), 0.0))[0] != mark:
+                self._progress[name] = (mark, now)
+            age = source.get("seconds_since_frame")
+            if source.get("state") == "streaming" and isinstance(age, (int, float)) and age <= max_age_s:
+                return True
+            if source.get("state") in RECONNECTING and now - self._progress[name][1] <= progress_s:
+                return True
+        return False
 
     def snapshot(self, camera: int) -> Tuple[bytes, Dict[str, Any]]:
         """The newest processed frame with its results drawn (JPEG) and that frame's result."""

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Tuple, Union
 
 from agent.errors import AgentError
 from agent.fleet.artifacts import (
@@ -32,10 +32,9 @@ from agent.fleet.artifacts import (
     encode_block_error,
     encode_manifest,
 )
-from agent.fleet.link import MqttLink
+from agent.fleet.link import MqttLink, ensure_no_delay
 from agent.fleet.messages import MessageError
 from agent.fleet.topics import Topics, all_devices, device_of
-from agent.fleet.transfer import ensure_no_delay
 from agent.store.artifacts import is_artifact_id
 from agent.store.atomic import atomic_move, atomic_write_bytes, read_json
 from agent.store.hashing import sha256_file
@@ -47,6 +46,9 @@ _OPEN_FILES = 32
 _TRACKED_TRANSFERS = 4096
 _INLINE_REQUEST_BYTES = 4096  # a request message this small ...
 _INLINE_SERVE_BYTES = 8 * 1024 * 1024  # ... asking for at most this much is served on the network thread
+
+
+_NOT_HELD = "artifact not held by this server"
 
 
 class _TooBigForInline(Exception):
@@ -231,54 +233,64 @@ class ArtifactServer:
             return
         if inline_limit and len(request.blocks) * request.chunk_size > inline_limit:
             raise _TooBigForInline
-        self.stats.requests += 1
-        opened = self._open(request.artifact_id)
-        if opened is None:
-            self._error(reply_topic, request, request.blocks[0], "artifact not held by this server")
-            return
-        fd, size, manifest = opened
-        # the signed block list already holds each block's hash; hashing again here would only cost CPU
-        known = manifest.block_sha256 if manifest is not None and manifest.chunk_size == request.chunk_size else None
+        with self._lock:
+            self.stats.requests += 1
         for index in request.blocks:
-            offset = index * request.chunk_size
-            if offset >= size:
-                self._error(reply_topic, request, index, f"block {index} is past the end ({size} bytes)")
+            block = self._read(request, index)
+            if isinstance(block, str):
+                self._error(reply_topic, request, index, block)
+                if block == _NOT_HELD:
+                    return
                 continue
-            data = os.pread(fd, min(request.chunk_size, size - offset), offset)
+            offset, data, digest, size = block
             self._throttle(len(data))
-            digest = bytes.fromhex(known[index]) if known is not None else None
             frame = encode_block(request.artifact_id, index, offset, data, digest)
             if not self.link.publish(reply_topic, frame, qos=0, keep_if_offline=False):
                 continue  # the broker is away; the device asks again after it returns
-            self.stats.blocks_sent += 1
-            self.stats.bytes_sent += len(data)
             self._count(device, request, index, len(data), size)
 
-    def _open(self, artifact_id: str) -> Optional[Tuple[int, int, Optional[ArtifactManifest]]]:
+    def _read(self, request: BlockRequest, index: int) -> Union[str, Tuple[int, bytes, Optional[bytes], int]]:
+        """(offset, data, digest or None, artifact size), or the reason it cannot be served. Under the lock, so
+        that a descriptor is never closed (evicted) while another thread reads through it."""
         with self._lock:
-            if artifact_id in self._files:
-                self._files.move_to_end(artifact_id)
-                return self._files[artifact_id]
-            path = self.folder / artifact_id
-            try:
-                fd = os.open(str(path), os.O_RDONLY)
-            except OSError:
-                return None
-            try:
-                manifest: Optional[ArtifactManifest] = decode_manifest(read_json(folder_manifest_path(self.folder, artifact_id)))
-            except (OSError, ValueError, ManifestError):
-                manifest = None  # served all the same; each block is hashed as it is read
-            size = os.fstat(fd).st_size
-            if manifest is not None and manifest.size != size:
-                manifest = None
-            self._files[artifact_id] = (fd, size, manifest)
-            while len(self._files) > _OPEN_FILES:
-                old_fd = self._files.popitem(last=False)[1][0]
-                os.close(old_fd)
+            opened = self._open(request.artifact_id)
+            if opened is None:
+                return _NOT_HELD
+            fd, size, manifest = opened
+            offset = index * request.chunk_size
+            if offset >= size:
+                return f"block {index} is past the end ({size} bytes)"
+            data = os.pread(fd, min(request.chunk_size, size - offset), offset)
+        # the signed block list already holds each block's hash; hashing it again here would only cost CPU
+        digest = None
+        if manifest is not None and manifest.chunk_size == request.chunk_size:
+            digest = bytes.fromhex(manifest.block_sha256[index])
+        return offset, data, digest, size
+
+    def _open(self, artifact_id: str) -> Optional[Tuple[int, int, Optional[ArtifactManifest]]]:
+        """The cached (fd, size, manifest) of an artifact in the folder; the caller holds the lock."""
+        if artifact_id in self._files:
+            self._files.move_to_end(artifact_id)
             return self._files[artifact_id]
+        try:
+            fd = os.open(str(self.folder / artifact_id), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            manifest: Optional[ArtifactManifest] = decode_manifest(read_json(folder_manifest_path(self.folder, artifact_id)))
+        except (OSError, ValueError, ManifestError):
+            manifest = None  # served all the same; each block is hashed as it is sent
+        size = os.fstat(fd).st_size
+        if manifest is not None and manifest.size != size:
+            manifest = None
+        self._files[artifact_id] = (fd, size, manifest)
+        while len(self._files) > _OPEN_FILES:
+            os.close(self._files.popitem(last=False)[1][0])
+        return self._files[artifact_id]
 
     def _error(self, topic: str, request: BlockRequest, index: int, reason: str) -> None:
-        self.stats.error_frames += 1
+        with self._lock:
+            self.stats.error_frames += 1
         self.link.publish(topic, encode_block_error(request.artifact_id, index, reason), qos=0, keep_if_offline=False)
 
     def _throttle(self, nbytes: int) -> None:
@@ -291,6 +303,12 @@ class ArtifactServer:
             time.sleep(start - now)
 
     def _count(self, device: str, request: BlockRequest, index: int, nbytes: int, size: int) -> None:
+        with self._lock:
+            self.stats.blocks_sent += 1
+            self.stats.bytes_sent += nbytes
+            self._count_resend(device, request, index, nbytes, size)
+
+    def _count_resend(self, device: str, request: BlockRequest, index: int, nbytes: int, size: int) -> None:
         """Remember which blocks each device got, to count what is sent twice (bounded: oldest transfers forgotten)."""
         key = (device, request.artifact_id, request.chunk_size)
         sent = self._sent.get(key)

@@ -271,8 +271,8 @@ def decode_manifest(payload: Union[bytes, Mapping[str, Any]]) -> ArtifactManifes
     if isinstance(payload, (bytes, bytearray)):
         try:
             data = json.loads(bytes(payload).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ManifestError(f"manifest is not JSON: {exc}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            raise ManifestError(f"manifest is not JSON: {str(exc)[:200]}") from None
     else:
         data = dict(payload)
     if not isinstance(data, dict):

@@ -37,6 +37,8 @@ def decode(payload: bytes, expected_kind: Optional[str] = None) -> Dict[str, Any
         raise MessageError("payload is not UTF-8 text") from None
     except ValueError as exc:
         raise MessageError(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("payload nests too deeply") from None
     if not isinstance(data, dict):
         raise MessageError(f"payload must be a JSON object, got {type(data).__name__}")
     schema = data.get("schema", SCHEMA_VERSION)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -32,6 +33,19 @@ from agent.fleet.topics import Topics, all_devices, device_of
 
 class OperatorError(AgentError):
     """The operator's request could not be carried out (broker unreachable, no reply, bad input)."""
+
+
+def disable_nagle(link: MqttLink) -> None:
+    """TCP_NODELAY on the link's socket. Commands and replies are small messages in a request/response
+    pattern, where Nagle's algorithm meeting delayed ACKs costs 40 ms a hop (a ping: 140 ms instead of 6).
+    Call after every connect (a reconnect makes a new socket)."""
+    sock: Any = link.client.socket()
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a websocket transport): nothing to tune
+        pass
 
 
 def new_command_id() -> str:
@@ -117,7 +131,7 @@ class Operator:
         self.protocol_v5 = self.link.protocol_v5
         self._lock = threading.Lock()
         self._waiters: Dict[str, queue.Queue[Reply]] = {}
-        self._reply_refs: Dict[str, int] = {}
+        self._reply_topics: Set[str] = set()
 
     def __enter__(self) -> Operator:
         return self.connect()
@@ -131,6 +145,7 @@ class Operator:
             self.link.stop()
             why = self.link.last_error or "no answer"
             raise OperatorError(f"cannot reach the broker {self.broker.host}:{self.broker.port} within {self.connect_timeout_s:g} s ({why})")
+        disable_nagle(self.link)
         return self
 
     def close(self) -> None:
@@ -212,25 +227,22 @@ class Operator:
                 self._unwatch_replies(topics.reply, command_id)
 
     def _watch_replies(self, topic: str, command_id: str, sink: queue.Queue[Reply]) -> None:
-        """One subscription per reply topic, shared by every command waiting on it (threads may wait at once)."""
+        """One subscription per reply topic for the session, shared by every command waiting on it (threads may
+        wait at once); replies are routed to their waiter by job id."""
         with self._lock:
             self._waiters[command_id] = sink
-            first = self._reply_refs.get(topic, 0) == 0
-            self._reply_refs[topic] = self._reply_refs.get(topic, 0) + 1
-        if not first:
-            return
+            if topic in self._reply_topics:
+                return
+            self._reply_topics.add(topic)
         acked = threading.Event()
         self.link.client.on_subscribe = lambda *_a: acked.set()
         self.link.subscribe(topic, self._on_reply, qos=1)
         acked.wait(5.0)
 
     def _unwatch_replies(self, topic: str, command_id: str) -> None:
+        # the subscription stays for the session: the next command to this device need not wait for a SUBACK
         with self._lock:
             self._waiters.pop(command_id, None)
-            self._reply_refs[topic] -= 1
-            last = self._reply_refs[topic] == 0
-        if last:
-            self.link.unsubscribe(topic)
 
     def _on_reply(self, msg: Any) -> None:
         try:

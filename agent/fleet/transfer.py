@@ -25,7 +25,6 @@ import hashlib
 import logging
 import os
 import queue
-import socket
 import struct
 import threading
 import time
@@ -60,7 +59,7 @@ from agent.fleet.artifacts import (
     validate_artifact_id,
     verify_manifest,
 )
-from agent.fleet.link import MqttLink
+from agent.fleet.link import MqttLink, ensure_no_delay
 from agent.fleet.signing import load_public_keys
 from agent.fleet.topics import Topics
 from agent.store.artifacts import ArtifactStore
@@ -466,6 +465,7 @@ class _Transfer:
         self.done = threading.Event()
         self.failure: Optional[BaseException] = None
         self.pending_events: List[Dict[str, Any]] = []
+        self.server_said = ""  # an error frame's reason, reported if the block it was about never comes
 
     @property
     def complete(self) -> bool:
@@ -579,6 +579,11 @@ class _Transfer:
             return
         now = time.monotonic()
         late = [i for i, sent in self.in_flight.items() if now - sent >= self.block_timeout]
+        if late and self.server_said:
+            raise ArtifactUnavailableError(
+                f"artifact {self.m.artifact_id[:12]}: the artifact server says: {self.server_said} "
+                f"(and no other server sent block {late[0]} within {self.block_timeout:g} s)"
+            )
         for index in late:
             self.tries[index] = self.tries.get(index, 0) + 1
             if self.tries[index] >= MAX_BLOCK_RETRIES:
@@ -602,7 +607,11 @@ class _Transfer:
         if block.artifact_id != self.m.artifact_id:
             return  # an answer to an earlier pull, or to another process on this device's topic
         if block.error:
-            raise ArtifactUnavailableError(f"artifact {self.m.artifact_id[:12]}: the artifact server says: {block.error}")
+            # Not fatal yet: with several servers (replicas, or another operator's folder) one that lacks the
+            # artifact answers this while another sends the block. If the block then does not come, the first
+            # timeout reports this reason instead of retrying in silence.
+            self.server_said = block.error
+            return
         index = block.index
         if index >= self.m.block_count or (block.offset, len(block.data)) != self.m.block_range(index):
             self._reject(BlockOutsideManifestError(
@@ -659,19 +668,6 @@ def _write_error(artifact_id: str, root: Path, exc: OSError) -> ArtifactError:
                               "(the blocks written so far are kept)")
     where = f" ({exc.filename})" if exc.filename else ""
     return ArtifactError(f"artifact {artifact_id[:12]}: disk error under {root}: {exc.strerror or exc}{where}")
-
-
-def ensure_no_delay(link: MqttLink) -> None:
-    """Turn off Nagle's algorithm on the link's socket. A block request is a small packet; held back until the
-    previous one is acknowledged, it met the peer's delayed ACK and cost 40 ms before the first block came.
-    Idempotent and cheap; called again after a reconnect (a new socket)."""
-    setsockopt = getattr(link.client.socket(), "setsockopt", None)
-    if setsockopt is None:
-        return
-    try:
-        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not TCP (a websocket transport, a test double): nothing to tune
-        pass
 
 
 WantedArtifact = Tuple[str, Optional[str], Optional[str]]  # (artifact id, kind, name); None: any

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class Frame:
     captured: float  # wall clock (epoch seconds) when the read finished
     t_mono: float  # time.monotonic() at the same moment, for latencies
     read_ms: float  # how long the read (wait + decode) took
+    prepared: Any = None  # what `Capture.transform` made of the image in the capture thread, if set
 
 
 @dataclass
@@ -104,6 +105,9 @@ class Capture:
         self.stop_at_end = stop_at_end
         self.on_read = on_read
         self.listeners: List[threading.Event] = []  # set after every new frame (a pipeline serving several sources)
+        # applied to every frame in the capture thread (lossless sources only: a live source would spend it on
+        # frames that are then dropped); the pipeline preprocesses here so decode and preprocessing share a thread
+        self.transform: Optional[Callable[[np.ndarray], Any]] = None
         self.info: Optional[SourceInfo] = None
         self._frames: Deque[Frame] = collections.deque()
         self._cond = threading.Condition()
@@ -281,6 +285,12 @@ class Capture:
     def _push(self, image: np.ndarray, read_ms: float) -> None:
         if self.on_read is not None:
             self.on_read(read_ms)
+        prepared = None
+        if self.transform is not None and self.lossless:
+            try:
+                prepared = self.transform(image)
+            except Exception:  # the consumer prepares it again and reports the error
+                log.debug("capture transform failed on %s", self.name, exc_info=True)
         with self._cond:
             if self.lossless:  # wait for room first, so the frame's clock starts when it can be taken
                 while len(self._frames) >= self.depth and not self._stop.is_set():
@@ -289,7 +299,7 @@ class Capture:
                 self._frames.popleft()
                 self._drops += 1
             now_mono = time.monotonic()
-            frame = Frame(image, self._next_id, self.name, time.time(), now_mono, read_ms)
+            frame = Frame(image, self._next_id, self.name, time.time(), now_mono, read_ms, prepared)
             self._next_id += 1
             self._frames_read += 1
             self._last_frame_mono = now_mono

@@ -13,7 +13,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-STAGES = ("capture", "preprocess", "infer", "postprocess", "publish")
+STAGES = ("capture", "preprocess", "batch", "infer", "postprocess", "publish")
 
 
 class StageMetric:

@@ -1,8 +1,10 @@
 """The camera pipeline: source -> preprocess -> runner.infer -> postprocess -> result callback.
 
 Threads and why:
-    capture (one per source, in Capture)   decodes at the camera's pace, keeps the newest frame(s)
-    prepare                                takes up to `batch` frames, preprocesses them into one tensor
+    capture (one per source, in Capture)   decodes at the camera's pace, keeps the newest frame(s); for a
+                                           lossless source (a file as fast as possible) also preprocesses
+    prepare                                takes up to `batch` frames, preprocesses them (live sources),
+                                           stacks them into one tensor
     infer                                  runs the engine (onnxruntime and TensorRT release the GIL)
     finish                                 postprocesses, calls the result callback (publish), keeps the snapshot
 Stages hand over through queues of one item, so at most one batch waits between stages: latency stays
@@ -180,6 +182,8 @@ class Pipeline:
             if capture.on_read is None:
                 capture.on_read = self._record_read
             capture.listeners.append(self._frame_ready)
+            if capture.lossless and capture.transform is None:
+                capture.transform = self._prepare_early
             capture.start()
         self._started_mono = time.monotonic()
         for target, label in ((self._prepare_loop, "prepare"), (self._infer_loop, "infer"), (self._finish_loop, "finish")):
@@ -300,6 +304,15 @@ class Pipeline:
     def _record_read(self, read_ms: float) -> None:
         self.metrics_data.stages["capture"].record(read_ms)
 
+    def _prepare_early(self, image: np.ndarray) -> Tuple[int, np.ndarray, FrameGeometry]:
+        """Preprocessing in the capture thread of a lossless source, tagged with the engine generation it is for."""
+        with self._config_lock:
+            generation, spec = self._generation, self._spec
+        started = time.perf_counter()
+        tensor, geometry = prepare(image, spec)
+        self.metrics_data.stages["preprocess"].record((time.perf_counter() - started) * 1000.0)
+        return generation, tensor, geometry
+
     def _put(self, target: queue.Queue[Any], item: Any) -> bool:
         """Blocking put that gives up when the pipeline stops."""
         while not self._stop.is_set():
@@ -343,14 +356,19 @@ class Pipeline:
                         self._put(self._to_infer, _END)
                         return
                     continue
-                started = time.perf_counter()
                 tensors, geometries, kept = [], [], []
                 for frame in frames:
-                    try:
-                        tensor, geometry = prepare(frame.image, spec)
-                    except AgentError as exc:
-                        self._error(f"preprocessing frame {frame.frame_id} of {frame.source} failed: {exc}")
-                        continue
+                    early = frame.prepared
+                    if early is not None and early[0] == generation:  # done in the capture thread
+                        _generation, tensor, geometry = early
+                    else:
+                        try:
+                            tick = time.perf_counter()
+                            tensor, geometry = prepare(frame.image, spec)
+                            self.metrics_data.stages["preprocess"].record((time.perf_counter() - tick) * 1000.0)
+                        except AgentError as exc:
+                            self._error(f"preprocessing frame {frame.frame_id} of {frame.source} failed: {exc}")
+                            continue
                     tensors.append(tensor)
                     geometries.append(geometry)
                     kept.append(frame)
@@ -359,8 +377,9 @@ class Pipeline:
                 rows = fixed if fixed is not None else len(tensors)
                 while len(tensors) < rows:  # a fixed-batch engine gets full batches; padding rows are ignored
                     tensors.append(tensors[-1])
+                started = time.perf_counter()
                 stacked = np.stack(tensors)
-                self.metrics_data.stages["preprocess"].record((time.perf_counter() - started) * 1000.0, len(kept))
+                self.metrics_data.stages["batch"].record((time.perf_counter() - started) * 1000.0, len(kept))
                 if not self._put(self._to_infer, _Prepared(generation, kept, stacked, geometries)):
                     return
         except Exception as exc:  # a bug here must be visible in metrics and logs, not a silent dead thread

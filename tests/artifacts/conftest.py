@@ -32,7 +32,7 @@ from agent.fleet.topics import Topics
 from agent.fleet.transfer import ArtifactPuller
 from agent.store.artifacts import ArtifactStore
 
-PREFIX = "edge"
+PREFIX = "art"  # not "edge": other packages' tests run their own artifact servers there on the same broker
 _device_ids = itertools.count(1)
 
 
@@ -124,11 +124,13 @@ def operator(broker: LocalBroker, keys: GeneratedKeys, tmp_path_factory: pytest.
 
 @pytest.fixture()
 def make_operator(broker: LocalBroker, keys: GeneratedKeys, tmp_path: Path) -> Iterator[Callable[..., Operator]]:
-    """make_operator(prefix, rate_limit_bps=0, on=broker, protocol="5"): an operator of the test's own, closed after it."""
+    """make_operator(prefix, rate_limit_bps=0, on=broker, protocol="5", folder=None): an operator of the test's own
+    (its own artifacts folder unless one is named), closed after it."""
     made: List[Operator] = []
 
-    def make(prefix: str, rate_limit_bps: float = 0.0, on: Optional[LocalBroker] = None, protocol: str = "5") -> Operator:
-        op = Operator(on or broker, tmp_path / f"operator-{prefix}", keys, prefix=prefix, protocol=protocol,
+    def make(prefix: str, rate_limit_bps: float = 0.0, on: Optional[LocalBroker] = None, protocol: str = "5",
+             folder: str = "") -> Operator:
+        op = Operator(on or broker, tmp_path / (folder or f"operator-{prefix}"), keys, prefix=prefix, protocol=protocol,
                       rate_limit_bps=rate_limit_bps)
         made.append(op)
         return op

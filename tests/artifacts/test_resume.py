@@ -106,7 +106,8 @@ def test_agent_kill_9_mid_transfer_resumes_from_disk(
     resumed = [e for e in device.events if e["event"] == "artifact.resumed"]
     assert resumed and resumed[0]["blocks"] >= 30
     stats = device.puller.last_stats
-    assert stats.requested_blocks - stats.rerequested_blocks == manifest.block_count - resumed[0]["blocks"]
+    # blocks on disk are never asked for again (fewer, if a late answer to the killed process's requests came in)
+    assert stats.requested_blocks - stats.rerequested_blocks <= manifest.block_count - resumed[0]["blocks"]
     assert operator.server.stats.resent_bytes <= window * chunk  # at most the window that was in flight
     assert device.store.partials() == []
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,7 +246,7 @@ def rogue_pull(broker: LocalBroker, device: Device, operator: Operator, craft: o
         (CorruptBlockError, "own checksum",
          lambda m, i, d: encode_block(m.artifact_id, i, i * m.chunk_size, bytes([d[0] ^ 1]) + d[1:], hashlib.sha256(d).digest())),
         (TamperedBlockError, "signed manifest",
-         lambda m, i, d: encode_block(m.artifact_id, i, i * m.chunk_size, b"X" + d[1:])),
+         lambda m, i, d: encode_block(m.artifact_id, i, i * m.chunk_size, bytes([d[0] ^ 1]) + d[1:])),
         (BlockOutsideManifestError, "outside the manifest",
          lambda m, i, d: encode_block(m.artifact_id, i + 100, (i + 100) * m.chunk_size, d)),
         (BlockOutsideManifestError, "outside the manifest",
@@ -272,7 +273,7 @@ def test_a_single_bad_block_is_fetched_again(broker: LocalBroker, rogue_device: 
     def once(m: ArtifactManifest, i: int, d: bytes) -> bytes:
         if i == 3 and spoiled["left"]:
             spoiled["left"] -= 1
-            return encode_block(m.artifact_id, i, i * m.chunk_size, b"Y" + d[1:])
+            return encode_block(m.artifact_id, i, i * m.chunk_size, bytes([d[0] ^ 1]) + d[1:])
         return encode_block(m.artifact_id, i, i * m.chunk_size, d)
 
     manifest = rogue_pull(broker, rogue_device, operator, once)
@@ -282,3 +283,12 @@ def test_a_single_bad_block_is_fetched_again(broker: LocalBroker, rogue_device: 
         rogue_device.rogue.close()  # type: ignore[attr-defined]
     assert sha256_file(path) == manifest.artifact_id
     assert [e["block"] for e in rogue_device.events if e["event"] == "artifact.block_rejected"] == [3]
+
+
+def test_a_second_server_without_the_artifact_does_not_spoil_the_pull(make_operator: Any, make_device: DeviceFactory) -> None:
+    holder = make_operator("two-servers")
+    bystander = make_operator("two-servers", folder="empty")  # answers "not held" to every request
+    device = make_device(prefix="two-servers")
+    manifest = holder.publish(os.urandom(40_000), chunk_size=4096)
+    assert sha256_file(device.pull(manifest)) == manifest.artifact_id
+    assert bystander.server.stats.error_frames >= 1

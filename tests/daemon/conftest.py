@@ -18,7 +18,7 @@ from agent.fleet.local_broker import LocalBroker
 from tests.helpers import REPO_ROOT, Collector, json_of
 
 
-def agent_env(broker: LocalBroker, state_dir: Path, device_id: str, **extra: str) -> Dict[str, str]:
+def agent_env(broker: Any, state_dir: Path, device_id: str, **extra: str) -> Dict[str, str]:
     env = {
         "EDGE_AGENT_BROKER_HOST": broker.host,
         "EDGE_AGENT_BROKER_PORT": str(broker.port),
@@ -36,7 +36,7 @@ def agent_env(broker: LocalBroker, state_dir: Path, device_id: str, **extra: str
     return env
 
 
-def make_config(broker: LocalBroker, state_dir: Path, device_id: str, **extra: str) -> AgentConfig:
+def make_config(broker: Any, state_dir: Path, device_id: str, **extra: str) -> AgentConfig:
     return load_config(None, env=agent_env(broker, state_dir, device_id, **extra))
 
 

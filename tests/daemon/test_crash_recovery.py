@@ -1,8 +1,10 @@
-"""kill -9 of a real `edge-agent run` in the middle of a build and of a download: the next start resumes."""
+"""SIGTERM and kill -9 of a real `edge-agent run` in the middle of a build, kill -9 in the middle of a download:
+the next start resumes."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -35,11 +37,24 @@ def test_kill9_mid_build_retries_the_build_on_restart(
         env = agent_env(fresh_broker, state, "crash-build", artifacts_public_keys=kit.public_key, artifacts_allow_unsigned="false")
         live = collector_for(fresh_broker, ["edge/crash-build/#"])
         events = collector_for(fresh_broker, ["edge/crash-build/events"])
-        first = spawn_agent({**env, "EDGE_AGENT_FAILPOINTS": "build=pause:60"})
+        held = {**env, "EDGE_AGENT_FAILPOINTS": "build=pause:60"}
+        def building(since: float) -> Callable[[Any], bool]:
+            return is_status(lambda s: (s.get("applying") or {}).get("step") == "build" and s["applying"]["started_at"] >= since)
+
+        # SIGTERM in the middle of a build: a clean, quick exit that leaves the deployment to be applied again
+        first = spawn_agent(held)
         live.wait_for(is_status(lambda s: s.get("online") is True), timeout=30)
         kit.deploy("crash-build", id="tiny-v1", precision="int8", target="cpu", preprocess=TINY_PREPROCESS, accuracy={"top1_agreement": 0.5}, **ids)
-        live.wait_for(is_status(lambda s: (s.get("applying") or {}).get("step") == "build"), timeout=30)
-        first.kill9()
+        live.wait_for(building(0), timeout=30)
+        assert first.terminate(timeout=20) == 0
+        saved = state_of(state)
+        assert saved["applying"]["step"] == "build" and saved["applying"]["attempts"] == 0  # a stop is not a failed attempt
+
+        # kill -9 in the middle of the build it resumed
+        since = time.time()
+        second = spawn_agent(held)
+        live.wait_for(building(since), timeout=30)
+        second.kill9()
         saved = state_of(state)
         assert saved["applying"]["step"] == "build" and saved["applying"]["attempts"] == 1
         assert saved["serving"] is None
@@ -49,7 +64,7 @@ def test_kill9_mid_build_retries_the_build_on_restart(
         applying = [json_of(m) for m in list(events.messages.queue) if event("deployment.applying")(m)]
         saved = state_of(state)
         assert saved["serving"]["deployment"]["id"] == "tiny-v1" and saved["applying"] is None
-        assert [e.get("attempt") for e in applying] == [1, 2]  # the second start retried the interrupted build
+        assert [e.get("attempt") for e in applying] == [1, 1, 2]  # each start retried the interrupted build
     finally:
         kit.close()
 

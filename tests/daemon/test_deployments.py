@@ -206,6 +206,12 @@ def test_commands_duplicates_malformed_unknown_unauthorised_and_cancel(
     live.publish("edge/group/lobby/cmd", encode_command("grp-1", "rollback"))
     live.publish("edge/group/lobby/cmd", encode_command("grp-2", "ping"))
     live.publish("edge/dep-5/cmd", encode_command("can-1", "cancel", {"job_id": "nothing-open"}))
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    elsewhere = Properties(PacketTypes.PUBLISH)
+    elsewhere.ResponseTopic = "not-the-fleet/x"
+    live.client.publish("edge/dep-5/cmd", encode_command("rsp-1", "ping"), qos=1, properties=elsewhere).wait_for_publish(5)
     time.sleep(1.0)
     seen: Dict[str, List[Dict[str, Any]]] = {}
     while not live.messages.empty():
@@ -217,6 +223,7 @@ def test_commands_duplicates_malformed_unknown_unauthorised_and_cancel(
     assert seen["grp-1"][0]["state"] == "REJECTED" and seen["grp-1"][0]["detail"].startswith("unauthorised")
     assert seen["grp-2"][-1]["state"] == "SUCCEEDED"
     assert seen["can-1"][-1]["state"] == "FAILED" and "no open job 'nothing-open'" in seen["can-1"][-1]["detail"]
+    assert seen["rsp-1"][0]["state"] == "REJECTED" and "response topic must be under 'edge/'" in seen["rsp-1"][0]["detail"]
     assert daemon.jobs.duplicates == 1
     # the same id after a restart is still a duplicate: the ids are in state.json
     assert daemon.store.snapshot().command_seen("dup-1") is not None

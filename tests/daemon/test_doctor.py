@@ -8,17 +8,30 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
 from agent.cli.main import main
-from agent.daemon.doctor import FAIL, OK, SKIP, WARN, Check, check_accelerator, check_broker, check_cameras, check_dla, run_checks
+from agent.daemon.doctor import (
+    FAIL,
+    OK,
+    SKIP,
+    WARN,
+    Check,
+    check_accelerator,
+    check_broker,
+    check_cameras,
+    check_dla,
+    run_checks,
+)
 from agent.fleet.local_broker import LocalBroker, free_port
 from agent.fleet.signing import generate_keys
 from tests.daemon.conftest import make_config
 from tests.helpers import REPO_ROOT, drawn_frames, tiny_classifier_onnx
 
+NO_BROKER = SimpleNamespace(host="127.0.0.1", port=1)  # for checks that never reach it
 ORIN_62 = {"is_jetson": True, "module": "Jetson AGX Orin 64GB", "jetpack": "6.2", "l4t": "36.4.3", "tensorrt": "10.3.0.30", "cuda": "12.6.68", "cudnn": "9.3.0", "dla_cores": 2}
 
 
@@ -124,7 +137,7 @@ def test_cameras_of_the_deployment_are_opened(tmp_path: Path) -> None:
         cv2.imwrite(str(folder / f"{index}.png"), frame)
     state = tmp_path / "state"
     atomic_write_json(state / "state.json", {"serving": {"deployment": {"id": "x", "cameras": [f"images://{folder}", str(tmp_path / "missing.avi")]}}})
-    config = make_config(LocalBroker(port=1), state, "doc-cam")
+    config = make_config(NO_BROKER, state, "doc-cam")
     checks = check_cameras(config)
     assert [c.status for c in checks] == [OK, FAIL]
     assert "missing.avi" in checks[1].detail and checks[1].fix
@@ -142,7 +155,7 @@ def test_engine_cache_counts_engines_built_for_another_device(tmp_path: Path) ->
     state = tmp_path / "state"
     spec = BuildSpec(model_sha256=sha256_file(model), precision=Precision.FP32, target="cpu")
     ensure_engine(spec, EngineCache.for_state(state), fingerprint(), model=model)
-    config = make_config(LocalBroker(port=1), state, "doc-cache")
+    config = make_config(NO_BROKER, state, "doc-cache")
     here = device_fingerprint()
     checks = by_name(run_checks(config, fingerprint=here, include_broker=False, include_cameras=False))
     assert checks["engine cache"].status == OK and "1 engines" in checks["engine cache"].detail

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Iterator, List
 
 import pytest
 
@@ -45,7 +45,7 @@ def test_deploy_validates_before_publishing(tmp_path: Path, capsys: pytest.Captu
     printed = json.loads(capsys.readouterr().out)
     assert printed["deployment"]["model"] == sha256_file(model)  # a file path becomes its artifact id
     assert printed["deployment"]["accuracy"] == {"top1_agreement": 0.9} and printed["deployment"]["id"].startswith(sha256_file(model)[:8])
-    with pytest.raises(UsageError, match="deployment.table: an INT8 deployment needs a calibration table"):
+    with pytest.raises(UsageError, match=r"deployment\.table: an INT8 deployment needs a calibration table"):
         fleet(["deploy", "cli-1", "--model", "a" * 64, "--precision", "int8", "--dry-run"])
     with pytest.raises(UsageError, match="DEVICE or --group"):
         fleet(["deploy", "--model", "a" * 64, "--dry-run"])

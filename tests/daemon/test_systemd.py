@@ -85,10 +85,10 @@ def test_daemon_sends_ready_then_feeds_the_watchdog(
 ) -> None:
     sock, path = notify_socket
     config = make_config(broker, tmp_path / "state", "notify-dev")
-    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())}
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000", "WATCHDOG_PID": str(os.getpid())}
     daemon = Daemon(config, env=env).start()
     try:
-        messages = received(sock, time.monotonic() + 2.5)
+        messages = received(sock, time.monotonic() + 1.4)
     finally:
         daemon.stop()
     ready = [m for m in messages if m.startswith("READY=1")]
@@ -108,12 +108,12 @@ def test_watchdog_starves_when_the_loop_is_unhealthy(
     config = make_config(broker, tmp_path / "state", "starve-dev")
     daemon = Daemon(config, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"}).start()
     try:
-        received(sock, time.monotonic() + 0.8)
+        received(sock, time.monotonic() + 0.5)
         daemon.reconciler._stop.set()  # the reconcile thread ends, as if it had died
         daemon.reconciler._wake.set()
         time.sleep(0.4)  # a feed may have been decided just before
         assert not daemon.healthy()
-        starving = received(sock, time.monotonic() + 1.2)
+        starving = received(sock, time.monotonic() + 0.9)
     finally:
         daemon.stop()
     assert "WATCHDOG=1" not in starving

@@ -134,7 +134,7 @@ def test_metrics_name_every_stage(tiny_runner: OnnxRuntimeRunner, short_video: P
         metrics = pipeline.metrics()
     finally:
         pipeline.stop()
-    assert set(metrics["stages"]) == {"capture", "preprocess", "infer", "postprocess", "publish"}
+    assert set(metrics["stages"]) == {"capture", "preprocess", "batch", "infer", "postprocess", "publish"}
     for stage in metrics["stages"].values():
         assert stage["count"] == 24 and stage["p50_ms"] <= stage["p95_ms"] <= stage["p99_ms"]
     assert {"fps", "drops", "reconnects", "latency", "added_latency", "sources"} <= set(metrics)
