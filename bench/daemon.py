@@ -9,8 +9,9 @@ Measured side by side in one run, one agent (in-process Daemon), one broker:
    (engine cache hit); cache_speedup = cold / cached.
 2. swap: the camera keeps running while a new engine is swapped in (a new desired state whose cameras and
    pre/postprocessing are unchanged) versus `restart-pipeline` (cameras stopped and opened again). The figure is
-   the longest gap between two published results around each; swap_vs_restart = swap gap / restart gap
-   (below 1: the hot swap interrupts the stream less).
+   the longest gap between two published results in the 1.5 s around each; swap_vs_restart = swap gap /
+   restart gap (below 1: the hot swap interrupts the stream less). The sources here are local files, which
+   reopen in milliseconds; an RTSP or CSI camera takes seconds to reopen, which the hot swap never pays.
 3. ping: command round trip (operator publish -> SUCCEEDED reply), median over N pings.
 
 The real classifier (../shared/testdata) is used where present and not --quick; the tiny model otherwise.
@@ -134,11 +135,12 @@ def main(argv: List[str]) -> int:
             time.sleep(1.0)
 
             # hot swap: same cameras and pre/postprocessing, another precision -> swap_runner between two batches
-            before = time.monotonic()
             kit.deploy("bench-1", id="v2", **{**deployment, "precision": "fp32", "table": None})
             wait(lambda: serving("v2"), 120)
+            swapped = time.monotonic() - (time.time() - daemon.serving.since)  # the moment the runner changed
             time.sleep(1.5)
-            swap_gap = results.largest_gap_ms(before, time.monotonic())
+            # the window around the swap itself: the build and the gate before it only compete for the CPU
+            swap_gap = results.largest_gap_ms(swapped - 0.25, swapped + 1.25)
 
             before = time.monotonic()
             kit.operator.command("bench-1", "restart-pipeline", wait=True, wait_s=60)

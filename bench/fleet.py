@@ -151,6 +151,8 @@ class SysCounters:
     """mosquitto's $SYS counters (every second with sys_interval 1) and the status documents, as one operator
     client sees them."""
 
+    COUNTERS = ("publish/messages/received", "publish/messages/sent")
+
     def __init__(self, broker: LocalBroker) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -161,7 +163,7 @@ class SysCounters:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-watch", protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, *_a: c.subscribe([("$SYS/broker/#", 0), (f"{PREFIX}/+/status", 1)])
+        self.client.on_connect = lambda c, *_a: c.subscribe([(f"$SYS/broker/{name}", 0) for name in self.COUNTERS] + [(f"{PREFIX}/+/status", 1)])
         self.client.on_subscribe = lambda *_a: self._ready.set()
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
@@ -172,8 +174,8 @@ class SysCounters:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         if msg.topic.startswith("$SYS/"):
             try:
-                value = float(msg.payload.split()[0])
-            except (ValueError, IndexError):
+                value = float(bytes(msg.payload).decode("ascii").split()[0])
+            except (ValueError, IndexError, UnicodeDecodeError):
                 return
             with self._lock:
                 self.values[msg.topic[len("$SYS/broker/"):]] = value
@@ -202,6 +204,7 @@ class SysCounters:
                 if self.values != before:
                     break
             time.sleep(0.05)
+        time.sleep(0.25)  # one tick publishes every counter; let the rest of it arrive
         return self.publishes()
 
     def applied(self) -> int:
@@ -306,8 +309,8 @@ def run_one(devices: int) -> Dict[str, Any]:
                 "errors": errors[:3],
             }
     finally:
-        for device in fleet:
-            device.stop()
+        with ThreadPoolExecutor(max_workers=64) as stopper:  # paho's loop_stop waits up to a second each
+            list(stopper.map(lambda device: device.stop(), fleet))
         if serve is not None:
             serve.terminate()
             try:

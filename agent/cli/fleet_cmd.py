@@ -1,26 +1,22 @@
-"""`edge-agent fleet`: the operator's side. `keys generate`, `publish`, `serve`.
+"""`edge-agent fleet`: the operator's side. `keys generate`, `publish`, `serve` here; `make-validation` from
+`gate_cli`; `deploy`, `cmd`, `status`, `watch` from `operator_cli`.
 
 Operator commands read the same `--config` file as the agent (its [broker] section, and [state] for the default
-folders), so one TOML serves a laptop that both publishes and pulls. Other fleet subcommands (deploy, cmd,
-status, watch) register themselves through `ACTIONS` below.
+folders), so one TOML serves a laptop that both publishes and pulls.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, List
 
+from agent.cli import gate_cli, operator_cli
 from agent.cli.output import add_json_flag, print_json
 from agent.errors import UsageError
-
-# Modules that add more `fleet` actions (deploy, cmd, status, watch) without editing this file: each has
-# `register_actions(actions)` taking the argparse sub-parsers object. A module not present yet is skipped.
-EXTENSION_MODULES = ("agent.cli.fleet_ops",)
 
 
 def register(sub: Any) -> None:
@@ -56,14 +52,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--json", action="store_true", help="print the counters as JSON when stopped")
     serve.set_defaults(func=_serve)
 
-    for module_name in EXTENSION_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register_actions(actions)
+    gate_cli.register_fleet(actions)  # make-validation
+    operator_cli.register_operator(actions)  # deploy, cmd, status, watch
     parser.set_defaults(func=_missing_action(parser))
 
 

@@ -41,7 +41,6 @@ def register_fleet(sub: Any) -> None:
     parser.set_defaults(func=make_validation_command)
 
 
-register_actions = register_fleet  # so fleet_cmd.EXTENSION_MODULES can list "agent.cli.gate_cli" as is
 
 
 def register_engine(sub: Any) -> None:

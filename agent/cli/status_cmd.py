@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -33,19 +32,8 @@ def _read(path: Any) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_status(state_dir: Any) -> Dict[str, Any]:
+    from agent.daemon.doctor import pid_alive
     from agent.daemon.reported import STATUS_FILE
     from agent.store.state import STATE_FILE
 
@@ -54,7 +42,7 @@ def live_status(state_dir: Any) -> Dict[str, Any]:
     live = status_file.get("live") or {}
     age = time.time() - float(status_file.get("written_at") or 0) if status_file else None
     stopped = (status_file.get("status") or {}).get("online") is False  # written last by a clean stop
-    running = bool(status_file) and not stopped and _alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
+    running = bool(status_file) and not stopped and pid_alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
     return {
         "running": running,
         "status_age_s": None if age is None else round(age, 1),

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.fleet.commands import Job, JobState
 from agent.fleet.link import MqttLink, Outbox, OutboxItem, Will, reply_properties
 from agent.fleet.messages import encode
@@ -65,7 +65,10 @@ class Daemon:
         self.device_id = config.device.id
         self.topics = Topics(config.broker.topic_prefix, self.device_id)
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state.dir {self.state_dir}: cannot create it ({exc.strerror or exc}); set state.dir or fix its permissions") from None
         self.store = StateStore(self.state_dir)
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -86,7 +89,7 @@ class Daemon:
             from .pipeline_steps import PackageSteps, camera_pipeline_factory
 
             if steps is None:
-                steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._artifact_event)
+                steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._step_event)
             if pipeline_factory is None:
                 pipeline_factory = camera_pipeline_factory(config, self._publish_result)
         self.steps = steps
@@ -117,8 +120,14 @@ class Daemon:
 
     # lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> Daemon:
-        with self.store.mutate() as state:
-            state.starts += 1
+        try:
+            with self.store.mutate() as state:
+                state.starts += 1
+        except OSError as exc:
+            raise ConfigError(
+                f"state.dir {self.state_dir}: cannot write {self.store.path.name} ({exc.strerror or exc}); "
+                "the agent must be able to write its state folder (see edge-agent doctor)"
+            ) from None
         self._subscribe()
         self.link.start()  # never fails for a broker that is down: paho keeps trying
         self.jobs.start()
@@ -205,14 +214,17 @@ class Daemon:
         self.link.publish(self.topics.events, payload, qos=1, keep_if_offline=True)
         self.events_published += 1
 
-    def _artifact_event(self, event: Dict[str, Any]) -> None:
-        name = str(event.get("event", "artifact"))
-        if name == "artifact.progress":
-            self._progress = {k: event.get(k) for k in ("artifact_id", "kind", "bytes", "total", "percent", "rate_bps", "eta_s")}
+    def _step_event(self, event: Dict[str, Any]) -> None:
+        """Events from the steps' packages (artifact transfer, engine build). Progress is a reading: it feeds the
+        status and the watchdog's view of a long step, and is never queued while the broker is away."""
+        name = str(event.get("event", "step"))
+        if name.endswith(".progress"):
             self.reconciler.beat()
-            self._changed.set()
+            if name == "artifact.progress":
+                self._progress = {k: event.get(k) for k in ("artifact_id", "kind", "bytes", "total", "percent", "rate_bps", "eta_s")}
+                self._changed.set()
             payload = encode("event", {"device": self.device_id, **event})
-            self.link.publish(self.topics.events, payload, qos=0, keep_if_offline=False)  # stale by the time the broker returns
+            self.link.publish(self.topics.events, payload, qos=0, keep_if_offline=False)
             return
         self.event(name, {k: v for k, v in event.items() if k != "event"})
 

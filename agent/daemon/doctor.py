@@ -385,14 +385,17 @@ def check_running_agent(config: AgentConfig, live: Optional[Dict[str, Any]] = No
         return Check("agent", WARN, f"not running (no {path})", "systemctl start edge-agent, or edge-agent run")
     age = time.time() - float(data.get("written_at") or 0)
     pid = int((data.get("live") or {}).get("pid") or 0)
-    alive = pid > 0 and _pid_alive(pid)
+    alive = pid_alive(pid)
     if alive and age < 15:
         status = data.get("status") or {}
         return Check("agent", OK, f"running (pid {pid}): {status.get('state')}, broker {'connected' if (data.get('live') or {}).get('broker', {}).get('connected') else 'away'}")
     return Check("agent", WARN, f"not running (status file {age:.0f} s old)", "systemctl start edge-agent; journalctl -u edge-agent for why it stopped")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running (another user's process counts)?"""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

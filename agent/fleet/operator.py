@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -275,6 +275,17 @@ class Operator:
                 return got
 
     # reading status ---------------------------------------------------------------------------------------
+    def _device_document(self, msg: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """(device id, decoded JSON) of a device channel message; None for anything else (a cleared retained
+        message, a foreign payload): the operator's view never trips over one bad device."""
+        name = device_of(msg.topic, self.prefix)
+        if not name or not msg.payload:
+            return None
+        try:
+            return name, decode(msg.payload)
+        except MessageError:
+            return None
+
     def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:
         """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`)."""
         rows: Dict[str, DeviceRow] = {}
@@ -282,15 +293,10 @@ class Operator:
         topic = self.topics(device).status if device else all_devices(self.prefix, "status")
 
         def on_status(msg: Any) -> None:
-            name = device_of(msg.topic, self.prefix)
-            if not name or not msg.payload:
-                return
-            try:
-                document = decode(msg.payload)
-            except MessageError:
-                return
-            rows[name] = DeviceRow(name, status=document, status_at=time.time())
-            got.set()
+            found = self._device_document(msg)
+            if found is not None:
+                rows[found[0]] = DeviceRow(found[0], status=found[1], status_at=time.time())
+                got.set()
 
         self.link.subscribe(topic, on_status, qos=1)
         try:
@@ -315,13 +321,10 @@ class Operator:
             return rows[name]
 
         def on_message(msg: Any) -> None:
-            name = device_of(msg.topic, self.prefix)
-            if not name or not msg.payload:
+            found = self._device_document(msg)
+            if found is None:
                 return
-            try:
-                document = decode(msg.payload)
-            except MessageError:
-                return
+            name, document = found
             with lock:
                 if msg.topic.endswith("/status"):
                     row(name).status, row(name).status_at = document, time.time()

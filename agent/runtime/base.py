@@ -45,6 +45,7 @@ class Runner:
         self.is_active = False
         self.inputs: List[TensorSpec] = []
         self.outputs: List[TensorSpec] = []
+        self.max_batch: Optional[int] = None  # the largest batch the engine takes; None: unknown or unbounded
 
     def activate(self) -> Runner:
         if self.is_active:

@@ -124,6 +124,8 @@ class TensorRTRunner(Runner):
         self.api: Optional[ExecutionApi] = None
         self.max_batch: Optional[int] = None
         self._cuda: Optional[CudaContext] = None
+        self._logger: Optional[trt.Logger] = None  # the logger and runtime must outlive the engine
+        self._runtime: Optional[trt.Runtime] = None
         self._engine: Optional[trt.ICudaEngine] = None
         self._context: Optional[trt.IExecutionContext] = None
         self._stream: Any = None
@@ -139,32 +141,48 @@ class TensorRTRunner(Runner):
         plan = self.plan_path.read_bytes()
         self.api = choose_execution_api(str(trt_module.__version__))
         self._cuda = CudaContext(self.device_index)
-        with self._cuda.active():
-            logger = trt_module.Logger(trt_module.Logger.WARNING)
-            runtime: trt.Runtime = trt_module.Runtime(logger)
-            if self.dla_core is not None:
-                available = int(runtime.num_DLA_cores)
-                if not 0 <= self.dla_core < available:
-                    raise RunnerError(f"DLA core {self.dla_core} requested, this device has {available} DLA core(s)")
-                runtime.DLA_core = self.dla_core
-            engine: Optional[trt.ICudaEngine] = runtime.deserialize_cuda_engine(plan)
-            if engine is None:
-                raise RunnerError(
-                    f"TensorRT {trt_module.__version__} could not load {self.plan_path.name}: the plan was built by another "
-                    "TensorRT version, for another GPU or DLA core, or is damaged; rebuild it on this device"
-                )
-            context = engine.create_execution_context()
-            if context is None:
-                raise RunnerError(f"TensorRT could not create an execution context for {self.plan_path.name} (out of GPU memory?)")
-            self._engine, self._context = engine, context
-            self._io = self._describe_v3(engine) if self.api is ExecutionApi.TENSORS_V3 else self._describe_v2(engine)
-            self._stream = self._cuda.stream()
+        try:
+            with self._cuda.active():
+                self._load(trt_module, plan)
+        except BaseException:
+            self._release()  # a plan that does not load must not leave the CUDA context or buffers behind
+            raise
         self.inputs = [io.spec for io in self._io if io.is_input]
         self.outputs = [io.spec for io in self._io if not io.is_input]
         self.max_batch = profile_max_batch(self.inputs[0]) if self.inputs else None
         log.info("TensorRT %s: %s (%s, dla_core=%s)", trt_module.__version__, self.plan_path.name, self.api.value, self.dla_core)
 
+    def _load(self, trt_module: Any, plan: bytes) -> None:
+        """Deserialize the plan and describe its I/O; the CUDA context is current."""
+        if self._cuda is None:
+            raise RunnerError(f"runner {self.name}: no CUDA context")
+        self._logger = trt_module.Logger(trt_module.Logger.WARNING)
+        runtime: trt.Runtime = trt_module.Runtime(self._logger)
+        self._runtime = runtime
+        if self.dla_core is not None:
+            available = int(runtime.num_DLA_cores)
+            if not 0 <= self.dla_core < available:
+                raise RunnerError(f"DLA core {self.dla_core} requested, this device has {available} DLA core(s)")
+            runtime.DLA_core = self.dla_core
+        engine: Optional[trt.ICudaEngine] = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise RunnerError(
+                f"TensorRT {trt_module.__version__} could not load {self.plan_path.name}: the plan was built by another "
+                "TensorRT version, for another GPU or DLA core, or is damaged; rebuild it on this device"
+            )
+        self._engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise RunnerError(f"TensorRT could not create an execution context for {self.plan_path.name} (out of GPU memory?)")
+        self._context = context
+        self._io = self._describe_v3(engine) if self.api is ExecutionApi.TENSORS_V3 else self._describe_v2(engine)
+        self._stream = self._cuda.stream()
+
     def _deactivate(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Free buffers, then context, engine, runtime (in that order), then the CUDA context."""
         if self._cuda is not None:
             with self._cuda.active():
                 for buffer in self._buffers.values():
@@ -172,9 +190,12 @@ class TensorRTRunner(Runner):
                 self._buffers.clear()
                 self._context = None
                 self._engine = None
+                self._runtime = None
                 self._stream = None
             self._cuda.release()
         self._cuda = None
+        self._logger = None
+        self._io = []
         self._input_shapes.clear()
 
     # inference ------------------------------------------------------------------------------------------

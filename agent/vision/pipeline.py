@@ -167,7 +167,7 @@ class Pipeline:
         self._finished = threading.Event()
         self._frame_ready = threading.Event()
         self._threads: List[threading.Thread] = []
-        self._latest: Optional[Tuple[np.ndarray, Findings, FrameResult]] = None
+        self._latest: Dict[str, Tuple[np.ndarray, Findings, FrameResult]] = {}  # per source, and "" for any
         self._latest_lock = threading.Lock()
         self._results = 0
         self._started_mono: Optional[float] = None
@@ -287,14 +287,17 @@ class Pipeline:
     def reset_metrics(self) -> None:
         self.metrics_data.reset()
 
-    def latest(self) -> Optional[FrameResult]:
+    def latest(self, source: str = "") -> Optional[FrameResult]:
+        """The newest result (of `source`, a capture's name, or of any source)."""
         with self._latest_lock:
-            return self._latest[2] if self._latest else None
+            latest = self._latest.get(source)
+        return latest[2] if latest else None
 
-    def snapshot(self, quality: Optional[int] = None) -> Optional[bytes]:
-        """The newest processed frame with its results drawn, as JPEG bytes (None before the first result)."""
+    def snapshot(self, quality: Optional[int] = None, source: str = "") -> Optional[bytes]:
+        """The newest processed frame (of `source`, a capture's name, or of any source) with its results drawn,
+        as JPEG bytes; None before the first result."""
         with self._latest_lock:
-            latest = self._latest
+            latest = self._latest.get(source)
         if latest is None:
             return None
         image, findings, _result = latest
@@ -433,7 +436,7 @@ class Pipeline:
         findings = item.post(item.outputs, prepared.geometries)
         self.metrics_data.stages["postprocess"].record((time.perf_counter() - started) * 1000.0, len(prepared.frames))
         stages = self.metrics_data
-        result: Optional[FrameResult] = None
+        newest: Dict[str, Tuple[np.ndarray, Findings, FrameResult]] = {}
         for frame, found in zip(prepared.frames, findings):
             height, width = frame.image.shape[:2]
             result = FrameResult(
@@ -460,9 +463,10 @@ class Pipeline:
             stages.end_to_end.record(end_to_end)
             stages.added.record(max(0.0, end_to_end - item.infer_ms))
             self._results += 1
-        if result is not None:
+            newest[frame.source] = newest[""] = (frame.image, found, result)
+        if newest:
             with self._latest_lock:
-                self._latest = (prepared.frames[-1].image, findings[-1], result)
+                self._latest.update(newest)
 
     def _error(self, message: str) -> None:
         self.metrics_data.error(message)

@@ -30,7 +30,7 @@ def agent_env(broker: Any, state_dir: Path, device_id: str, **extra: str) -> Dic
         "EDGE_AGENT_TELEMETRY_TEGRASTATS": "false",
         "EDGE_AGENT_TELEMETRY_NVML": "false",
         "EDGE_AGENT_ARTIFACTS_ALLOW_UNSIGNED": "true",
-        "EDGE_AGENT_ARTIFACTS_BLOCK_TIMEOUT_S": "2",
+        "EDGE_AGENT_ARTIFACTS_BLOCK_TIMEOUT_S": "1",
     }
     env.update({f"EDGE_AGENT_{k.upper()}": v for k, v in extra.items()})
     return env

@@ -98,31 +98,9 @@ def make_tiny_artifacts(folder: Path) -> TinyArtifacts:
     return TinyArtifacts(model, table_path, bad_path, validation, other, other_validation)
 
 
-def wide_classifier_onnx(path: Path, classes: int = 4000, channels: int = 64, size: int = 16) -> Path:
-    """A real classifier of about 1 MB (a wide last layer), for transfers long enough to be interrupted."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(3)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv_out"], pads=[1, 1, 1, 1], name="conv"),
-            helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
-            helper.make_node("GlobalAveragePool", ["relu_out"], ["gap_out"], name="gap"),
-            helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten"),
-            helper.make_node("Gemm", ["flat_out", "fc_w", "fc_b"], ["logits"], transB=1, name="fc"),
-        ],
-        "wide_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        [
-            numpy_helper.from_array(rng.normal(0, 0.5, (channels, 3, 3, 3)).astype(np.float32), "conv_w"),
-            numpy_helper.from_array(rng.normal(0, 0.1, (channels,)).astype(np.float32), "conv_b"),
-            numpy_helper.from_array(rng.normal(0, 0.5, (classes, channels)).astype(np.float32), "fc_w"),
-            numpy_helper.from_array(rng.normal(0, 0.1, (classes,)).astype(np.float32), "fc_b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edge-agent-tests")
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+def wide_classifier_onnx(path: Path) -> Path:
+    """A real classifier of about 1 MB (32000 classes), for transfers long enough to be interrupted."""
+    from tests.helpers import tiny_classifier_onnx
+
+    return tiny_classifier_onnx(path, num_classes=32000, size=16, seed=3)

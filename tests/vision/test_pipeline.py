@@ -182,3 +182,19 @@ def test_two_cameras_share_one_pipeline_and_batch(tiny_runner: OnnxRuntimeRunner
         pipeline.stop()
     assert {r.source for r in results} == {f"file://{short_video}", f"images://{stills}"}
     assert len(metrics["sources"]) == 2 and metrics["errors"] == 0
+
+
+def test_snapshot_and_latest_per_camera(tiny_runner: OnnxRuntimeRunner, short_video: Path, stills: Path) -> None:
+    video = Capture(f"file://{short_video}", SourceOptions(loop=False), name="camera0", stop_at_end=True)
+    folder = Capture(f"images://{stills}", SourceOptions(loop=False), name="camera1", stop_at_end=True)
+    pipeline = Pipeline([video, folder], tiny_runner, TINY_PREPROCESS, "classification")
+    try:
+        pipeline.start()
+        assert pipeline.wait_finished(30)
+    finally:
+        pipeline.stop()
+    first, second = pipeline.latest("camera0"), pipeline.latest("camera1")
+    assert first is not None and first.frame_id == 23 and second is not None and second.frame_id == 4
+    assert pipeline.latest("camera9") is None and pipeline.snapshot(source="camera9") is None
+    jpeg = pipeline.snapshot(source="camera1")
+    assert jpeg is not None and cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
