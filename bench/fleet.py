@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import resource
 import shutil
 import statistics
@@ -34,7 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,7 +43,6 @@ from agent.fleet.local_broker import LocalBroker  # noqa: E402
 
 PREFIX = "edge"
 GROUP = "bench"
-FDS_PER_DEVICE = 4  # the device's socket, paho's wake-up socket pair, and slack for the store's files
 SETTLE_S = 120.0
 
 
@@ -220,13 +218,13 @@ def percentile(values: List[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
     return ordered[index]
 
 
 def raise_fd_limit(devices: int) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = devices * FDS_PER_DEVICE + 256
+    wanted = devices + 1024  # mosquitto: one descriptor per connection
     if soft < wanted:
         new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
@@ -234,8 +232,51 @@ def raise_fd_limit(devices: int) -> int:
     return int(soft)
 
 
+# ------------------------------------------------------------------------------------------ device workers
+def run_worker(first: int, count: int, port: int, public_key: str, root: str) -> int:
+    """`--worker`: `count` devices in this process. paho's loop uses select(), which takes no file descriptor
+    above 1023, so one process holds at most ~300 clients: a fleet is spread over several workers (a real
+    device runs one agent, one connection). Protocol on stdout/stdin: `ready {json}`, wait for a line, `done {json}`."""
+    import psutil
+
+    # what every device uses, imported before the baseline: memory per device is the devices', not the imports'
+    import agent.calib.table
+    import agent.daemon.reported
+    import agent.fleet.deployment
+    import agent.fleet.link
+    import agent.fleet.transfer
+    import agent.store.artifacts  # noqa: F401
+
+    me = psutil.Process()
+    broker = BrokerConfig(host="127.0.0.1", port=port, keepalive_s=60, reconnect_min_s=1, reconnect_max_s=5)
+    artifacts = ArtifactsConfig(public_keys=[public_key], block_timeout_s=10.0, window=8)
+    rss_before, fds_before = me.memory_info().rss, me.num_fds()
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="device-work")
+    fleet = [SimDevice(first + i, broker, Path(root), artifacts, pool) for i in range(count)]
+    started = time.monotonic()
+    for device in fleet:
+        device.start()
+    missing = [d.id for d in fleet if not d.link.wait_connected(max(1.0, 60 - (time.monotonic() - started)))]
+    print("ready " + json.dumps({"connect_s": round(time.monotonic() - started, 2), "missing": missing[:5], "missing_count": len(missing)}), flush=True)
+    sys.stdin.readline()
+    report = {"rss_delta": me.memory_info().rss - rss_before, "fds": me.num_fds() - fds_before, "threads": threading.active_count(),
+              "errors": sorted({e for d in fleet for e in d.errors})[:3], "applied": sum(1 for d in fleet if d.applied)}
+    print("done " + json.dumps(report), flush=True)
+    with ThreadPoolExecutor(max_workers=64) as stopper:  # paho's loop_stop waits up to a second each
+        list(stopper.map(lambda device: device.stop(), fleet))
+    return 0
+
+
+def read_tagged(proc: subprocess.Popen[str], tag: str) -> Dict[str, Any]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(tag + " "):
+            return dict(json.loads(line[len(tag) + 1 :]))
+    raise SystemExit(f"a device worker ended without '{tag}' (exit {proc.wait()})")
+
+
 # ------------------------------------------------------------------------------------------ one size
-def run_one(devices: int) -> Dict[str, Any]:
+def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, Any]:
     import psutil
 
     from agent.fleet.deployment import Deployment
@@ -243,42 +284,50 @@ def run_one(devices: int) -> Dict[str, Any]:
     from agent.fleet.signing import generate_keys
 
     fd_limit = raise_fd_limit(devices)  # before mosquitto starts: it inherits the limit
-    if fd_limit < devices * FDS_PER_DEVICE + 64:
-        raise SystemExit(f"ulimit -n is {fd_limit}: {devices} devices need about {devices * FDS_PER_DEVICE + 64} (raise the hard limit)")
+    if fd_limit < devices + 256:
+        raise SystemExit(f"ulimit -n is {fd_limit}: mosquitto needs one descriptor per device ({devices}) and some")
     me = psutil.Process()
     work = Path(tempfile.mkdtemp(prefix="edge-agent-bench-fleet-"))
-    serve: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
-    fleet: List[SimDevice] = []
+    children: List[subprocess.Popen[str]] = []
     try:
-        with LocalBroker(extra_config="sys_interval 1\nmax_connections -1") as broker:
-            mosquitto = [p for p in me.children() if "mosquitto" in p.name()][0]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if broker_nofile:  # a broker as systemd starts it by default (LimitNOFILE soft 1024)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (broker_nofile, hard))
+        broker_cm = LocalBroker(extra_config="sys_interval 1\nmax_connections -1")
+        broker_cm.start()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with broker_cm as broker:
+            mosquitto = next(p for p in me.children() if "mosquitto" in p.name())
             keys = generate_keys(work / "keys")
             env = cli_env(broker, work / "operator")
             folder = work / "fleet-artifacts"
             model = cli(env, "fleet", "publish", str(tiny_model(work / "model.onnx")), "--kind", "model", "--key", str(keys.private_path), "--artifacts", str(folder))
             table = cli(env, "fleet", "publish", str(calibration_table(work / "calibration.cache")), "--kind", "calib", "--key", str(keys.private_path), "--artifacts", str(folder))
-            serve = subprocess.Popen([sys.executable, "-m", "agent", "fleet", "serve", "--artifacts", str(folder)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            children.append(subprocess.Popen([sys.executable, "-m", "agent", "fleet", "serve", "--artifacts", str(folder)], env=env,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))
             watch = SysCounters(broker)
-            broker_config = BrokerConfig(host=broker.host, port=broker.port, keepalive_s=60, reconnect_min_s=1, reconnect_max_s=5)
-            artifacts = ArtifactsConfig(public_keys=[str(keys.public_path)], block_timeout_s=10.0, window=8)
-            pool = ThreadPoolExecutor(max_workers=devices, thread_name_prefix="device-work")
-
-            rss_before = me.memory_info().rss
-            fds_before = me.num_fds()
             started = time.monotonic()
-            fleet = [SimDevice(i, broker_config, work / "devices", artifacts, pool) for i in range(devices)]
-            for device in fleet:
-                device.start()
-            for device in fleet:
-                if not device.link.wait_connected(max(5.0, SETTLE_S - (time.monotonic() - started))):
-                    raise SystemExit(f"{device.id} did not connect: {device.link.last_error} (broker log: {broker.log_path})")
+            workers = []
+            for first in range(0, devices, per_worker):
+                count = min(per_worker, devices - first)
+                workers.append(subprocess.Popen(
+                    [sys.executable, __file__, "--worker", str(first), str(count), str(broker.port), str(keys.public_path), str(work / "devices")],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
+            children += workers
+            ready = [read_tagged(w, "ready") for w in workers]
+            missing = [m for r in ready for m in r["missing"]]
+            if missing:
+                log = broker.log_path.read_text(errors="replace").strip().splitlines()
+                raise SystemExit(f"{sum(r['missing_count'] for r in ready)} of {devices} devices did not connect, e.g. {missing[:3]}; "
+                                 f"mosquitto ({mosquitto.num_fds()} fds open, limit {mosquitto.rlimit(psutil.RLIMIT_NOFILE)[0]}) "
+                                 f"says: {log[-1] if log else '(nothing)'}")
             connect_s = time.monotonic() - started
 
             time.sleep(1.5)  # idle statuses settle, $SYS counters refresh
             before = watch.wait_fresh()
             watch.want_table = str(table["artifact_id"])
             mosquitto.cpu_percent(None)
+            broker_config = BrokerConfig(host=broker.host, port=broker.port)
             with Operator(broker_config, PREFIX) as operator:
                 deployment = Deployment(id=f"table-{devices}", model=str(model["artifact_id"]), table=str(table["artifact_id"]), precision="int8", target="gpu")
                 deploy_at = time.monotonic()
@@ -289,10 +338,14 @@ def run_one(devices: int) -> Dict[str, Any]:
             broker_cpu = mosquitto.cpu_percent(None)
             after = watch.wait_fresh()
             latencies = [at - deploy_at for at in watch.applied_at.values()]
-            errors = sorted({e for d in fleet for e in d.errors})
-            rss_after = me.memory_info().rss
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("stop\n")
+                worker.stdin.flush()
+            done = [read_tagged(w, "done") for w in workers]
             return {
                 "devices": devices,
+                "workers": len(workers),
                 "applied": len(latencies),
                 "connect_s": round(connect_s, 2),
                 "p50_s": round(percentile(latencies, 50), 3),
@@ -300,23 +353,23 @@ def run_one(devices: int) -> Dict[str, Any]:
                 "max_s": round(max(latencies) if latencies else float("nan"), 3),
                 "msgs_per_s": round((after - before) / max(rollout_s, 1e-6)),
                 "publishes": int(after - before),
-                "mem_per_device_kb": round((rss_after - rss_before) / 1024 / devices, 1),
+                "mem_per_device_kb": round(sum(d["rss_delta"] for d in done) / 1024 / devices, 1),
                 "broker_rss_mb": round(mosquitto.memory_info().rss / 1e6, 1),
                 "broker_cpu_pct": round(broker_cpu, 1),
-                "fds_per_device": round((me.num_fds() - fds_before) / devices, 2),
+                "broker_fds": mosquitto.num_fds(),
+                "fds_per_device": round(sum(d["fds"] for d in done) / devices, 2),
                 "fd_limit": fd_limit,
-                "threads": threading.active_count(),
-                "errors": errors[:3],
+                "errors": sorted({e for d in done for e in d["errors"]})[:3],
             }
     finally:
-        with ThreadPoolExecutor(max_workers=64) as stopper:  # paho's loop_stop waits up to a second each
-            list(stopper.map(lambda device: device.stop(), fleet))
-        if serve is not None:
-            serve.terminate()
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
             try:
-                serve.wait(10)
+                child.wait(15)
             except subprocess.TimeoutExpired:
-                serve.kill()
+                child.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -325,15 +378,22 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50 and 200 devices (under a minute)")
     parser.add_argument("--sizes", default="", help="comma-separated fleet sizes (default 100,500,1000)")
+    parser.add_argument("--per-worker", type=int, default=250, help="simulated devices per process (paho's select() limit: ~300)")
+    parser.add_argument("--broker-nofile", type=int, default=0, help="start mosquitto with this ulimit -n (1024: systemd's default)")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: one size, JSON out
+    parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)  # internal: FIRST COUNT PORT KEY ROOT
     args = parser.parse_args(argv)
+    if args.worker:
+        first, count, port, key, root = args.worker
+        return run_worker(int(first), int(count), int(port), key, root)
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, args.per_worker, args.broker_nofile)))
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s] if args.sizes else ([50, 200] if args.quick else [100, 500, 1000])
     results: List[Dict[str, Any]] = []
     for size in sizes:
-        done = subprocess.run([sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, __file__, "--one", str(size), "--per-worker", str(args.per_worker), "--broker-nofile", str(args.broker_nofile)],
+                              capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             print(f"{size} devices: failed\n{done.stderr[-3000:]}{done.stdout[-1000:]}")
             return 1
@@ -343,8 +403,8 @@ def main(argv: List[str]) -> int:
             f"{size:5d} devices: connected in {result['connect_s']:.1f} s; table applied by {result['applied']}/{size} "
             f"p50 {result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s max {result['max_s']:.2f} s; "
             f"{result['msgs_per_s']} broker msgs/s ({result['publishes']} publishes); "
-            f"{result['mem_per_device_kb']:.0f} KB and {result['fds_per_device']:.1f} fds per device (ulimit -n {result['fd_limit']}); "
-            f"mosquitto {result['broker_rss_mb']:.0f} MB, {result['broker_cpu_pct']:.0f}% CPU; {result['threads']} threads"
+            f"{result['mem_per_device_kb']:.0f} KB and {result['fds_per_device']:.1f} fds per device in {result['workers']} processes; "
+            f"mosquitto {result['broker_rss_mb']:.0f} MB, {result['broker_fds']} fds (ulimit -n {result['fd_limit']}), {result['broker_cpu_pct']:.0f}% CPU"
             + (f"; errors: {result['errors']}" if result["errors"] else "")
         )
     if len(results) > 1:

@@ -17,6 +17,7 @@ from typing import Any, Callable, List
 from agent.cli import gate_cli, operator_cli
 from agent.cli.output import add_json_flag, print_json
 from agent.errors import UsageError
+from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
 
 
 def register(sub: Any) -> None:
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
 
     publish = actions.add_parser("publish", help="sign an artifact, copy it into the artifacts folder, publish its manifest (retained)")
     publish.add_argument("file", help="the artifact: calibration table, ONNX model or validation set")
-    publish.add_argument("--kind", required=True, choices=("model", "calib", "validation"))
+    publish.add_argument("--kind", required=True, choices=ARTIFACT_KINDS)
     publish.add_argument("--name", help="a label without path separators (default: the file name)")
     publish.add_argument("--key", help="ed25519 private key PEM (default: <state dir>/fleet-keys/fleet-signing.key)")
     publish.add_argument("--unsigned", action="store_true", help="publish without a signature (only devices with allow_unsigned take it)")

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from agent.cli.output import add_json_flag, print_json, print_table
 from agent.errors import UsageError
+from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
 
 
 def register(sub: Any) -> None:
@@ -17,7 +18,7 @@ def register(sub: Any) -> None:
 
     pull = actions.add_parser("pull", help="fetch an artifact by id over MQTT (signature, blocks and sha256 checked)")
     pull.add_argument("artifact_id", help="the artifact's sha256")
-    pull.add_argument("--kind", choices=("model", "calib", "validation"), help="refuse it unless it is this kind")
+    pull.add_argument("--kind", choices=ARTIFACT_KINDS, help="refuse it unless it is this kind")
     pull.add_argument("--name", help="refuse it unless the manifest has this name")
     pull.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (the next pull resumes)")
     add_json_flag(pull)

@@ -30,6 +30,7 @@ from agent.fleet.link import MqttLink, Outbox, OutboxItem, Will, reply_propertie
 from agent.fleet.messages import encode
 from agent.fleet.operator import disable_nagle
 from agent.fleet.topics import Topics
+from agent.store.atomic import atomic_move
 from agent.store.state import StateStore
 
 from .failpoints import Failpoints
@@ -73,7 +74,7 @@ class Daemon:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self.fingerprint = {k: v for k, v in device_fingerprint().items() if k != "sources"}
-        self.outbox = Outbox(config.state.outbox_max_messages, path=self.state_dir / OUTBOX_FILE)
+        self.outbox = _open_outbox(self.state_dir / OUTBOX_FILE, config.state.outbox_max_messages)
         self.link = MqttLink(
             config.broker,
             client_id=f"edge-agent-{self.device_id}",
@@ -463,6 +464,20 @@ class Daemon:
         previous = logging.getLevelName(target.level)
         target.setLevel(level)
         return {"logger": name or "root", "level": level, "previous": previous, "until": "restart"}
+
+
+def _open_outbox(path: Path, max_messages: int) -> Outbox:
+    """The persisted outbox; a damaged file (not UTF-8 after a power cut) is kept aside, never a reason not to start."""
+    try:
+        return Outbox(max_messages, path=path)
+    except ValueError as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        try:
+            atomic_move(path, aside)
+        except OSError:
+            pass
+        log.warning("%s is unreadable (%s): kept as %s, starting with an empty outbox", path, exc, aside.name)
+        return Outbox(max_messages, path=path)
 
 
 def _status_line(document: Dict[str, Any]) -> str:

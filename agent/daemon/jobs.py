@@ -5,7 +5,8 @@ are remembered in state.json across restarts), rejects what cannot run, handles 
 queues the rest; the worker thread runs them one at a time. A handler returns a result (SUCCEEDED), raises
 an AgentError (FAILED, with its message), or returns a `Pending` for work done elsewhere (the reconcile loop
 builds, rolls back, restarts the pipeline) which is completed later with `complete()`. Deadlines are checked
-on both threads: a job still queued or pending after its `timeout_s` is TIMED_OUT.
+on both threads, on the monotonic clock (NTP may move the wall clock of a Jetson without an RTC by days):
+a job still queued or pending after its `timeout_s` is TIMED_OUT.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Inbound:
     source: str  # "device" or "group:<name>"
     response_topic: Optional[str] = None  # MQTT 5 response topic
     response_properties: Any = None  # MQTT 5 publish properties carrying the correlation data
-    received_at: float = 0.0
+    received_at: float = 0.0  # wall clock, reported
+    received_mono: float = 0.0  # monotonic, for the deadline
 
 
 class Pending:
@@ -111,7 +113,7 @@ class JobRunner:
 
     # paho thread: enqueue only ----------------------------------------------------------------------------
     def submit(self, payload: bytes, source: str = "device", response_topic: Optional[str] = None, response_properties: Any = None) -> None:
-        self._inbox.put(Inbound(payload, source, response_topic, response_properties, time.time()))
+        self._inbox.put(Inbound(payload, source, response_topic, response_properties, time.time(), time.monotonic()))
 
     # dispatch thread --------------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -152,7 +154,7 @@ class JobRunner:
             self.duplicates += 1
             log.info("command %s (%s) was already received (%s): not run again", command.id, command.type, seen.get("state"))
             return
-        job = Job(command, received_at=inbound.received_at or time.time())
+        job = Job(command, received_at=inbound.received_at or time.time(), received_mono=inbound.received_mono or time.monotonic())
         with self._lock:
             self._jobs[job.id] = job
             self._routes[job.id] = route
@@ -218,7 +220,7 @@ class JobRunner:
                 break
             if job.state != JobState.QUEUED:  # canceled or timed out while queued
                 continue
-            if time.time() > job.deadline:
+            if job.overdue():
                 self._finish(job, JobState.TIMED_OUT, f"waited longer than its {job.command.timeout_s:g} s timeout in the queue")
                 continue
             self._execute(job)
@@ -248,7 +250,7 @@ class JobRunner:
                 if job.state == JobState.IN_PROGRESS:
                     self._pending[job.id] = outcome
             return
-        if time.time() > job.deadline:
+        if job.overdue():
             self._finish(job, JobState.TIMED_OUT, f"finished after its {job.command.timeout_s:g} s timeout", result=outcome)
             return
         self._finish(job, JobState.SUCCEEDED, result=outcome)
@@ -264,9 +266,9 @@ class JobRunner:
         self._finish(job, state, detail, result)
 
     def _expire_pending(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
-            late = [(job, self._pending.get(job.id)) for job in self._jobs.values() if now > job.deadline and job.id in self._pending]
+            late = [(job, self._pending.get(job.id)) for job in self._jobs.values() if job.overdue(now) and job.id in self._pending]
         for job, pending in late:
             if pending is not None and pending.cancel is not None:
                 pending.cancel()

@@ -12,6 +12,7 @@ Each method turns the package's own errors into StepFailed(step, reason, retryab
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -178,6 +179,9 @@ class PackageSteps(Steps):
                 cancel=cancel,
             )
         except AgentError as exc:
+            short = self._disk_shortage(artifacts["model"])
+            if short:  # a full disk kills the build child before it can say why: retry once space returns
+                raise StepFailed("build", f"{exc}; {short}", retryable=True) from None
             raise StepFailed("build", str(exc)) from None
         finally:
             with self._lock:
@@ -200,6 +204,21 @@ class PackageSteps(Steps):
                 "warnings": (result.warnings or [])[:10],
                 "rebuilt_because": result.rebuilt_because,
             },
+        )
+
+    def _disk_shortage(self, model: Path) -> str:
+        """Why a failed build may be the disk's fault: less free space under the state folder than an engine of
+        this model needs (about twice the model: the engine and the build's temporary files), plus the floor."""
+        try:
+            free = shutil.disk_usage(str(self.state_dir)).free
+            needed = 2 * model.stat().st_size + self.config.state.min_free_mb * 1024 * 1024
+        except OSError:
+            return ""
+        if free >= needed:
+            return ""
+        return (
+            f"the disk under {self.state_dir} is nearly full ({free // 2**20} MB free, about {needed // 2**20} MB needed): "
+            "retrying when space returns (free space, or run edge-agent store gc)"
         )
 
     # validate ----------------------------------------------------------------------------------------------

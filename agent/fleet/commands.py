@@ -176,6 +176,8 @@ def decode_command(payload: bytes, *, device_id: str, source: str = "device", to
         data = decode(payload, expected_kind=COMMAND_KIND)
     except MessageError as exc:
         raise CommandRejected(f"malformed command: {exc}") from None
+    except RecursionError:
+        raise CommandRejected("malformed command: the JSON is nested too deeply") from None
     command_id = _readable(data, "id")
     command_type = _readable(data, "type")
     reply_to = _readable(data, "reply_to")
@@ -286,7 +288,8 @@ class Job:
     """One command's life on the device."""
 
     command: Command
-    received_at: float = field(default_factory=time.time)
+    received_at: float = field(default_factory=time.time)  # wall clock, for reports
+    received_mono: float = field(default_factory=time.monotonic)  # for the deadline: NTP may move the wall clock
     history: List[Transition] = field(default_factory=list)
     result: Dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -301,7 +304,11 @@ class Job:
 
     @property
     def deadline(self) -> float:
-        return self.received_at + self.command.timeout_s
+        """time.monotonic() after which the job is TIMED_OUT."""
+        return self.received_mono + self.command.timeout_s
+
+    def overdue(self, now_mono: Optional[float] = None) -> bool:
+        return (time.monotonic() if now_mono is None else now_mono) > self.deadline
 
     def advance(self, state: JobState, detail: str = "", *, at: Optional[float] = None) -> Transition:
         allowed = TRANSITIONS.get(self.state, frozenset())
@@ -344,7 +351,10 @@ class Reply:
 
 
 def decode_reply(payload: bytes) -> Reply:
-    data = decode(payload, expected_kind=REPLY_KIND)
+    try:
+        data = decode(payload, expected_kind=REPLY_KIND)
+    except RecursionError:
+        raise MessageError("reply: the JSON is nested too deeply") from None
     try:
         state = JobState(data.get("state"))
     except ValueError:

@@ -201,6 +201,9 @@ class MqttLink:
             except (RuntimeError, ValueError):
                 pass
         if self._started:
+            # paho 2.2's loop thread logs "Client is not connected" at ERROR when it races a deliberate
+            # disconnect; nothing is wrong then, so its logger is detached for the shutdown.
+            self.client.disable_logger()
             self.client.disconnect()
             self.client.loop_stop()
         self.connected.clear()

@@ -62,6 +62,8 @@ class DeviceRow:
     status_at: float = 0.0
     telemetry_at: float = 0.0
 
+    # A device publishes on its own topics whatever it likes (a bug, an old version, an attacker with its
+    # credentials): every section is read defensively, so one odd device never breaks the fleet's table.
     @property
     def state(self) -> str:
         if not self.status:
@@ -72,37 +74,37 @@ class DeviceRow:
 
     @property
     def engine(self) -> str:
-        serving = self.status.get("serving") or {}
+        serving = _section(self.status, "serving")
         if not serving:
             return "-"
-        engine = serving.get("engine") or {}
+        engine = _section(serving, "engine")
         return f"{serving.get('deployment_id')} ({engine.get('backend') or '?'} {serving.get('precision') or ''})".strip()
 
     @property
     def applying(self) -> str:
-        applying = self.status.get("applying") or {}
+        applying = _section(self.status, "applying")
         return f"{applying.get('deployment_id')} @ {applying.get('step')}" if applying else "-"
 
     @property
     def error(self) -> str:
-        error = self.status.get("last_error") or {}
+        error = _section(self.status, "last_error")
         return f"{error.get('step')}: {error.get('reason')}" if error else ""
 
     @property
     def fps(self) -> Optional[float]:
-        pipeline = self.telemetry.get("pipeline") or {}
-        value = pipeline.get("fps")
-        return round(float(value), 1) if isinstance(value, (int, float)) else None
+        value: Any = _section(self.telemetry, "pipeline").get("fps")
+        return round(float(value), 1) if _is_number(value) else None
 
     @property
     def temperature_c(self) -> Optional[float]:
         """The hottest zone the device reports (tegrastats on a Jetson, thermal zones elsewhere, NVML GPUs)."""
         values: List[float] = []
-        for section in ("jetson", "system"):
-            temps = (self.telemetry.get(section) or {}).get("temps_c") or {}
-            values += [float(v) for v in temps.values() if isinstance(v, (int, float))]
-        for gpu in (self.telemetry.get("gpu") or {}).get("devices", []) or []:
-            if isinstance(gpu, dict) and isinstance(gpu.get("temp_c"), (int, float)):
+        for name in ("jetson", "system"):
+            temps = _section(_section(self.telemetry, name), "temps_c")
+            values += [float(v) for v in temps.values() if _is_number(v)]
+        devices = _section(self.telemetry, "gpu").get("devices")
+        for gpu in devices if isinstance(devices, list) else []:
+            if isinstance(gpu, dict) and _is_number(gpu.get("temp_c")):
                 values.append(float(gpu["temp_c"]))
         return round(max(values), 1) if values else None
 
@@ -118,6 +120,15 @@ class DeviceRow:
             "last_error": self.status.get("last_error"),
             "status": self.status,
         }
+
+
+def _section(document: Any, key: str) -> Dict[str, Any]:
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 class Operator:

@@ -247,6 +247,10 @@ def run_gate(
             top1_agreement_without_near_ties=agreement.top1_agreement_without_near_ties,
             mean_prob_l1=agreement.mean_prob_l1,
         )
+        if thresholds.near_ties == "exclude" and agreement.near_ties:
+            # the gated top-1 figure is the one on decisive frames; the all-frames figure stays in the report
+            metrics["top1_agreement_all_frames"] = agreement.top1_agreement
+            metrics["top1_agreement"] = agreement.top1_agreement_without_near_ties
         info = agreement.to_dict()
         info["disagreements"] = [names[i] for i in agreement.disagreements]
         info["near_tie_disagreements"] = [names[i] for i in agreement.disagreements if i in agreement.near_ties]

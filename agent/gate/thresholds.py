@@ -33,6 +33,10 @@ class GateThresholds:
     iou: float = 0.5  # detection: a box matches at this IoU or more ...
     score_tolerance: float = 0.1  # ... with scores this close (also the borderline band at the threshold)
     fallback: str = "none"  # none | fp16_layers | fp16_engine: recommendation recorded when an INT8 build fails
+    # exclude: top-1 agreement is judged on the frames the reference is sure about (top-1 minus top-2 probability
+    # >= 0.1); a near-tie flips under any precision change, so counting it rejects good engines at random. Those
+    # frames still count in top-5 containment. count: every frame counts for top-1.
+    near_ties: str = "exclude"
 
     def __post_init__(self) -> None:
         for name in ("top1_agreement", "top5_containment", "det_precision", "det_recall", "iou", "score_tolerance"):
@@ -45,6 +49,8 @@ class GateThresholds:
             isinstance(self.max_abs_error, (int, float)) and math.isfinite(self.max_abs_error) and self.max_abs_error >= 0
         ):
             raise GateError(f"accuracy.max_abs_error: a non-negative number or null, got {self.max_abs_error!r}")
+        if self.near_ties not in ("exclude", "count"):
+            raise GateError(f"accuracy.near_ties: 'exclude' or 'count', got {self.near_ties!r}")
         if self.fallback not in FALLBACK_POLICIES:
             raise GateError(f"accuracy.fallback: one of {FALLBACK_POLICIES}, got {self.fallback!r}")
 
@@ -61,7 +67,7 @@ class GateThresholds:
             raise GateError(f"accuracy: unknown keys {unknown} (known: {sorted(known)})")
         values: Dict[str, Any] = {}
         for key, value in data.items():
-            if key == "fallback":
+            if key in ("fallback", "near_ties"):
                 values[key] = str(value)
             elif key == "max_abs_error" and value is None:
                 values[key] = None

@@ -55,20 +55,22 @@ class AgentState:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> AgentState:
+        """From a parsed state.json. A hand-edited, damaged or older file is coerced field by field so the agent
+        never trips over it: a container of the wrong type becomes empty, entries of the wrong type are dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in data.items() if k in known})
-        # a hand-edited or older file: coerce the containers so the agent never trips over them
-        if not isinstance(state.blocked, dict):
-            state.blocked = {}
-        if not isinstance(state.recent_commands, list):
-            state.recent_commands = []
-        if not isinstance(state.open_jobs, dict):
-            state.open_jobs = {}
-        if not isinstance(state.keep_artifacts, list):
-            state.keep_artifacts = []
+        state.blocked = {str(k): v for k, v in state.blocked.items() if isinstance(v, dict)} if isinstance(state.blocked, dict) else {}
+        state.open_jobs = {str(k): v for k, v in state.open_jobs.items() if isinstance(v, dict)} if isinstance(state.open_jobs, dict) else {}
+        state.recent_commands = [e for e in state.recent_commands if isinstance(e, dict)] if isinstance(state.recent_commands, list) else []
+        state.keep_artifacts = [a for a in state.keep_artifacts if isinstance(a, str)] if isinstance(state.keep_artifacts, list) else []
         for key in ("desired", "serving", "previous", "applying", "last_error"):
             if not isinstance(getattr(state, key), (dict, type(None))):
                 setattr(state, key, None)
+        for key in ("version", "starts"):
+            if not isinstance(getattr(state, key), int) or isinstance(getattr(state, key), bool):
+                setattr(state, key, 0)
+        if not isinstance(state.updated_at, (int, float)):
+            state.updated_at = 0.0
         return state
 
     # recent command ids ---------------------------------------------------------------------------------
@@ -98,18 +100,15 @@ class StateStore:
 
     def _load(self) -> AgentState:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return AgentState()
         except OSError as exc:
             log.warning("cannot read %s (%s); starting from an empty state", self.path, exc)
             return AgentState()
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            return AgentState.from_dict(data)
-        except (ValueError, TypeError) as exc:
+            return AgentState.from_dict(_parse(raw))
+        except (ValueError, TypeError, RecursionError) as exc:
             aside = self.path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
             try:
                 atomic_move(self.path, aside)
@@ -135,10 +134,17 @@ class StateStore:
             pass
 
 
+def _parse(raw: bytes) -> Dict[str, Any]:
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def read_state(state_dir: Path) -> Optional[AgentState]:
-    """Read-only view for `edge-agent status` (no corrupt-file handling side effects). None if absent or unreadable."""
+    """Read-only view for `edge-agent status` and `doctor` (no corrupt-file handling side effects). None if
+    absent or unreadable."""
     try:
-        data = json.loads((Path(state_dir) / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return AgentState.from_dict(_parse((Path(state_dir) / STATE_FILE).read_bytes()))
+    except (OSError, ValueError, TypeError, RecursionError):
         return None
-    return AgentState.from_dict(data) if isinstance(data, dict) else None
