@@ -256,7 +256,7 @@ def run_worker(first: int, count: int, port: int, public_key: str, root: str) ->
     started = time.monotonic()
     for device in fleet:
         device.start()
-    missing = [d.id for d in fleet if not d.link.wait_connected(max(1.0, 60 - (time.monotonic() - started)))]
+    missing = [d.id for d in fleet if not d.link.wait_connected(max(0.1, 30 - (time.monotonic() - started)))]
     print("ready " + json.dumps({"connect_s": round(time.monotonic() - started, 2), "missing": missing[:5], "missing_count": len(missing)}), flush=True)
     sys.stdin.readline()
     report = {"rss_delta": me.memory_info().rss - rss_before, "fds": me.num_fds() - fds_before, "threads": threading.active_count(),
@@ -319,7 +319,7 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
             if missing:
                 log = broker.log_path.read_text(errors="replace").strip().splitlines()
                 raise SystemExit(f"{sum(r['missing_count'] for r in ready)} of {devices} devices did not connect, e.g. {missing[:3]}; "
-                                 f"mosquitto ({mosquitto.num_fds()} fds open, limit {mosquitto.rlimit(psutil.RLIMIT_NOFILE)[0]}) "
+                                 f"mosquitto ({mosquitto.num_fds()} fds open, ulimit -n {broker_nofile or soft}) "
                                  f"says: {log[-1] if log else '(nothing)'}")
             connect_s = time.monotonic() - started
 

@@ -28,7 +28,6 @@ from agent.errors import AgentError, ConfigError
 from agent.fleet.commands import Job, JobState
 from agent.fleet.link import MqttLink, Outbox, OutboxItem, Will, reply_properties
 from agent.fleet.messages import encode
-from agent.fleet.operator import disable_nagle
 from agent.fleet.topics import Topics
 from agent.store.atomic import atomic_move
 from agent.store.state import StateStore
@@ -202,7 +201,6 @@ class Daemon:
             self.link.subscribe(self.topics.group(group, "cmd"), command_handler(f"group:{group}"), qos=1)
 
     def _on_connected(self) -> None:
-        disable_nagle(self.link)  # replies are small request/response messages: no 40 ms Nagle/delayed-ACK stalls
         self._changed.set()  # publish the retained status again: the last will may have replaced it
 
     # publishing ------------------------------------------------------------------------------------------------

@@ -78,7 +78,10 @@ class LocalBroker:
             lines += ["persistence true", f"persistence_location {self._persistence_dir.rstrip('/')}/", "autosave_interval 1"]
         else:
             lines.append("persistence false")
-        lines += ["log_dest stdout", "log_type error", "log_type warning", "log_type notice", "max_queued_messages 100000"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to 'mosquitto' and cannot read a test's private files
+        lines += ["set_tcp_nodelay true", "log_dest stdout", "log_type error", "log_type warning", "log_type notice",
+                  "max_queued_messages 100000"]
         if self._extra:
             lines.append(self._extra)
         return "\n".join(lines) + "\n"

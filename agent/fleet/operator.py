@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -33,19 +32,6 @@ from agent.fleet.topics import Topics, all_devices, device_of
 
 class OperatorError(AgentError):
     """The operator's request could not be carried out (broker unreachable, no reply, bad input)."""
-
-
-def disable_nagle(link: MqttLink) -> None:
-    """TCP_NODELAY on the link's socket. Commands and replies are small messages in a request/response
-    pattern, where Nagle's algorithm meeting delayed ACKs costs 40 ms a hop (a ping: 140 ms instead of 6).
-    Call after every connect (a reconnect makes a new socket)."""
-    sock: Any = link.client.socket()
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (a websocket transport): nothing to tune
-        pass
 
 
 def new_command_id() -> str:
@@ -156,7 +142,6 @@ class Operator:
             self.link.stop()
             why = self.link.last_error or "no answer"
             raise OperatorError(f"cannot reach the broker {self.broker.host}:{self.broker.port} within {self.connect_timeout_s:g} s ({why})")
-        disable_nagle(self.link)
         return self
 
     def close(self) -> None:
