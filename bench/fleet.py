@@ -326,7 +326,10 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
             time.sleep(1.5)  # idle statuses settle, $SYS counters refresh
             before = watch.wait_fresh()
             watch.want_table = str(table["artifact_id"])
-            mosquitto.cpu_percent(None)
+            watched = {"broker": [mosquitto], "serve": [psutil.Process(children[0].pid)], "devices": [psutil.Process(w.pid) for w in workers]}
+            for processes in watched.values():
+                for process in processes:
+                    process.cpu_percent(None)
             broker_config = BrokerConfig(host=broker.host, port=broker.port)
             with Operator(broker_config, PREFIX) as operator:
                 deployment = Deployment(id=f"table-{devices}", model=str(model["artifact_id"]), table=str(table["artifact_id"]), precision="int8", target="gpu")
@@ -335,7 +338,7 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
             while watch.applied() < devices and time.monotonic() - deploy_at < SETTLE_S:
                 time.sleep(0.02)
             rollout_s = time.monotonic() - deploy_at
-            broker_cpu = mosquitto.cpu_percent(None)
+            cpu = {name: round(sum(p.cpu_percent(None) for p in processes)) for name, processes in watched.items()}
             after = watch.wait_fresh()
             latencies = [at - deploy_at for at in watch.applied_at.values()]
             for worker in workers:
@@ -355,7 +358,7 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
                 "publishes": int(after - before),
                 "mem_per_device_kb": round(sum(d["rss_delta"] for d in done) / 1024 / devices, 1),
                 "broker_rss_mb": round(mosquitto.memory_info().rss / 1e6, 1),
-                "broker_cpu_pct": round(broker_cpu, 1),
+                "cpu_pct": cpu,
                 "broker_fds": mosquitto.num_fds(),
                 "fds_per_device": round(sum(d["fds"] for d in done) / devices, 2),
                 "fd_limit": fd_limit,
@@ -404,7 +407,9 @@ def main(argv: List[str]) -> int:
             f"p50 {result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s max {result['max_s']:.2f} s; "
             f"{result['msgs_per_s']} broker msgs/s ({result['publishes']} publishes); "
             f"{result['mem_per_device_kb']:.0f} KB and {result['fds_per_device']:.1f} fds per device in {result['workers']} processes; "
-            f"mosquitto {result['broker_rss_mb']:.0f} MB, {result['broker_fds']} fds (ulimit -n {result['fd_limit']}), {result['broker_cpu_pct']:.0f}% CPU"
+            f"mosquitto {result['broker_rss_mb']:.0f} MB, {result['broker_fds']} fds (ulimit -n {result['fd_limit']}); "
+            f"CPU during the rollout: mosquitto {result['cpu_pct']['broker']}%, fleet serve {result['cpu_pct']['serve']}%, "
+            f"device processes {result['cpu_pct']['devices']}% (of {100 * (os.cpu_count() or 1)}%)"
             + (f"; errors: {result['errors']}" if result["errors"] else "")
         )
     if len(results) > 1:

@@ -4,8 +4,9 @@
 What differs from mosquitto, asserted here as RabbitMQ 3.x (Debian bookworm: 3.10) actually behaves, and how
 the fleet copes (docs/scaling.md):
 - MQTT 3.1.1 only (MQTT 5 from RabbitMQ 3.13): agents set broker.protocol = "3.1.1";
-- retained messages are kept per node: the operator publishes desired state and manifests retained on every
-  node; a device that restarts keeps serving from its own state file meanwhile;
+- retained messages are kept per node, and never sent to a wildcard subscription: the operator publishes
+  desired state and manifests retained on every node; a device that restarts keeps serving from its own state
+  file meanwhile;
 - a refused publish or subscription closes the client's connection (mosquitto drops the message instead);
 - topic levels are mapped to AMQP routing-key words, so a '.' in a device id splits a level: ids without '.'.
 """
@@ -55,11 +56,14 @@ def test_retained_messages_live_on_the_node_that_took_them(rabbit_cluster: Rabbi
     operator.publish(topic, marker, retain=True)
     same_node = probe(rabbit_cluster, 1, "rdev3", probes)
     other_node = probe(rabbit_cluster, 0, "rdev3", probes)
+    wildcard = probe(rabbit_cluster, 1, "operator", probes)
     same_node.subscribe(topic)
     other_node.subscribe(topic)
+    wildcard.subscribe("edge/+/desired")
     assert same_node.wait_for_message(topic), "the node that took the retained message did not deliver it"
     time.sleep(0.5)
     assert other_node.received(topic) == [], "RabbitMQ now replicates retained messages: update docs/scaling.md"
+    assert wildcard.received(topic) == [], "RabbitMQ now sends retained messages to wildcard filters: update docs/scaling.md"
     # live messages do cross the cluster
     operator.publish(topic, b"live")
     assert other_node.wait_for_message(topic)
