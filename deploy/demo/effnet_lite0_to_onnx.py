@@ -55,7 +55,7 @@ def _rebuild_tensor_v2(storage: _Storage, offset: int, size: Tuple[int, ...], st
     return _LazyTensor(storage, offset, size, stride)
 
 
-def load_legacy_pth(path: str) -> "OrderedDict[str, np.ndarray]":
+def load_legacy_pth(path: str) -> OrderedDict[str, np.ndarray]:
     """Read a state_dict saved by torch's legacy (pre-1.6, non-zip) serialization."""
     storages: Dict[str, _Storage] = {}
 

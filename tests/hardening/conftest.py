@@ -117,8 +117,12 @@ class ShippedBroker(LocalBroker):
 @pytest.fixture(scope="session")
 def secure_broker(fleet_credentials: FleetCredentials) -> Iterator[ShippedBroker]:
     """The shipped configuration, shared by the session (tests use their own topics or read-only checks)."""
-    with ShippedBroker(fleet_credentials) as broker:
+    broker = ShippedBroker(fleet_credentials)
+    broker.start()
+    try:
         yield broker
+    finally:
+        broker.close()
 
 
 # ------------------------------------------------------------------------------------------ a probing client
@@ -240,7 +244,8 @@ class Probe:
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> List[Any]:
         """The SUBACK reason codes (empty if none came before the timeout or a disconnect)."""
         self._filters.append((topic_filter, qos))
-        _rc, mid = self.client.subscribe(topic_filter, qos=qos)
+        _rc, sent = self.client.subscribe(topic_filter, qos=qos)
+        mid = int(sent or 0)
         self._wait(lambda: mid in self._subacks or bool(self.disconnects), timeout)
         return self._subacks.get(mid, [])
 

@@ -197,7 +197,7 @@ class AgentProcess:
         full.update(env)
         full["PYTHONPATH"] = str(REPO_ROOT)
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--log-level", level, "run"], env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT)
         )

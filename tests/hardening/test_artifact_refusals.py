@@ -9,7 +9,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
 
@@ -18,7 +18,15 @@ from agent.fleet.artifact_server import publish_manifest
 from agent.fleet.artifacts import ArtifactManifest, describe_file, encode_manifest, sign_manifest
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import generate_keys, load_private_key
-from tests.hardening.harness import OperatorSide, SigningKeys, Watch, agent_env, cpu_deployment, serving_id, start_daemon
+from tests.hardening.harness import (
+    OperatorSide,
+    SigningKeys,
+    Watch,
+    agent_env,
+    cpu_deployment,
+    serving_id,
+    start_daemon,
+)
 from tests.helpers import tiny_classifier_onnx
 
 DEVICE = "refusals"
@@ -44,6 +52,10 @@ def forge(fleet: OperatorSide, path: Path, manifest: ArtifactManifest) -> Artifa
     target.write_bytes(path.read_bytes())
     publish_manifest(fleet.link, "edge", manifest)
     return manifest
+
+
+def failed_with(deployment_id: str) -> Callable[[Dict[str, Any]], bool]:
+    return lambda status: (status.get("last_error") or {}).get("deployment_id") == deployment_id
 
 
 def test_forged_and_replayed_artifacts_are_refused_and_the_previous_engine_serves(
@@ -75,7 +87,7 @@ def test_forged_and_replayed_artifacts_are_refused_and_the_previous_engine_serve
 
     for label, (manifest, reason) in cases.items():
         fleet.deploy(DEVICE, cpu_deployment(f"bad-{label}", manifest))
-        status = watch.wait_status(DEVICE, lambda s, label=label: (s.get("last_error") or {}).get("deployment_id") == f"bad-{label}", timeout=30)
+        status = watch.wait_status(DEVICE, failed_with(f"bad-{label}"), timeout=30)
         error = status["last_error"]
         assert error["step"] == "fetch" and reason in error["reason"], f"{label}: {error}"
         assert serving_id(status) == "good", f"{label}: the previous engine stopped serving"

@@ -22,8 +22,18 @@ import pytest
 
 from agent.config import BrokerConfig
 from tests.hardening.conftest import Probe, RabbitCluster
-from tests.hardening.harness import OperatorSide, SigningKeys, Watch, agent_env, cpu_deployment, serving_id, start_daemon
+from tests.hardening.harness import (
+    OperatorSide,
+    SigningKeys,
+    Watch,
+    agent_env,
+    cpu_deployment,
+    serving_id,
+    start_daemon,
+)
 from tests.helpers import tiny_classifier_onnx
+
+pytestmark = pytest.mark.slow  # the cluster takes ~20 s to start
 
 
 def node(cluster: RabbitCluster, index: int, user: str) -> BrokerConfig:
