@@ -33,8 +33,8 @@ def _read(path: Any) -> Optional[Dict[str, Any]]:
 
 
 def live_status(state_dir: Any) -> Dict[str, Any]:
-    from agent.daemon.doctor import pid_alive
     from agent.daemon.reported import STATUS_FILE
+    from agent.engine.cache import pid_alive
     from agent.store.state import STATE_FILE
 
     status_file = _read(state_dir / STATUS_FILE) or {}

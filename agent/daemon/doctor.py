@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config import AgentConfig
+from agent.engine.cache import pid_alive
 from agent.lazy import module_version, try_import
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -392,17 +393,6 @@ def check_running_agent(config: AgentConfig, live: Optional[Dict[str, Any]] = No
     return Check("agent", WARN, f"not running (status file {age:.0f} s old)", "systemctl start edge-agent; journalctl -u edge-agent for why it stopped")
 
 
-def pid_alive(pid: int) -> bool:
-    """Is process `pid` running (another user's process counts)?"""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # the report ------------------------------------------------------------------------------------------------

@@ -370,8 +370,13 @@ def _build_alive(name: str) -> bool:
         pid = int(parts[-2])
     except (IndexError, ValueError):
         return False
-    if pid == os.getpid():
-        return True
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running (another user's process counts)?"""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

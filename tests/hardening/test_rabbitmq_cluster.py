@@ -115,7 +115,7 @@ def test_fleet_flows_with_the_device_and_the_operator_on_different_nodes(
         model = fleet.publish(tiny_classifier_onnx(tmp_path / "tiny.onnx"), "model")
         # desired state: live across the cluster (the device is subscribed); artifacts: requests and blocks cross
         fleet.deploy(device, cpu_deployment("rabbit-1", model))
-        watch.wait_serving(device, "rabbit-1", timeout=40)
+        watch.wait_serving(device, "rabbit-1", timeout=90)
         # a command and its reply
         fleet.operator.command(device, "ping", wait=False, command_id="rabbit-ping-1")
         watch.wait_reply(device, "rabbit-ping-1", "SUCCEEDED")
@@ -124,7 +124,7 @@ def test_fleet_flows_with_the_device_and_the_operator_on_different_nodes(
         restarted = time.time()
         agent = start_daemon(env)
         status = watch.wait_status(
-            device, lambda s: s.get("state") == "serving" and float(s.get("started_at") or 0) >= restarted - 1, timeout=30
+            device, lambda s: s.get("state") == "serving" and float(s.get("started_at") or 0) >= restarted - 1, timeout=60
         )
         assert serving_id(status) == "rabbit-1"
     finally:
