@@ -113,6 +113,9 @@ def test_fleet_flows_with_the_device_and_the_operator_on_different_nodes(
     agent = start_daemon(env)
     try:
         model = fleet.publish(tiny_classifier_onnx(tmp_path / "tiny.onnx"), "model")
+        # RabbitMQ 3.x keeps retained messages on the node they were published to: desired state published on
+        # node 2 reaches a device on node 1 only live, so wait until the device is online (subscribed)
+        watch.wait_status(device, lambda s: bool(s.get("online")), timeout=60)
         # desired state: live across the cluster (the device is subscribed); artifacts: requests and blocks cross
         fleet.deploy(device, cpu_deployment("rabbit-1", model))
         watch.wait_serving(device, "rabbit-1", timeout=90)
