@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -346,6 +347,7 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
     def make(deployment: Deployment, runner: Any) -> Any:
         from agent.vision.capture import Capture
         from agent.vision.pipeline import FrameResult, Pipeline
+        from agent.vision.results import ResultGate, ResultsConfig, result_message
         from agent.vision.sources import SourceOptions
 
         options = SourceOptions.from_dict(deployment.camera_options or None)
@@ -354,8 +356,13 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
         if deployment.labels and post.get("type") == "classification" and not post.get("labels"):
             post["labels"] = str(artifacts_root / deployment.labels)
 
+        results_config = ResultsConfig.from_dict(deployment.results or None)
+        admission = ResultGate(results_config)  # rate limit and on-change, as the deployment asks
+
         def on_result(result: FrameResult) -> None:
-            publish_result(encode("result", {"deployment_id": deployment.id, **result.to_dict()}))
+            admitted, _why = admission.admit(result.source, result.findings.signature(), time.monotonic())
+            if admitted:
+                publish_result(encode("result", {"deployment_id": deployment.id, **result_message(result, results_config)}))
 
         pipeline = Pipeline(captures, runner, deployment.preprocess, post, on_result, batch=deployment.batch, name=deployment.id)
         try:

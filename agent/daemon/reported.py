@@ -88,7 +88,7 @@ def _serving_view(record: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 def _gate_summary(gate: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(gate, dict) or not gate:
         return None
-    keep = ("passed", "skipped", "task", "metrics", "reason", "count")
+    keep = ("passed", "skipped", "task", "frames", "metrics", "failed", "notes", "better_than_reference", "reason", "count")
     return {k: gate[k] for k in keep if k in gate}
 
 

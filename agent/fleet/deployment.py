@@ -53,6 +53,7 @@ class Deployment:
     camera_options: Dict[str, Any] = field(default_factory=dict)  # for every camera (agent.vision.sources.SourceOptions)
     preprocess: PreprocessValue = None  # a preset name or a spec object (agent.vision.preprocess)
     postprocess: Dict[str, Any] = field(default_factory=dict)  # {"type": "classification", ...}
+    results: Dict[str, Any] = field(default_factory=dict)  # rate limit / on-change (agent.vision.results.ResultsConfig)
     accuracy: Dict[str, Any] = field(default_factory=dict)  # accuracy gate limits (agent.gate.thresholds)
     telemetry_interval_s: Optional[float] = None  # None: the agent's configured interval
 
@@ -133,6 +134,21 @@ def _camera_options(value: Any) -> Dict[str, Any]:
         SourceOptions.from_dict(value).validate()
     except AgentError as exc:
         raise DeploymentError(f"deployment.camera_options: {exc}") from None
+    return dict(value)
+
+
+def _results(value: Any) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DeploymentError(f"deployment.results: must be an object, got {type(value).__name__}")
+    from agent.errors import AgentError
+    from agent.vision.results import ResultsConfig
+
+    try:
+        ResultsConfig.from_dict(value).validate()
+    except AgentError as exc:
+        raise DeploymentError(f"deployment.results: {exc}") from None
     return dict(value)
 
 
@@ -239,6 +255,7 @@ def deployment_from_dict(data: Any) -> Deployment:
         camera_options=_camera_options(data.get("camera_options")),
         preprocess=_preprocess(data.get("preprocess")),
         postprocess=_postprocess(data.get("postprocess")),
+        results=_results(data.get("results")),
         accuracy=_accuracy(data.get("accuracy")),
         telemetry_interval_s=interval,
     )

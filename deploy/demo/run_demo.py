@@ -69,7 +69,6 @@ class Watcher:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        self.last_label = ""
         self.last_step = ""
         self.results = 0
         self.telemetry = 0
@@ -89,7 +88,7 @@ class Watcher:
         if channel == "status":
             applying = data.get("applying") or {}
             step = f"{applying.get('step', '')}" if applying else ""
-            serving = (data.get("serving") or {}).get("id") if isinstance(data.get("serving"), dict) else data.get("serving")
+            serving = (data.get("serving") or {}).get("deployment_id") if isinstance(data.get("serving"), dict) else None
             line = f"state={data.get('state')} step={step or '-'} serving={serving or '-'}"
             if line != self.last_step:
                 self.last_step = line
@@ -98,14 +97,12 @@ class Watcher:
                 self.serving.set()
         elif channel == "results":
             self.results += 1
-            classes = data.get("classes") or data.get("classifications") or []
+            classes = data.get("classes") or []
             top = classes[0] if classes else {}
             label = str(top.get("label", top.get("index", "?")))
-            if label != self.last_label:
-                self.last_label = label
-                latency = data.get("latency_ms")
-                print(f"   [results]   frame {data.get('frame_id')}: {label} ({top.get('score', 0):.2f})"
-                      + (f", latency {latency:.1f} ms" if isinstance(latency, (int, float)) else ""), flush=True)
+            latency = data.get("latency_ms")
+            print(f"   [results]   frame {data.get('frame')}: {label} ({top.get('score', 0):.2f})"
+                  + (f", capture to result {latency:.1f} ms" if isinstance(latency, (int, float)) else ""), flush=True)
         elif channel == "telemetry":
             self.telemetry += 1
             pipeline = data.get("pipeline") or {}
@@ -183,6 +180,7 @@ def main() -> int:
             "precision": "int8", "target": "cpu",
             "cameras": [f"file://{data / 'demo.avi'}"], "camera_options": {"realtime": True, "loop": True},
             "preprocess": "efficientnet_lite", "postprocess": {"type": "classification", "top_k": 3},
+            "results": {"on_change": True, "heartbeat_s": 5.0},  # publish when the top class changes, else every 5 s
             "telemetry_interval_s": 5.0,
         }
         deployment_file = work / "deployment.json"
@@ -190,8 +188,8 @@ def main() -> int:
         edge_agent(operator, "fleet", "deploy", DEVICE, "--file", str(deployment_file))
 
         say(f"6. watching the device for {args.seconds:.0f} s: status, results, telemetry")
-        if not watcher.serving.wait(timeout=max(30.0, args.seconds)):
-            print("   the device is not serving yet; see .demo/agent.log")
+        if not watcher.serving.wait(timeout=120.0):
+            print(f"   the device is not serving yet; see {work / 'agent.log'}")
         time.sleep(args.seconds)
 
         say("7. operator: fleet status and a command")
