@@ -254,9 +254,9 @@ def preprocess_spec(value: Optional[str]) -> Any:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from agent.calib.frames import iter_sources
     from agent.calib.make import make_table
     from agent.calib.table import table_stats, write_table_file
+    from agent.vision.framesets import iter_sources
     from agent.vision.preprocess import prepare
 
     if args.count <= 0:

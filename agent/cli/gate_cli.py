@@ -106,8 +106,8 @@ def _labels_for(value: Optional[str], names: List[str]) -> Optional[List[int]]:
 
 
 def make_validation_command(args: argparse.Namespace) -> int:
-    from agent.gate.frames import collect_frames
     from agent.gate.validation import make_validation
+    from agent.vision.framesets import collect_frames
     from agent.vision.preprocess import spec_from
 
     preprocess = spec_from(_json_or_name(args.preprocess, "--preprocess"))

@@ -8,9 +8,9 @@ from typing import Iterator, List
 import numpy as np
 import pytest
 
-from agent.calib.frames import evenly
 from agent.calib.make import entropy_threshold, make_table, percentile_threshold
 from agent.calib.table import CalibError, CalibTable, write_table
+from agent.vision.framesets import evenly
 from tests.calib.conftest import tiny_inputs
 
 

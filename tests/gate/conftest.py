@@ -82,7 +82,7 @@ def effnet_path() -> Path:
 
 @pytest.fixture(scope="session")
 def effnet_validation(effnet_path: Path) -> ValidationSet:
-    from agent.gate.frames import collect_frames
+    from agent.vision.framesets import collect_frames
 
     frames = collect_frames([testdata("images")], VALIDATION_FRAMES)
     return make_validation(
@@ -157,7 +157,7 @@ BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_iou": 0.3
 
 @pytest.fixture(scope="session")
 def blazeface_frames() -> List[Tuple[str, np.ndarray]]:
-    from agent.gate.frames import collect_frames
+    from agent.vision.framesets import collect_frames
 
     photos = collect_frames([testdata("images", "astronaut.png"), testdata("images", "messi5.jpg")], 2)
     return photos + collect_frames([testdata("video", "Megamind.avi")], VALIDATION_FRAMES - len(photos))
