@@ -66,6 +66,7 @@ class TinyArtifacts:
     model: Path
     table: Path
     bad_table: Path
+    shrunk_table: Path  # every scale divided by 100: passes the table check, must fail the accuracy gate
     validation: Path
     other_model: Path  # a second model (another deployment)
     other_validation: Path
@@ -91,11 +92,13 @@ def make_tiny_artifacts(folder: Path) -> TinyArtifacts:
     write_table_file(table_path, table)
     bad_path = folder / "tiny-zero.cache"
     write_table_file(bad_path, new_table({name: 0.0 for name in table.entries}))
+    shrunk_path = folder / "tiny-shrunk.cache"
+    write_table_file(shrunk_path, new_table({name: scale / 100.0 for name, scale in table.entries.items()}))
     validation = folder / "tiny.validation.npz"
     make_validation(model, iter(frames), n=len(frames), preprocess=TINY_PREPROCESS).save(validation)
     other_validation = folder / "tiny-b.validation.npz"
     make_validation(other, iter(frames), n=len(frames), preprocess=TINY_PREPROCESS).save(other_validation)
-    return TinyArtifacts(model, table_path, bad_path, validation, other, other_validation)
+    return TinyArtifacts(model, table_path, bad_path, shrunk_path, validation, other, other_validation)
 
 
 

@@ -38,6 +38,7 @@ def tiny(kit: FleetKit, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, s
         "model": kit.publish(made.model, "model"),
         "table": kit.publish(made.table, "calib"),
         "bad_table": kit.publish(made.bad_table, "calib", "tiny-zero.cache"),
+        "shrunk_table": kit.publish(made.shrunk_table, "calib", "tiny-shrunk.cache"),
         "validation": kit.publish(made.validation, "validation"),
         "other_model": kit.publish(made.other_model, "model"),
         "other_validation": kit.publish(made.other_validation, "validation"),
@@ -136,6 +137,7 @@ def test_failed_deployments_leave_the_old_one_serving_and_say_why(kit: FleetKit,
         ("fetch", tiny_v1(tiny, id="missing", validation="f" * 64), "f" * 12),
         ("build", tiny_v1(tiny, id="broken", model=tiny["broken_model"], table=None, validation=None, precision="fp32", accuracy=None), ""),
         ("validate", tiny_v1(tiny, id="wrong-set", validation=tiny["other_validation"]), "validation set was made with model"),
+        ("validate", tiny_v1(tiny, id="shrunk-table", table=tiny["shrunk_table"]), "likely culprits: "),  # names the tensors
     ]
     for step, fields, words in cases:
         since = time.time()
@@ -146,7 +148,7 @@ def test_failed_deployments_leave_the_old_one_serving_and_say_why(kit: FleetKit,
         status = daemon.status_document()
         assert status["serving"]["deployment_id"] == "tiny-v1" and status["last_error"]["step"] == step
     blocked = daemon.store.snapshot().blocked
-    assert {info["deployment_id"] for info in blocked.values()} == {"bad-table", "broken", "wrong-set"}  # fetch retries
+    assert {info["deployment_id"] for info in blocked.values()} == {"bad-table", "broken", "wrong-set", "shrunk-table"}  # fetch retries
 
 
 def test_swap_rollback_rebuild_and_cancel(kit: FleetKit, tiny: Dict[str, str], start_agent: Callable[..., Daemon]) -> None:
