@@ -318,3 +318,37 @@ def test_broker_down_at_boot_serves_from_disk_and_keeps_events_within_the_outbox
         assert second.store.snapshot().applying is None  # nothing re-applied: the persisted desired state matched
     finally:
         second.stop()
+
+
+@pytest.mark.slow
+def test_broker_away_for_a_minute_loses_no_state_and_no_queued_event(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+    own = FleetKit(fresh_broker, tmp_path / "fleet")
+    made = make_tiny_artifacts(tmp_path / "tiny")
+    ids = {"model": own.publish(made.model, "model"), "table": own.publish(made.table, "calib"), "validation": own.publish(made.validation, "validation")}
+    state = tmp_path / "state"
+    agent = Daemon(make_config(fresh_broker, state, "away-1", artifacts_public_keys=own.public_key, artifacts_allow_unsigned="false")).start()
+    try:
+        own.deploy("away-1", id="tiny-v1", precision="int8", target="cpu", preprocess=TINY_PREPROCESS, accuracy=GATE, **ids)
+        wait_serving(agent, "tiny-v1")
+        own.close()
+        fresh_broker.stop()
+        wait_until(lambda: not agent.link.connected.is_set(), 10)
+        for n in range(20):
+            agent.event("test.away", {"n": n})
+        time.sleep(60)  # a minute without the broker: the engine keeps serving, events wait in the outbox
+        assert serving_id(agent) == "tiny-v1" and agent.healthy()
+        queued = len(agent.outbox)
+        assert queued >= 20 and agent.outbox.dropped == 0
+        fresh_broker.start()
+        collector = Collector(fresh_broker.host, fresh_broker.port, ["edge/away-1/#"])
+        try:
+            assert agent.link.wait_connected(30)
+            wait_until(lambda: len(agent.outbox) == 0, 15)  # every queued event handed to the broker
+            status = json_of(collector.wait_for(is_status(lambda s: s.get("online") is True), timeout=15))
+            assert status["serving"]["deployment_id"] == "tiny-v1"
+        finally:
+            collector.close()
+        assert agent.store.snapshot().serving["deployment"]["id"] == "tiny-v1"  # type: ignore[index]
+        assert agent.store.snapshot().applying is None
+    finally:
+        agent.stop()
