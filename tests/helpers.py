@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import pytest
@@ -88,6 +88,19 @@ def drawn_frames(count: int = 8, width: int = 64, height: int = 48) -> List[np.n
         cv2.circle(frame, (5 + (i * 7) % (width - 10), height // 2), 6, (0, 0, 255), -1)
         frames.append(frame)
     return frames
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: Union[str, Callable[[], str]] = "the condition") -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (AssertionError naming
+    `what`, a text or a callable giving one, evaluated only on failure)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    described = what() if callable(what) else what
+    raise AssertionError(f"not within {timeout:.1f} s: {described}")
 
 
 class Collector:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -18,16 +17,7 @@ from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import GeneratedKeys, load_private_key
 from agent.store.hashing import sha256_file
 from tests.artifacts.conftest import Device, DeviceFactory, Operator, write_config
-from tests.helpers import REPO_ROOT
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.helpers import REPO_ROOT, wait_until
 
 
 class BackgroundPull:

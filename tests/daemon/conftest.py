@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -113,16 +112,6 @@ def is_status(predicate: Callable[[Dict[str, Any]], bool]) -> Callable[[Any], bo
         return bool(msg.topic.endswith("/status") and msg.payload and predicate(json_of(msg)))
 
     return check
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout:.1f} s")
 
 
 @pytest.fixture(scope="module")

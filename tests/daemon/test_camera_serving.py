@@ -11,9 +11,9 @@ import pytest
 
 from agent.daemon.daemon import Daemon
 from agent.fleet.local_broker import LocalBroker
-from tests.daemon.conftest import make_config, wait_until
+from tests.daemon.conftest import make_config
 from tests.daemon.fleet_kit import TINY_PREPROCESS, FleetKit, make_tiny_artifacts
-from tests.helpers import Collector, json_of, shared_dir
+from tests.helpers import Collector, json_of, shared_dir, wait_until
 
 
 def classifier_artifacts(folder: Path) -> Dict[str, Any]:

@@ -15,9 +15,9 @@ import pytest
 from agent.daemon.daemon import Daemon
 from agent.fleet.commands import encode_command
 from agent.fleet.local_broker import LocalBroker
-from tests.daemon.conftest import is_reply, is_status, make_config, wait_until
+from tests.daemon.conftest import is_reply, is_status, make_config
 from tests.daemon.fleet_kit import TINY_PREPROCESS, FleetKit, make_tiny_artifacts
-from tests.helpers import Collector, json_of
+from tests.helpers import Collector, json_of, wait_until
 
 GATE = {"top1_agreement": 0.5, "top5_containment": 0.5}
 

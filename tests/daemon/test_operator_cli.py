@@ -15,8 +15,8 @@ from agent.daemon.daemon import Daemon
 from agent.errors import UsageError
 from agent.fleet.local_broker import LocalBroker
 from agent.store.hashing import sha256_file
-from tests.daemon.conftest import make_config, wait_until
-from tests.helpers import tiny_classifier_onnx
+from tests.daemon.conftest import make_config
+from tests.helpers import tiny_classifier_onnx, wait_until
 
 
 def fleet(argv: List[str]) -> int:

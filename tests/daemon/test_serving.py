@@ -14,9 +14,8 @@ from agent.daemon.serving import Serving
 from agent.daemon.steps import EngineInfo, Loaded, warm_up
 from agent.fleet.deployment import Deployment, deployment_from_dict
 from agent.runtime.factory import open_runner
-from tests.daemon.conftest import wait_until
 from tests.daemon.fleet_kit import TINY_PREPROCESS
-from tests.helpers import drawn_frames, tiny_classifier_onnx
+from tests.helpers import drawn_frames, tiny_classifier_onnx, wait_until
 
 
 @pytest.fixture()

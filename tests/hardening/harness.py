@@ -20,7 +20,7 @@ from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.operator import Operator
 from tests.hardening.conftest import Probe
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, wait_until
 
 PREFIX = "edge"
 
@@ -135,13 +135,7 @@ class Watch:
         return documents[-1] if documents else {}
 
     def wait(self, what: Callable[[], Any], timeout: float, describe: Callable[[], str]) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = what()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"not within {timeout:.0f} s: {describe()}")
+        return wait_until(what, timeout, describe)
 
     def wait_status(self, device: str, predicate: Callable[[Dict[str, Any]], bool], timeout: float = 30.0) -> Dict[str, Any]:
         def latest() -> Optional[Dict[str, Any]]:

@@ -35,7 +35,7 @@ from tests.hardening.harness import (
     serving_id,
     start_daemon,
 )
-from tests.helpers import tiny_classifier_onnx
+from tests.helpers import tiny_classifier_onnx, wait_until
 
 STEPS = ("fetch", "check_table", "build", "validate", "serve")
 
@@ -121,16 +121,6 @@ def assert_store_intact(state_dir: Path) -> None:
     assert not [n for n in os.listdir(state_dir) if n.startswith("state.json.corrupt")]
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 def partial_blocks(state_dir: Path) -> int:
     """Blocks the transfer in progress has logged (agent/fleet/transfer.py: 16-byte header, 4 bytes a block)."""
     partial = state_dir / "artifacts" / ".partial"
@@ -149,7 +139,7 @@ def test_broker_killed_during_a_transfer(persistent_broker: LocalBroker, operato
     agent = start_daemon(device_env(persistent_broker, state, "fault-xfer", signing_keys))
     try:
         fleet.deploy("fault-xfer", cpu_deployment("xfer-1", model))
-        wait_for(lambda: partial_blocks(state) >= 12, 20, "the transfer to get going")
+        wait_until(lambda: partial_blocks(state) >= 12, 20, "the transfer to get going")
         persistent_broker.kill()
         got_before = partial_blocks(state)
         time.sleep(1.5)
@@ -463,7 +453,7 @@ def test_job_deadlines_survive_a_clock_jump(tmp_path: Path, monkeypatch: pytest.
     try:
         timeout_s = 3600.0 if jump_s > 0 else 0.5
         runner.submit(encode_command("jump-1", "rebuild", {}, timeout_s=timeout_s))
-        wait_for(lambda: any(r["state"] == "IN_PROGRESS" for r in replies), 5, "the job to start")
+        wait_until(lambda: any(r["state"] == "IN_PROGRESS" for r in replies), 5, "the job to start")
         clock.shift = jump_s
         time.sleep(1.6)  # the dispatch thread looks at deadlines every 0.5 s
         states = [r["state"] for r in replies if r.get("job_id") == "jump-1"]
@@ -558,7 +548,7 @@ def test_camera_that_stalls_sends_garbage_or_ends(broker: LocalBroker, operator_
 
         def flowing(what: str) -> None:
             before = results()
-            wait_for(lambda: results() >= before + 5, 15, f"results to flow again after the camera {what}")
+            wait_until(lambda: results() >= before + 5, 15, f"results to flow again after the camera {what}")
 
         flowing("started")
         for fault in ("stall", "corrupt", "end"):

@@ -10,17 +10,9 @@ import pytest
 
 from agent.vision.capture import Capture, ReconnectPolicy
 from agent.vision.sources import SourceError, SourceOptions
+from tests.helpers import wait_until
 
 FAST_RETRY = ReconnectPolicy(initial_s=0.05, max_s=0.2)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_backoff_grows_and_caps() -> None:
