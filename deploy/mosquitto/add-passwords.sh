@@ -5,6 +5,8 @@
 # devices have them. Run it again for a device to rotate its password.
 # Usage: bash add-passwords.sh OUT_DIR DEVICE_ID [DEVICE_ID ...]
 set -euo pipefail
+# shellcheck source=device-ids.sh
+source "$(dirname "$0")/device-ids.sh"
 out=${1:?usage: add-passwords.sh OUT_DIR DEVICE_ID [DEVICE_ID ...]}
 shift
 [ "$#" -gt 0 ] || { echo "usage: add-passwords.sh OUT_DIR DEVICE_ID [DEVICE_ID ...]" >&2; exit 2; }
@@ -12,12 +14,8 @@ command -v mosquitto_passwd > /dev/null || { echo "mosquitto_passwd not found (a
 for device in "$@"; do
   case "$device" in
     operator) echo "the operator authenticates with its certificate on the operator listener, not a password" >&2; exit 2 ;;
-    group | artifacts | fleet) echo "device id '$device' is a reserved topic level" >&2; exit 2 ;;
   esac
-  if ! [[ "$device" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ ]]; then
-    echo "device id '$device': use 1 to 64 letters, digits, '-' or '_' (no '/', '+', '#', '.', spaces)" >&2
-    exit 2
-  fi
+  check_device_id "$device"
 done
 mkdir -p "$out"
 umask 077

@@ -5,6 +5,8 @@
 # Writes OUT_DIR/ca.{crt,key}, server.{crt,key}, operator.{crt,key}, DEVICE_ID.{crt,key}.
 # For production use your own PKI and keep ca.key offline: these keys are unencrypted, valid for 825 days.
 set -euo pipefail
+# shellcheck source=device-ids.sh
+source "$(dirname "$0")/device-ids.sh"
 out=${1:?usage: make-certs.sh OUT_DIR SERVER_NAME [DEVICE_ID ...]}
 server=${2:?usage: make-certs.sh OUT_DIR SERVER_NAME [DEVICE_ID ...]}
 shift 2
@@ -14,12 +16,8 @@ shift 2
 for device in "$@"; do
   case "$device" in
     ca | server | operator) echo "device id '$device' is reserved (it names the CA, the server or the operator)" >&2; exit 2 ;;
-    group | artifacts | fleet) echo "device id '$device' is a reserved topic level" >&2; exit 2 ;;
   esac
-  if ! [[ "$device" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ ]]; then
-    echo "device id '$device': use 1 to 64 letters, digits, '-' or '_' (no '/', '+', '#', '.', spaces)" >&2
-    exit 2
-  fi
+  check_device_id "$device"
 done
 
 mkdir -p "$out"
