@@ -13,8 +13,6 @@ import collections
 import logging
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from agent.fleet.link import MqttLink, ensure_no_delay
 from agent.fleet.messages import MessageError
 from agent.fleet.topics import Topics, all_devices, device_of
 from agent.store.artifacts import is_artifact_id
-from agent.store.atomic import atomic_move, atomic_write_bytes, read_json
+from agent.store.atomic import atomic_copy, atomic_write_bytes, read_json
 from agent.store.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -66,22 +64,12 @@ def add_to_folder(folder: Path, source: Path, manifest: ArtifactManifest) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / manifest.artifact_id
     if not (target.is_file() and target.stat().st_size == manifest.size and sha256_file(target) == manifest.artifact_id):
-        fd, tmp = tempfile.mkstemp(prefix=f".{manifest.artifact_id[:12]}.", suffix=".tmp", dir=str(folder))
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            if sha256_file(tmp) != manifest.artifact_id:
+
+        def unchanged(copy: str) -> None:
+            if sha256_file(copy) != manifest.artifact_id:
                 raise AgentError(f"{source} changed while it was being published; publish it again")
-            os.chmod(tmp, 0o444)
-            atomic_move(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+
+        atomic_copy(source, target, mode=0o444, check=unchanged)
     atomic_write_bytes(folder_manifest_path(folder, manifest.artifact_id), encode_manifest(manifest))
     return target
 

@@ -8,22 +8,39 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, mode: int = 0o644) -> None:
+    atomic_write_with(path, lambda handle: handle.write(data), mode)
+
+
+def atomic_copy(source: PathLike, path: PathLike, mode: int = 0o644, check: Optional[Callable[[str], None]] = None) -> None:
+    """Stream `source` into `path` atomically; `check(temporary path)` may raise to refuse the copy (for example
+    when the source changed while it was read), leaving `path` as it was."""
+    with open(source, "rb") as src:
+        atomic_write_with(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20), mode, check)
+
+
+def atomic_write_with(
+    path: PathLike, write: Callable[[BinaryIO], Any], mode: int = 0o644, check: Optional[Callable[[str], None]] = None
+) -> None:
+    """Let `write` fill a temporary file beside `path`, fsync it, optionally `check` it, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
