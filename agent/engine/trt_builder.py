@@ -51,30 +51,46 @@ if TYPE_CHECKING:
 PLACEMENT_MARKERS = ("[DlaLayer]", "[GpuLayer]", "Layers Running on")
 
 
-class _Log:
-    """TensorRT's log: INFO and above to stderr (the build log) and memory; VERBOSE only for placement lines."""
+SEVERITY_NAMES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+VERBOSE = 4
 
-    def __init__(self) -> None:
+
+def keep_log_line(severity: int, message: str, verbose: bool) -> bool:
+    """Which TensorRT messages the build keeps. A Python `trt.ILogger` subclass receives every message, VERBOSE
+    included: TensorRT's own `min_severity` exists only on the built-in `trt.Logger` (the bindings of 8.6 to 11.4
+    agree, docs/hardware/trt-api-matrix.md), so the filter is here. INFO and above always; VERBOSE only on a
+    verbose (DLA) build, and then only the DLA/GPU placement lines."""
+    if severity < VERBOSE:
+        return True
+    return verbose and any(marker in message for marker in PLACEMENT_MARKERS)
+
+
+class _Log:
+    """TensorRT's log, as `keep_log_line` filters it: to stderr (the build log) and to memory."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
         self.lines: List[str] = []
         self.lock = threading.Lock()
 
     def add(self, severity: int, message: str) -> None:
-        if severity >= 4 and not any(marker in message for marker in PLACEMENT_MARKERS):
+        if not keep_log_line(severity, message, self.verbose):
             return
-        name = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")[min(max(severity, 0), 4)]
+        name = SEVERITY_NAMES[min(max(severity, 0), VERBOSE)]
         line = f"[{name}] {message}"
         with self.lock:
             self.lines.append(line)
         sys.stderr.write(line + "\n")
 
 
-def _logger(sink: _Log, verbose: bool) -> trt.ILogger:
+def _logger(sink: _Log) -> trt.ILogger:
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     class CaptureLogger(trt.ILogger):
+        """Every message goes to the sink, which filters (an ILogger has no min_severity of its own)."""
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.min_severity = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.INFO
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             sink.add(int(severity), msg)
@@ -114,26 +130,26 @@ def _progress_monitor(emit: Emit) -> trt.IProgressMonitor:
 
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.steps: Dict[str, int] = {}
-            self.top: Optional[str] = None
-            self.last = 0.0
-            self.lock = threading.Lock()
+            self._steps: Dict[str, int] = {}
+            self._top: Optional[str] = None
+            self._last = 0.0
+            self._lock = threading.Lock()
 
         def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
-            with self.lock:
-                self.steps[phase_name] = max(1, num_steps)
+            with self._lock:
+                self._steps[phase_name] = max(1, num_steps)
                 if parent_phase is None:
-                    self.top = phase_name
+                    self._top = phase_name
             emit("build", None, phase_name)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             now = time.monotonic()
-            with self.lock:
-                if phase_name != self.top or now - self.last < 0.5:
+            with self._lock:
+                if phase_name != self._top or now - self._last < 0.5:
                     return True
-                self.last = now
-                fraction = 0.2 + 0.7 * min(1.0, (step + 1) / self.steps.get(phase_name, 1))
-            emit("build", round(fraction, 3), f"{phase_name}: step {step + 1} of {self.steps.get(phase_name, 1)}")
+                self._last = now
+                fraction = 0.2 + 0.7 * min(1.0, (step + 1) / self._steps.get(phase_name, 1))
+            emit("build", round(fraction, 3), f"{phase_name}: step {step + 1} of {self._steps.get(phase_name, 1)}")
             return True  # False would cancel the build; the parent kills the process instead
 
         def phase_finish(self, phase_name: str) -> None:
@@ -295,8 +311,8 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     precision = spec.effective_precision()
     dla_core = spec.dla_core
     notes: List[str] = []
-    sink = _Log()
-    logger = _logger(sink, verbose=dla_core is not None)
+    sink = _Log(verbose=dla_core is not None)  # the placement summary is VERBOSE: kept on DLA builds only
+    logger = _logger(sink)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     _load_plugins(job.plugins)
