@@ -27,19 +27,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from agent.calib.routes import (
+    IMPLICIT_INT8_DEPRECATED,
+    BuildPrecision,
     Int8Method,
     Int8Route,
+    NetworkTyping,
     Version,
+    builder_flags,
     choose_int8_route,
     dla_support,
     format_version,
     parse_version,
 )
 from agent.engine.diagnose import diagnose_log
-from agent.engine.report import report_from_tensorrt
+from agent.engine.report import deprecation_warnings, precision_route, report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
 from agent.engine.worker import Emit, Job, WorkerError
-from agent.lazy import require
+from agent.lazy import require, try_import
 from agent.store.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -176,12 +180,31 @@ def _parser_errors(parser: trt.OnnxParser) -> List[str]:
     return out
 
 
-def _network_flags(version: Version) -> int:
+def _network_flags(version: Version, typing: NetworkTyping) -> int:
+    """EXPLICIT_BATCH on 8.x (ONNX needs it); STRONGLY_TYPED on 10.x when chosen; 0 on 11+ (always strongly typed,
+    EXPLICIT_BATCH gone and STRONGLY_TYPED deprecated)."""
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     if version < (10, 0, 0):
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if version < (11, 0, 0) and typing == NetworkTyping.STRONG:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
+
+
+def _model_facts(path: str, version: Version, precision: Precision) -> Tuple[Optional[str], bool]:
+    """(the model's float type, whether it can take the Q/DQ rewrite), read with onnx only where they decide
+    between a deprecated and a non-deprecated route (TensorRT 10.1 to 10.x, FP16 or INT8) or whether FP16 is
+    possible at all (11+: an FP16 model); (None, False) when onnx is not installed (optional on a device)."""
+    if version < IMPLICIT_INT8_DEPRECATED or precision not in (Precision.FP16, Precision.INT8):
+        return None, False
+    onnx = try_import("onnx")  # heavy and optional: imported only here
+    if onnx is None:
+        return None, False
+    from agent.calib.graph import is_quantized, model_float_type
+
+    model = onnx.load(path, load_external_data=False)
+    return model_float_type(model), not is_quantized(model)
 
 
 def _ints(dims: trt.Dims) -> List[int]:
@@ -328,25 +351,29 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
 
     route: Optional[Int8Route] = None
     table: Optional[CalibTable] = None
+    model_float, qdq_allowed = _model_facts(job.model, version, precision)
     if precision == Precision.INT8:
         from agent.calib.table import read_table
 
         if not job.calib:
             raise WorkerError("INT8 needs the calibration table, and the job has none")
-        route = choose_int8_route(version, spec.target, spec.calib_portable)
+        route = choose_int8_route(version, spec.target, spec.calib_portable, qdq_allowed=qdq_allowed)
         table = read_table(job.calib)
-        if route.deprecated:
-            notes.append(f"{route.method.value}: deprecated since TensorRT 10.1, still supported on {format_version(version)}")
+    chosen: BuildPrecision = builder_flags(version, precision.value, route.method if route else None, model_float)
+    route_entry = precision_route(version, chosen, route)
+    notes.append(f"{chosen.typing.value}: {chosen.reason}" + (f"; INT8 route {route.method.value}: {route.reason}" if route else ""))
     if support is not None and support.qdq_only and (route is None or route.method != Int8Method.QDQ_TENSORRT):
         raise WorkerError(f"DLA on TensorRT {format_version(version)} takes explicit Q/DQ INT8 networks only: build int8 with a table", "dla")
-    if version >= (11, 0, 0) and precision == Precision.FP16:
+    if version >= (11, 0, 0) and precision == Precision.FP16 and model_float != "float16":
         raise WorkerError(
             f"TensorRT {format_version(version)} builds strongly typed networks: FP16 needs an FP16 ONNX model (no builder flag "
-            "exists any more); ship an FP16 export, or ask for int8 with a table or fp32",
+            "exists any more) and "
+            + ("onnx is not installed here to read the model's type" if model_float is None else f"this model is {model_float}")
+            + "; ship an FP16 export, or ask for int8 with a table or fp32",
             "unsupported",
         )
 
-    network = builder.create_network(_network_flags(version))
+    network = builder.create_network(_network_flags(version, chosen.typing))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(_model_bytes(job, route, table, notes)):
         errors = _parser_errors(parser)
@@ -360,11 +387,12 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
 
     missing: List[str] = []
     int8: Dict[str, Any] = {}
-    if version < (11, 0, 0):
-        if precision in (Precision.FP16, Precision.INT8):
+    if version < (11, 0, 0):  # the flags builder_flags chose (none for a strongly typed network)
+        if "FP16" in chosen.flags:
             config.set_flag(trt.BuilderFlag.FP16)  # layers without an INT8 scale run FP16, not FP32 (and DLA needs it)
-        if precision == Precision.INT8 and route is not None and table is not None:
+        if "INT8" in chosen.flags:
             config.set_flag(trt.BuilderFlag.INT8)
+        if precision == Precision.INT8 and route is not None and table is not None:
             if route.method == Int8Method.DYNAMIC_RANGE:
                 applied, missing = _apply_dynamic_ranges(network, table)
                 int8["tensors_with_range"] = applied
@@ -416,5 +444,7 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     report = report_from_tensorrt(info, sink.lines, dla_core is not None, missing, time.monotonic() - started)
+    report.precision_route = route_entry
+    report.warnings.extend(deprecation_warnings(route_entry))
     emit("done", 1.0, "built")
     return {"backend_version": str(trt.__version__), "report": report.to_dict(), "int8": int8, "notes": notes}

@@ -58,7 +58,7 @@ def cache_dir() -> Path:
 
 def find_python(version: str = WHEEL_PYTHON) -> str:
     """An interpreter of `version` (the wheels' tag): this one, pyenv's, or `pythonX.Y` on PATH."""
-    if "%d.%d" % sys.version_info[:2] == version:
+    if "{}.{}".format(*sys.version_info[:2]) == version:
         return sys.executable
     root = os.environ.get("PYENV_ROOT") or os.path.join(os.path.expanduser("~"), ".pyenv")
     for candidate in sorted(glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python")), reverse=True):

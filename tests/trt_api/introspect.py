@@ -117,7 +117,7 @@ def _walk_class(api: Dict[str, Dict[str, Any]], path: str, cls: type, depth: int
             }
         elif isinstance(value, type):
             if depth < MAX_DEPTH and value not in seen:
-                _walk_class(api, key, value, depth + 1, seen + [value])
+                _walk_class(api, key, value, depth + 1, [*seen, value])
             else:
                 api[key] = {"kind": "enum" if _is_enum(value) else "class", "deprecated": False, "bases": []}
         elif callable(value) or isinstance(value, (staticmethod, classmethod)):
@@ -149,7 +149,7 @@ def main() -> int:
     import tensorrt_bindings  # the real compiled module; its libnvinfer symbols are empty stand-ins
 
     data = dump(tensorrt_bindings)
-    data["python"] = "%d.%d" % sys.version_info[:2]
+    data["python"] = "{}.{}".format(*sys.version_info[:2])
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=0, sort_keys=True)
     return 0

@@ -68,7 +68,7 @@ def test_an_undeclared_tensorrt_use_in_a_thin_layer_source_fails(sample: Dict[st
     builder.write_text(source.replace(needle, needle + "            self.min_severity = trt.ILogger.Severity.VERBOSE\n", 1))
     result, _ = check.run(sample, root=root)
     assert any("ILogger.min_severity (set) is not declared" in f for f in result.failures), result.failures
-    declared = list(USED) + [("ILogger.min_severity", "8.5-", "", "")]  # declaring it is no way out
+    declared = [*USED, ("ILogger.min_severity", "8.5-", "", "")]  # declaring it is no way out
     result, _ = check.run(sample, root=root, rows=declared)
     absent = [f for f in result.failures if f.startswith("ILogger.min_severity: absent")]
     assert len(absent) == len(sample)

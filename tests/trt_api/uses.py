@@ -80,12 +80,12 @@ class Api:
 
     def member(self, cls: str, attr: str) -> Optional[str]:
         """`cls.attr` or the nearest base class that defines it (as the bindings name it)."""
-        for owner in [cls] + self.bases(cls):
+        for owner in [cls, *self.bases(cls)]:
             if f"{owner}.{attr}" in self.entries:
                 return f"{owner}.{attr}"
         return None
 
-    def returns(self, name: str) -> Optional["Type"]:
+    def returns(self, name: str) -> Optional[Type]:
         if name in RETURN_TYPE_FIXES:
             return Type("inst", RETURN_TYPE_FIXES[name])
         for signature in reversed(self.signatures.get(name, [])):  # newest first; older ones print C++ names
@@ -94,7 +94,7 @@ class Api:
                 return found
         return None
 
-    def parse_type(self, text: str) -> Optional["Type"]:
+    def parse_type(self, text: str) -> Optional[Type]:
         text = text.strip()
         if "::" in text:  # 'nvinfer1::IEngineInspector' (8.6), 'nvonnxparser::IParserError'
             bare = text.rsplit("::", 1)[-1]
@@ -241,10 +241,10 @@ class _Extractor:
     def visit_expr(self, node: Optional[ast.AST], scope: _Scope) -> None:
         if node is None:
             return
-        if isinstance(node, (ast.Name, ast.Attribute, ast.Call, ast.List, ast.Tuple, ast.Subscript, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-            if not (isinstance(node, (ast.List, ast.Tuple)) and not node.elts):
-                self.infer(node, scope)
-                return
+        expression = (ast.Name, ast.Attribute, ast.Call, ast.List, ast.Tuple, ast.Subscript, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+        if isinstance(node, expression) and not (isinstance(node, (ast.List, ast.Tuple)) and not node.elts):
+            self.infer(node, scope)
+            return
         for child in ast.iter_child_nodes(node):
             self.visit_expr(child, scope)
 
@@ -457,8 +457,8 @@ class _Extractor:
 
 def version_tuple(text: str) -> Tuple[int, int, int]:
     """'10.8.0.43' -> (10, 8, 0); '8.5' -> (8, 5, 0)."""
-    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    parts = [*(int(p) for p in re.findall(r"\d+", text)[:3]), 0, 0, 0]
+    return parts[0], parts[1], parts[2]
 
 
 def _dotted(node: ast.AST) -> List[str]:
