@@ -4,8 +4,9 @@ PyPI serves the compiled pybind11 bindings (`tensorrt_bindings/tensorrt.so`, abo
 TensorRT libraries. For each wheel this module:
 1. downloads it once (`pip download --no-deps`) into the cache folder
    `${XDG_CACHE_HOME:-~/.cache}/edge-agent/trt-bindings` (reused between runs);
-2. builds empty C stand-ins for the libnvinfer symbols the module links (`readelf -d` for the NEEDED library
-   names, `nm -D --undefined-only` for the symbols, `cc -shared`), so that the module can be imported;
+2. builds C stand-ins for the libnvinfer symbols the module links (`readelf -d` for the NEEDED library
+   names, `nm -D --undefined-only` for the symbols, `cc -shared`), so that the module can be imported; a
+   stand-in that is ever called ends the process with status 86 and its name, so "nothing is called" is checked;
 3. imports it in a child interpreter of the wheel's Python (one TensorRT per process, never two) running
    tests/trt_api/introspect.py, which writes the API (classes, nested classes, enums and their members,
    methods with their pybind11 signatures, `[DEPRECATED]` markers) to `dumps/<version>.json`.
@@ -44,6 +45,7 @@ WHEELS: List[Tuple[str, str]] = [
     ("tensorrt-cu12-bindings", "11.4.0.106"),
 ]
 WHEEL_PYTHON = "3.11"
+STAND_IN_CALLED = 86  # exit status of a child in which TensorRT called into a stand-in (it must never happen)
 INTROSPECT = Path(__file__).with_name("introspect.py")
 
 
@@ -115,7 +117,11 @@ def build_stand_ins(module: Path, folder: Path) -> List[str]:
     needed, symbols = nvidia_symbols(module)
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "stand_ins.c"
-    source.write_text("/* empty stand-ins: nothing here may be called */\n" + "".join(f"void {s}(void) {{}}\n" for s in symbols))
+    body = "".join(
+        f'void {s}(void) {{ static const char m[] = "libnvinfer stand-in called: {s}\\n"; write(2, m, sizeof m - 1); _exit(STAND_IN_CALLED); }}\n'
+        for s in symbols
+    )
+    source.write_text(f"/* stand-ins: nothing here may be called; a call ends the process with {STAND_IN_CALLED} */\n#include <unistd.h>\n#define STAND_IN_CALLED {STAND_IN_CALLED}\n" + body)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise BindingsError("no C compiler (cc) to build the libnvinfer stand-ins")
@@ -154,7 +160,11 @@ def dump_version(package: str, version: str, root: Path, python: str) -> Path:
     env["LD_LIBRARY_PATH"] = str(stand_ins) + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     env.pop("PYTHONPATH", None)
     partial = out.with_suffix(".partial")
-    _run([python, "-I", str(INTROSPECT), str(unpacked), str(partial)], env=env, timeout=300)
+    done = subprocess.run([python, "-I", str(INTROSPECT), str(unpacked), str(partial)], env=env, timeout=300, capture_output=True, text=True, check=False)
+    if done.returncode == STAND_IN_CALLED:
+        raise BindingsError(f"TensorRT {version} called a libnvinfer stand-in while importing: {done.stderr.strip()[-500:]}")
+    if done.returncode != 0:
+        raise BindingsError(f"importing the TensorRT {version} bindings failed ({done.returncode}): {done.stderr[-2000:]}")
     data = json.loads(partial.read_text())
     data.update({"package": package, "wheel": wheel.name, "stand_in_symbols": symbols, "fingerprint": stamp})
     out.write_text(json.dumps(data, sort_keys=True))
