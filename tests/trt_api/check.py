@@ -218,7 +218,7 @@ def render(result: Result, entries: Dict[str, Declared], dumps: Dict[str, Dict[s
         "",
         "Written by `python -m tests.trt_api.check` (run by `.ci/run`); do not edit by hand. Each row is a name the thin",
         f"layer ({', '.join('`' + f + '`' for f in THIN_LAYER)}) uses; each column the real",
-        "Python bindings of one TensorRT version from PyPI, imported against empty stand-ins for libnvinfer and read by",
+        "Python bindings of one TensorRT version from PyPI, imported against stand-ins for libnvinfer and read by",
         "introspection only (nothing executed; docs/tensorrt-api.md). The range is where the code branch that uses",
         "the name runs (declared in tests/trt_api/declared.py).",
         "",
