@@ -189,6 +189,8 @@ class _Extractor:
         if isinstance(node, ast.Subscript):
             outer = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
             inner = node.slice
+            if type(inner).__name__ == "Index":  # Python 3.8 wraps the subscript in ast.Index
+                inner = getattr(inner, "value", inner)
             if outer == "Optional":
                 return self.annotation(inner, scope)
             if outer in ("List", "Sequence", "list"):
