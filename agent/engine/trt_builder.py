@@ -4,9 +4,12 @@ It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_m
 `num_io_tensors`, name-based tensors) and branches only where tensorrt-facts.md section 5.1 says it must:
 
 - network creation: EXPLICIT_BATCH on 8.x, flags 0 from 10 (the enum value is gone in 11);
-- precision: BuilderFlag FP16/INT8 on 8.x and 10.x; none on 11 (strongly typed: types come from the ONNX);
+- precision by `agent.calib.routes.builder_flags`: BuilderFlag FP16/INT8 on 8.x and 10.x, or a strongly typed
+  network on 10.12+ (where the flags are deprecated) when the model's own types give the same precisions; none on
+  11 (strongly typed: types come from the ONNX);
 - INT8 from a calibration table by `agent.calib.routes.choose_int8_route`: per-tensor dynamic ranges or a
-  cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, via agent.calib.qdq flavour "tensorrt");
+  cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, and 10.1+ where implicit INT8 is deprecated, when the
+  model can take it; via agent.calib.qdq flavour "tensorrt"); the report names every deprecated API used;
 - the progress monitor exists from 10.0.
 
 DLA only where `agent.calib.routes.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
@@ -14,8 +17,9 @@ spec allows it (a strict DLA build lists the layers DLA cannot run before buildi
 loaded and saved around the build. Plugin libraries come only from the paths the parent resolved (configured
 folder, sha256 checked). The report comes from the engine inspector (ProfilingVerbosity.DETAILED) and the log.
 
-Runs inside the build worker (agent.engine.worker), never in the daemon. Verified by type checks only (mypy
-against tensorrt-stubs 10.13, `disallow_untyped_defs`): no machine of this project has TensorRT.
+Runs inside the build worker (agent.engine.worker), never in the daemon. Verified by type checks (mypy against
+tensorrt-stubs 10.13, `disallow_untyped_defs`) and by the names and calls it uses checked against the real
+bindings of 8.6 to 11.4 (docs/tensorrt-api.md): no machine of this project has TensorRT, nothing here has run.
 """
 
 from __future__ import annotations
