@@ -78,7 +78,6 @@ def implicit_int8_supported(trt: Version) -> bool:
 
 IMPLICIT_INT8_DEPRECATED: Version = (10, 1, 0)  # calibrators and ITensor.set_dynamic_range: [DEPRECATED] from 10.1
 PRECISION_FLAGS_DEPRECATED: Version = (10, 12, 0)  # BuilderFlag.FP16 / INT8: [DEPRECATED] from 10.12
-STRONGLY_TYPED_FLAG: Version = (10, 0, 0)  # NetworkDefinitionCreationFlag.STRONGLY_TYPED exists from 10.0
 
 
 def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool = False, qdq_allowed: bool = False) -> Int8Route:
