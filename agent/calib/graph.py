@@ -147,3 +147,21 @@ def require_plain_float_model(model: onnx.ModelProto, what: str) -> None:
     found = sorted({node.op_type for node in model.graph.node if node.op_type in QDQ_OPS})
     if found:
         raise CalibError(f"{what}: the model is already quantized ({', '.join(found)} present); start from the float ONNX export")
+
+
+def model_float_type(model: onnx.ModelProto) -> str:
+    """The float type a strongly typed TensorRT network would take from this model: "float16" when its float
+    weights and float graph inputs are all FP16, "float32" when all FP32, "mixed" otherwise (an FP32 model with
+    FP16 parts, or the reverse); "float32" for a model without float tensors at all."""
+    types = {t.data_type for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    types.update(i.type.tensor_type.elem_type for i in model.graph.input if i.type.tensor_type.elem_type in FLOAT_TYPES)
+    if types == {FLOAT16}:
+        return "float16"
+    if types <= {FLOAT}:
+        return "float32"
+    return "mixed"
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """The model already holds Q/DQ or quantized operators (it cannot take a table's Q/DQ rewrite)."""
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)

@@ -47,6 +47,8 @@ class BuildReport:
     int8_layers: int = 0
     warnings: List[str] = field(default_factory=list)
     problems: List[Dict[str, Any]] = field(default_factory=list)  # classified log lines (agent.engine.diagnose)
+    # how the precision was obtained on this TensorRT: typing, builder flags, INT8 route, deprecated APIs used
+    precision_route: Dict[str, Any] = field(default_factory=dict)
     build_seconds: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
+from agent.calib.routes import BuildPrecision, Int8Route, Version, format_version
 from agent.engine.diagnose import diagnose_log
 from agent.engine.manifest import BuildReport
 from agent.engine.spec import BuildPolicy, BuildSpec, Precision
@@ -111,6 +112,34 @@ def report_from_tensorrt(
             missing.append(problem.layer)
     report.tensors_without_scale = missing
     return report
+
+
+def precision_route(trt: Version, build: BuildPrecision, route: Optional[Int8Route] = None) -> Dict[str, Any]:
+    """What the build report says about the APIs a TensorRT build used for its precision: the network typing
+    and builder flags (agent.calib.routes.builder_flags), the INT8 route (choose_int8_route), why, and every
+    API used that is deprecated on this TensorRT (from the bindings' [DEPRECATED] markers:
+    docs/hardware/trt-api-matrix.md)."""
+    entry: Dict[str, Any] = {
+        "tensorrt": format_version(trt),
+        "typing": build.typing.value,
+        "flags": list(build.flags),
+        "reason": build.reason,
+        "deprecated_apis": list(build.deprecated),
+    }
+    if route is not None:
+        entry.update({"int8_route": route.method.value, "int8_reason": route.reason})
+    return entry
+
+
+def deprecation_warnings(entry: Dict[str, Any]) -> List[str]:
+    """One line per deprecated API the build used, with what was chosen and why (empty when none)."""
+    deprecated = entry.get("deprecated_apis") or []
+    if not deprecated:
+        return []
+    why = str(entry.get("reason", ""))
+    if entry.get("int8_reason") and any("implicit INT8" in d for d in deprecated):
+        why = f"{entry['int8_reason']}; {why}"
+    return [f"uses {', '.join(deprecated)} on TensorRT {entry.get('tensorrt')}: {why}"]
 
 
 def _fallback_reason(layer: str, problems: List[Any]) -> str:

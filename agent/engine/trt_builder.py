@@ -4,9 +4,12 @@ It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_m
 `num_io_tensors`, name-based tensors) and branches only where tensorrt-facts.md section 5.1 says it must:
 
 - network creation: EXPLICIT_BATCH on 8.x, flags 0 from 10 (the enum value is gone in 11);
-- precision: BuilderFlag FP16/INT8 on 8.x and 10.x; none on 11 (strongly typed: types come from the ONNX);
+- precision by `agent.calib.routes.builder_flags`: BuilderFlag FP16/INT8 on 8.x and 10.x, or a strongly typed
+  network on 10.12+ (where the flags are deprecated) when the model's own types give the same precisions; none on
+  11 (strongly typed: types come from the ONNX);
 - INT8 from a calibration table by `agent.calib.routes.choose_int8_route`: per-tensor dynamic ranges or a
-  cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, via agent.calib.qdq flavour "tensorrt");
+  cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, and 10.1+ where implicit INT8 is deprecated, when the
+  model can take it; via agent.calib.qdq flavour "tensorrt"); the report names every deprecated API used;
 - the progress monitor exists from 10.0.
 
 DLA only where `agent.calib.routes.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
@@ -14,8 +17,9 @@ spec allows it (a strict DLA build lists the layers DLA cannot run before buildi
 loaded and saved around the build. Plugin libraries come only from the paths the parent resolved (configured
 folder, sha256 checked). The report comes from the engine inspector (ProfilingVerbosity.DETAILED) and the log.
 
-Runs inside the build worker (agent.engine.worker), never in the daemon. Verified by type checks only (mypy
-against tensorrt-stubs 10.13, `disallow_untyped_defs`): no machine of this project has TensorRT.
+Runs inside the build worker (agent.engine.worker), never in the daemon. Verified by type checks (mypy against
+tensorrt-stubs 10.13, `disallow_untyped_defs`) and by the names and calls it uses checked against the real
+bindings of 8.6 to 11.4 (docs/tensorrt-api.md): no machine of this project has TensorRT, nothing here has run.
 """
 
 from __future__ import annotations
@@ -27,19 +31,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from agent.calib.routes import (
+    IMPLICIT_INT8_DEPRECATED,
+    BuildPrecision,
     Int8Method,
     Int8Route,
+    NetworkTyping,
     Version,
+    builder_flags,
     choose_int8_route,
     dla_support,
     format_version,
     parse_version,
 )
 from agent.engine.diagnose import diagnose_log
-from agent.engine.report import report_from_tensorrt
+from agent.engine.report import deprecation_warnings, precision_route, report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
 from agent.engine.worker import Emit, Job, WorkerError
-from agent.lazy import require
+from agent.lazy import require, try_import
 from agent.store.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -51,30 +59,46 @@ if TYPE_CHECKING:
 PLACEMENT_MARKERS = ("[DlaLayer]", "[GpuLayer]", "Layers Running on")
 
 
-class _Log:
-    """TensorRT's log: INFO and above to stderr (the build log) and memory; VERBOSE only for placement lines."""
+SEVERITY_NAMES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+VERBOSE = 4
 
-    def __init__(self) -> None:
+
+def keep_log_line(severity: int, message: str, verbose: bool) -> bool:
+    """Which TensorRT messages the build keeps. A Python `trt.ILogger` subclass receives every message, VERBOSE
+    included: TensorRT's own `min_severity` exists only on the built-in `trt.Logger` (the bindings of 8.6 to 11.4
+    agree, docs/hardware/trt-api-matrix.md), so the filter is here. INFO and above always; VERBOSE only on a
+    verbose (DLA) build, and then only the DLA/GPU placement lines."""
+    if severity < VERBOSE:
+        return True
+    return verbose and any(marker in message for marker in PLACEMENT_MARKERS)
+
+
+class _Log:
+    """TensorRT's log, as `keep_log_line` filters it: to stderr (the build log) and to memory."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
         self.lines: List[str] = []
         self.lock = threading.Lock()
 
     def add(self, severity: int, message: str) -> None:
-        if severity >= 4 and not any(marker in message for marker in PLACEMENT_MARKERS):
+        if not keep_log_line(severity, message, self.verbose):
             return
-        name = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")[min(max(severity, 0), 4)]
+        name = SEVERITY_NAMES[min(max(severity, 0), VERBOSE)]
         line = f"[{name}] {message}"
         with self.lock:
             self.lines.append(line)
         sys.stderr.write(line + "\n")
 
 
-def _logger(sink: _Log, verbose: bool) -> trt.ILogger:
+def _logger(sink: _Log) -> trt.ILogger:
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     class CaptureLogger(trt.ILogger):
+        """Every message goes to the sink, which filters (an ILogger has no min_severity of its own)."""
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.min_severity = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.INFO
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             sink.add(int(severity), msg)
@@ -114,26 +138,26 @@ def _progress_monitor(emit: Emit) -> trt.IProgressMonitor:
 
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.steps: Dict[str, int] = {}
-            self.top: Optional[str] = None
-            self.last = 0.0
-            self.lock = threading.Lock()
+            self._steps: Dict[str, int] = {}
+            self._top: Optional[str] = None
+            self._last = 0.0
+            self._lock = threading.Lock()
 
         def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
-            with self.lock:
-                self.steps[phase_name] = max(1, num_steps)
+            with self._lock:
+                self._steps[phase_name] = max(1, num_steps)
                 if parent_phase is None:
-                    self.top = phase_name
+                    self._top = phase_name
             emit("build", None, phase_name)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             now = time.monotonic()
-            with self.lock:
-                if phase_name != self.top or now - self.last < 0.5:
+            with self._lock:
+                if phase_name != self._top or now - self._last < 0.5:
                     return True
-                self.last = now
-                fraction = 0.2 + 0.7 * min(1.0, (step + 1) / self.steps.get(phase_name, 1))
-            emit("build", round(fraction, 3), f"{phase_name}: step {step + 1} of {self.steps.get(phase_name, 1)}")
+                self._last = now
+                fraction = 0.2 + 0.7 * min(1.0, (step + 1) / self._steps.get(phase_name, 1))
+            emit("build", round(fraction, 3), f"{phase_name}: step {step + 1} of {self._steps.get(phase_name, 1)}")
             return True  # False would cancel the build; the parent kills the process instead
 
         def phase_finish(self, phase_name: str) -> None:
@@ -160,12 +184,31 @@ def _parser_errors(parser: trt.OnnxParser) -> List[str]:
     return out
 
 
-def _network_flags(version: Version) -> int:
+def _network_flags(version: Version, typing: NetworkTyping) -> int:
+    """EXPLICIT_BATCH on 8.x (ONNX needs it); STRONGLY_TYPED on 10.x when chosen; 0 on 11+ (always strongly typed,
+    EXPLICIT_BATCH gone and STRONGLY_TYPED deprecated)."""
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     if version < (10, 0, 0):
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if version < (11, 0, 0) and typing == NetworkTyping.STRONG:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
+
+
+def _model_facts(path: str, version: Version, precision: Precision) -> Tuple[Optional[str], bool]:
+    """(the model's float type, whether it can take the Q/DQ rewrite), read with onnx only where they decide
+    between a deprecated and a non-deprecated route (TensorRT 10.1 to 10.x, FP16 or INT8) or whether FP16 is
+    possible at all (11+: an FP16 model); (None, False) when onnx is not installed (optional on a device)."""
+    if version < IMPLICIT_INT8_DEPRECATED or precision not in (Precision.FP16, Precision.INT8):
+        return None, False
+    onnx = try_import("onnx")  # heavy and optional: imported only here
+    if onnx is None:
+        return None, False
+    from agent.calib.graph import is_quantized, model_float_type
+
+    model = onnx.load(path, load_external_data=False)
+    return model_float_type(model), not is_quantized(model)
 
 
 def _ints(dims: trt.Dims) -> List[int]:
@@ -295,8 +338,8 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     precision = spec.effective_precision()
     dla_core = spec.dla_core
     notes: List[str] = []
-    sink = _Log()
-    logger = _logger(sink, verbose=dla_core is not None)
+    sink = _Log(verbose=dla_core is not None)  # the placement summary is VERBOSE: kept on DLA builds only
+    logger = _logger(sink)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     _load_plugins(job.plugins)
@@ -312,25 +355,29 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
 
     route: Optional[Int8Route] = None
     table: Optional[CalibTable] = None
+    model_float, qdq_allowed = _model_facts(job.model, version, precision)
     if precision == Precision.INT8:
         from agent.calib.table import read_table
 
         if not job.calib:
             raise WorkerError("INT8 needs the calibration table, and the job has none")
-        route = choose_int8_route(version, spec.target, spec.calib_portable)
+        route = choose_int8_route(version, spec.target, spec.calib_portable, qdq_allowed=qdq_allowed)
         table = read_table(job.calib)
-        if route.deprecated:
-            notes.append(f"{route.method.value}: deprecated since TensorRT 10.1, still supported on {format_version(version)}")
+    chosen: BuildPrecision = builder_flags(version, precision.value, route.method if route else None, model_float)
+    route_entry = precision_route(version, chosen, route)
+    notes.append(f"{chosen.typing.value}: {chosen.reason}" + (f"; INT8 route {route.method.value}: {route.reason}" if route else ""))
     if support is not None and support.qdq_only and (route is None or route.method != Int8Method.QDQ_TENSORRT):
         raise WorkerError(f"DLA on TensorRT {format_version(version)} takes explicit Q/DQ INT8 networks only: build int8 with a table", "dla")
-    if version >= (11, 0, 0) and precision == Precision.FP16:
+    if version >= (11, 0, 0) and precision == Precision.FP16 and model_float != "float16":
         raise WorkerError(
             f"TensorRT {format_version(version)} builds strongly typed networks: FP16 needs an FP16 ONNX model (no builder flag "
-            "exists any more); ship an FP16 export, or ask for int8 with a table or fp32",
+            "exists any more) and "
+            + ("onnx is not installed here to read the model's type" if model_float is None else f"this model is {model_float}")
+            + "; ship an FP16 export, or ask for int8 with a table or fp32",
             "unsupported",
         )
 
-    network = builder.create_network(_network_flags(version))
+    network = builder.create_network(_network_flags(version, chosen.typing))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(_model_bytes(job, route, table, notes)):
         errors = _parser_errors(parser)
@@ -344,11 +391,12 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
 
     missing: List[str] = []
     int8: Dict[str, Any] = {}
-    if version < (11, 0, 0):
-        if precision in (Precision.FP16, Precision.INT8):
+    if version < (11, 0, 0):  # the flags builder_flags chose (none for a strongly typed network)
+        if "FP16" in chosen.flags:
             config.set_flag(trt.BuilderFlag.FP16)  # layers without an INT8 scale run FP16, not FP32 (and DLA needs it)
-        if precision == Precision.INT8 and route is not None and table is not None:
+        if "INT8" in chosen.flags:
             config.set_flag(trt.BuilderFlag.INT8)
+        if precision == Precision.INT8 and route is not None and table is not None:
             if route.method == Int8Method.DYNAMIC_RANGE:
                 applied, missing = _apply_dynamic_ranges(network, table)
                 int8["tensors_with_range"] = applied
@@ -400,5 +448,7 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     report = report_from_tensorrt(info, sink.lines, dla_core is not None, missing, time.monotonic() - started)
+    report.precision_route = route_entry
+    report.warnings.extend(deprecation_warnings(route_entry))
     emit("done", 1.0, "built")
     return {"backend_version": str(trt.__version__), "report": report.to_dict(), "int8": int8, "notes": notes}

@@ -101,18 +101,20 @@ def _parse_child_output(text: str) -> TrialResult:
 # --- the child -------------------------------------------------------------------------------------------------
 
 
-def _capture_logger() -> trt.ILogger:
+def _capture_logger(lines: List[str]) -> trt.ILogger:
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     class CaptureLogger(trt.ILogger):
+        """Appends WARNING and above to `lines` (an ILogger receives every message; only trt.Logger has
+        min_severity)."""
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.lines: List[str] = []
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             name = SEVERITY_NAMES.get(int(severity), str(severity))
             if int(severity) <= 2:
-                self.lines.append(f"[{name}] {msg}")
+                lines.append(f"[{name}] {msg}")
 
     return CaptureLogger()
 
@@ -124,7 +126,8 @@ def load_plan(path: str, dla_core: Optional[int], plugins: Sequence[str]) -> Dic
 
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
-    logger = _capture_logger()
+    lines: List[str] = []
+    logger = _capture_logger(lines)
     trt.init_libnvinfer_plugins(logger, "")
     for plugin in plugins:
         ctypes.CDLL(plugin)  # plugin libraries register their creators when loaded
@@ -133,7 +136,6 @@ def load_plan(path: str, dla_core: Optional[int], plugins: Sequence[str]) -> Dic
         runtime.DLA_core = dla_core
     data = Path(path).read_bytes()
     engine = runtime.deserialize_cuda_engine(data)
-    lines: List[str] = list(getattr(logger, "lines", []))
     if engine is None:
         return {"ok": False, "log": lines, "io": []}
     io: List[Dict[str, Any]] = []

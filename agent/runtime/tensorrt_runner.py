@@ -3,16 +3,14 @@
 Thin on purpose: every decision (which execution API, which numpy type, how shapes become specs) is a plain
 function above the class, tested without TensorRT. `tensorrt` and `pycuda` are imported lazily on activate().
 
-Two execution APIs (tensorrt-facts.md section 5.1):
-- TensorRT >= 8.5: name-based tensors: `set_input_shape`, `set_tensor_address` for every I/O tensor, then
-  `execute_async_v3(stream)`. The only API from 10.0 on.
-- TensorRT < 8.5: bindings by index: `set_binding_shape`, a list of device pointers, `execute_async_v2`.
-  Those names are absent from the TensorRT 10 stubs, so that branch reaches them through `Any`.
+One execution API, the name-based one of TensorRT 8.5 and later: `set_input_shape`, `set_tensor_address` for
+every I/O tensor, then `execute_async_v3(stream)`. It is the only one from 10.0 on, and the project supports
+TensorRT 8.5 and up, so an older TensorRT is refused with the reason (`check_supported_version`). The bindings
+of every TensorRT on PyPI (8.6 to 11.4) have each name used here: docs/hardware/trt-api-matrix.md.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +28,22 @@ if TYPE_CHECKING:  # the stubs (tensorrt-stubs) type-check this module; the real
 
 log = logging.getLogger(__name__)
 
-FIRST_V3_VERSION: Tuple[int, int, int] = (8, 5, 0)
+OLDEST_SUPPORTED: Tuple[int, int, int] = (8, 5, 0)  # name-based tensors and execute_async_v3 start here
 
 
-class ExecutionApi(str, enum.Enum):
-    TENSORS_V3 = "tensors_v3"  # set_input_shape + set_tensor_address + execute_async_v3 (TensorRT >= 8.5)
-    BINDINGS_V2 = "bindings_v2"  # set_binding_shape + bindings list + execute_async_v2 (TensorRT < 8.5)
-
-
-def choose_execution_api(trt_version: str) -> ExecutionApi:
-    """The execution API for a TensorRT version string ('8.4.1.5', '8.6.2', '10.3.0.30')."""
+def check_supported_version(trt_version: str) -> Tuple[int, int, int]:
+    """The parsed version of a TensorRT the runner can drive ('8.5.2.2', '10.3.0.30'), or a RunnerError that
+    says why not (unreadable, or older than 8.5: JetPack 4.x and 5.0 ship those)."""
     try:
         version = parse_version(trt_version)
     except VersionError as exc:
-        raise RunnerError(f"cannot tell the TensorRT execution API: {exc}") from None
-    return ExecutionApi.TENSORS_V3 if version >= FIRST_V3_VERSION else ExecutionApi.BINDINGS_V2
+        raise RunnerError(f"cannot read the TensorRT version: {exc}") from None
+    if version < OLDEST_SUPPORTED:
+        raise RunnerError(
+            f"TensorRT {trt_version} is older than 8.5, the oldest this agent supports (name-based tensors and "
+            "execute_async_v3): upgrade to JetPack 5.1 or later, or run the model with the onnxruntime backend"
+        )
+    return version
 
 
 # TensorRT DataType member names -> numpy dtype names, for the types a host buffer can hold
@@ -105,7 +104,7 @@ def dims_of(dims: Any) -> List[int]:
 @dataclass
 class IoTensor:
     name: str
-    index: int  # binding index (bindings API) or I/O tensor index
+    index: int  # I/O tensor index
     is_input: bool
     dtype: str
     spec: TensorSpec
@@ -121,7 +120,6 @@ class TensorRTRunner(Runner):
         self.plan_path = Path(plan_path)
         self.dla_core = dla_core
         self.device_index = device_index
-        self.api: Optional[ExecutionApi] = None
         self.max_batch: Optional[int] = None
         self._cuda: Optional[CudaContext] = None
         self._logger: Optional[trt.Logger] = None  # the logger and runtime must outlive the engine
@@ -139,7 +137,7 @@ class TensorRTRunner(Runner):
         if not self.plan_path.is_file():
             raise RunnerError(f"engine plan not found: {self.plan_path}")
         plan = self.plan_path.read_bytes()
-        self.api = choose_execution_api(str(trt_module.__version__))
+        check_supported_version(str(trt_module.__version__))
         self._cuda = CudaContext(self.device_index)
         try:
             with self._cuda.active():
@@ -150,7 +148,7 @@ class TensorRTRunner(Runner):
         self.inputs = [io.spec for io in self._io if io.is_input]
         self.outputs = [io.spec for io in self._io if not io.is_input]
         self.max_batch = profile_max_batch(self.inputs[0]) if self.inputs else None
-        log.info("TensorRT %s: %s (%s, dla_core=%s)", trt_module.__version__, self.plan_path.name, self.api.value, self.dla_core)
+        log.info("TensorRT %s: %s (dla_core=%s)", trt_module.__version__, self.plan_path.name, self.dla_core)
 
     def _load(self, trt_module: Any, plan: bytes) -> None:
         """Deserialize the plan and describe its I/O; the CUDA context is current."""
@@ -175,7 +173,7 @@ class TensorRTRunner(Runner):
         if context is None:
             raise RunnerError(f"TensorRT could not create an execution context for {self.plan_path.name} (out of GPU memory?)")
         self._context = context
-        self._io = self._describe_v3(engine) if self.api is ExecutionApi.TENSORS_V3 else self._describe_v2(engine)
+        self._io = self._describe(engine)
         self._stream = self._cuda.stream()
 
     def _deactivate(self) -> None:
@@ -241,8 +239,8 @@ class TensorRTRunner(Runner):
                 return io
         raise RunnerError(f"runner {self.name}: no I/O tensor named '{name}'")
 
-    # the two execution APIs ------------------------------------------------------------------------------
-    def _describe_v3(self, engine: trt.ICudaEngine) -> List[IoTensor]:
+    # the name-based execution API (TensorRT 8.5+) ------------------------------------------------------------
+    def _describe(self, engine: trt.ICudaEngine) -> List[IoTensor]:
         trt_module = require("tensorrt", "the TensorRT runner")
         tensors: List[IoTensor] = []
         for index in range(engine.num_io_tensors):
@@ -257,41 +255,15 @@ class TensorRTRunner(Runner):
             tensors.append(IoTensor(name, index, is_input, dtype, TensorSpec(name, spec_shape(dims, profile), dtype)))
         return tensors
 
-    def _describe_v2(self, engine: trt.ICudaEngine) -> List[IoTensor]:
-        legacy: Any = engine  # TensorRT < 8.5: the binding API, absent from the TensorRT 10 stubs
-        tensors: List[IoTensor] = []
-        for index in range(int(legacy.num_bindings)):
-            name = str(legacy.get_binding_name(index))
-            is_input = bool(legacy.binding_is_input(index))
-            dtype = numpy_dtype_for(str(legacy.get_binding_dtype(index).name))
-            dims = [int(d) for d in legacy.get_binding_shape(index)]
-            profile: Optional[Tuple[Sequence[int], Sequence[int]]] = None
-            if is_input and any(d < 0 for d in dims) and int(legacy.num_optimization_profiles) > 0:
-                low, _opt, high = legacy.get_profile_shape(0, index)
-                profile = ([int(d) for d in low], [int(d) for d in high])
-            tensors.append(IoTensor(name, index, is_input, dtype, TensorSpec(name, spec_shape(dims, profile), dtype)))
-        return tensors
-
     def _set_input_shape(self, io: IoTensor, shape: Tuple[int, ...]) -> None:
         if self._input_shapes.get(io.name) == shape:
             return
-        context = self._active_context()
-        if self.api is ExecutionApi.TENSORS_V3:
-            accepted = context.set_input_shape(io.name, shape)
-        else:
-            legacy: Any = context
-            accepted = bool(legacy.set_binding_shape(io.index, shape))
-        if not accepted:
+        if not self._active_context().set_input_shape(io.name, shape):
             raise RunnerError(f"runner {self.name}: the engine does not take shape {shape} for '{io.name}' (its profile: {io.spec.shape})")
         self._input_shapes[io.name] = shape
 
     def _output_shape(self, io: IoTensor) -> Tuple[int, ...]:
-        context = self._active_context()
-        if self.api is ExecutionApi.TENSORS_V3:
-            dims = dims_of(context.get_tensor_shape(io.name))
-        else:
-            legacy: Any = context
-            dims = [int(d) for d in legacy.get_binding_shape(io.index)]
+        dims = dims_of(self._active_context().get_tensor_shape(io.name))
         if any(d < 0 for d in dims):
             raise RunnerError(f"runner {self.name}: output '{io.name}' shape {dims} is unresolved after setting the input shapes")
         return tuple(dims)
@@ -299,16 +271,8 @@ class TensorRTRunner(Runner):
     def _execute(self) -> None:
         context = self._active_context()
         stream_handle = int(self._stream.handle)
-        if self.api is ExecutionApi.TENSORS_V3:
-            for io in self._io:  # every I/O tensor needs an address before execute_async_v3
-                if not context.set_tensor_address(io.name, self._buffers[io.name].device_ptr):
-                    raise RunnerError(f"runner {self.name}: TensorRT refused the address of '{io.name}'")
-            ok = context.execute_async_v3(stream_handle)
-        else:
-            bindings = [0] * len(self._io)
-            for io in self._io:
-                bindings[io.index] = self._buffers[io.name].device_ptr
-            legacy_context: Any = context
-            ok = bool(legacy_context.execute_async_v2(bindings=bindings, stream_handle=stream_handle))
-        if not ok:
+        for io in self._io:  # every I/O tensor needs an address before execute_async_v3
+            if not context.set_tensor_address(io.name, self._buffers[io.name].device_ptr):
+                raise RunnerError(f"runner {self.name}: TensorRT refused the address of '{io.name}'")
+        if not context.execute_async_v3(stream_handle):
             raise RunnerError(f"runner {self.name}: TensorRT execution failed (see the TensorRT log above)")

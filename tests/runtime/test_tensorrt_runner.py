@@ -10,9 +10,8 @@ import pytest
 from agent.lazy import MissingDependency, try_import
 from agent.runtime.base import RunnerError, TensorSpec
 from agent.runtime.tensorrt_runner import (
-    ExecutionApi,
     TensorRTRunner,
-    choose_execution_api,
+    check_supported_version,
     dims_of,
     numpy_dtype_for,
     profile_max_batch,
@@ -21,23 +20,27 @@ from agent.runtime.tensorrt_runner import (
 
 
 @pytest.mark.parametrize(
-    ("version", "api"),
+    ("version", "parsed"),
     [
-        ("8.2.1.8", ExecutionApi.BINDINGS_V2),  # JetPack 4.6
-        ("8.4.3", ExecutionApi.BINDINGS_V2),
-        ("8.5.2.2", ExecutionApi.TENSORS_V3),  # JetPack 5.1
-        ("8.6.2.3", ExecutionApi.TENSORS_V3),  # JetPack 6.0
-        ("10.3.0.30", ExecutionApi.TENSORS_V3),  # JetPack 6.1/6.2
-        ("11.0", ExecutionApi.TENSORS_V3),
+        ("8.5.2.2", (8, 5, 2)),  # JetPack 5.1
+        ("8.6.2.3", (8, 6, 2)),  # JetPack 6.0
+        ("10.3.0.30", (10, 3, 0)),  # JetPack 6.1/6.2
+        ("11.0", (11, 0, 0)),
     ],
 )
-def test_execution_api_by_version(version: str, api: ExecutionApi) -> None:
-    assert choose_execution_api(version) is api
+def test_supported_versions_use_the_name_based_api(version: str, parsed: tuple) -> None:
+    assert check_supported_version(version) == parsed
+
+
+@pytest.mark.parametrize("version", ["8.2.1.8", "8.4.1"])  # JetPack 4.6, 5.0.2
+def test_a_tensorrt_older_than_8_5_is_refused_with_the_reason(version: str) -> None:
+    with pytest.raises(RunnerError, match=r"older than 8\.5.*onnxruntime"):
+        check_supported_version(version)
 
 
 def test_unreadable_version_is_a_clear_error() -> None:
-    with pytest.raises(RunnerError, match="execution API"):
-        choose_execution_api("unknown")
+    with pytest.raises(RunnerError, match="cannot read the TensorRT version"):
+        check_supported_version("unknown")
 
 
 def test_engine_types_map_to_numpy_or_fail_clearly() -> None:
