@@ -10,9 +10,10 @@ candidate wins:
 1. a table `calib check` would block (a zero, inf, nan or negative scale on a tensor of the model: the outcome
    names the tensors) or whose Q/DQ model could not be built or run ranks last;
 2. then a candidate that passes the gate before one that fails;
-3. then the task's headline metric (classification: top-1 agreement, then top-5 containment, then the mean
-   probability L1 distance; detection: the F1 of box recall and precision against FP32, then mean IoU;
-   generic: the worst output's mean cosine, then the largest absolute error);
+3. then the task's metrics in order: classification: top-1 agreement, top-5 containment, top-1 agreement with
+   the reference's near-ties counted too, the mean probability L1 distance; detection: the F1 of box recall
+   and precision against FP32, recall, mean IoU; generic: the worst output's mean cosine, the largest
+   absolute error;
 4. ties keep the candidates' order (entropy first: TensorRT's default calibrator).
 
 This module lives in the gate package because it needs both calibration (below the gate) and the gate's
@@ -39,7 +40,7 @@ from agent.store.hashing import sha256_file
 HEADLINE = {"classification": "top1_agreement", "detection": "det_f1", "generic": "cosine"}
 # the metrics printed per task: the gated ones, then the tie-breakers
 COLUMNS = {
-    "classification": ("top1_agreement", "top5_containment", "mean_prob_l1"),
+    "classification": ("top1_agreement", "top5_containment", "top1_agreement_all_frames", "mean_prob_l1"),
     "detection": ("det_recall", "det_precision", "det_f1", "det_mean_iou"),
     "generic": ("cosine", "max_abs_error"),
 }
@@ -65,7 +66,13 @@ def _smaller(value: Optional[float]) -> float:
 def ranking_metrics(task: str, metrics: Mapping[str, Optional[float]]) -> Tuple[float, ...]:
     """The task's metrics in order of importance, each larger-is-better."""
     if task == "classification":
-        return (_larger(metrics.get("top1_agreement")), _larger(metrics.get("top5_containment")), _smaller(metrics.get("mean_prob_l1")))
+        all_frames = metrics.get("top1_agreement_all_frames", metrics.get("top1_agreement"))  # near-ties counted too
+        return (
+            _larger(metrics.get("top1_agreement")),
+            _larger(metrics.get("top5_containment")),
+            _larger(all_frames),
+            _smaller(metrics.get("mean_prob_l1")),
+        )
     if task == "detection":
         return (_larger(metrics.get("det_f1")), _larger(metrics.get("det_recall")), _larger(metrics.get("det_mean_iou")))
     return (_larger(metrics.get("cosine")), _smaller(metrics.get("max_abs_error")))
