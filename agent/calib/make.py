@@ -25,7 +25,13 @@ from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Seque
 
 import numpy as np
 
-from agent.calib.graph import FLOAT, FLOAT16, index_graph, require_plain_float_model
+from agent.calib.graph import (
+    FLOAT,
+    FLOAT16,
+    index_graph,
+    input_independent_tensors,
+    require_plain_float_model,
+)
 from agent.calib.table import ENTROPY2, MINMAX, CalibError, CalibTable, new_table, scale_from_amax
 
 log = logging.getLogger(__name__)
@@ -110,12 +116,12 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, quantized_bins: int =
     last = bins[sizes - 1]  # always in the last chunk for i >= 128
     kept = prefix[sizes]  # mass of bins[:i]: the total of the expanded Q
     folded = last + (total - kept)  # the reference's last bin
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # kept == 0 gives 0 * -inf: those candidates are dropped below
         log_kept = np.log(kept)
-    # sum over k < i-1 of bins[k] * log q[k], then the last bin's own term
-    body = (sums * log_average).sum(axis=1) - last * log_average[:, -1] - (kept - last) * log_kept
-    last_term = np.where(last > 0, folded * (log_average[:, -1] - log_kept), folded * np.log(1e-12))
-    cross = body + np.where(folded > 0, last_term, 0.0)
+        # sum over k < i-1 of bins[k] * log q[k], then the last bin's own term
+        body = (sums * log_average).sum(axis=1) - last * log_average[:, -1] - (kept - last) * log_kept
+        last_term = np.where(last > 0, folded * (log_average[:, -1] - log_kept), folded * np.log(1e-12))
+        cross = body + np.where(folded > 0, last_term, 0.0)
     entropy_p = prefix_xlogx[sizes - 1] + folded * np.log(np.where(folded > 0, folded, 1.0))
     with np.errstate(invalid="ignore"):
         kl = (entropy_p - cross) / total - np.log(total)
@@ -197,7 +203,8 @@ class _Spool:
 
 
 def _all_tensor_model(model_bytes: bytes) -> tuple:
-    """The model with every float network tensor as a graph output, and those tensor names in graph order."""
+    """The model with every float network tensor that depends on the frames as a graph output, and those tensor
+    names in graph order (tensors computed from constants and shapes alone get no entry: graph.py says why)."""
     import onnx
     from onnx import helper
 
@@ -205,10 +212,13 @@ def _all_tensor_model(model_bytes: bytes) -> tuple:
     require_plain_float_model(model, "calib make")
     index = index_graph(model)
     outputs = {o.name for o in model.graph.output}
+    constant = input_independent_tensors(index)
+    if constant:
+        log.info("%d tensors depend on no frame value (shape or constant arithmetic): not calibrated", len(constant))
     names = []
     for name in index.network_tensors:
         elem = index.elem_type.get(name)
-        if elem not in (FLOAT, FLOAT16):
+        if elem not in (FLOAT, FLOAT16) or name in constant:
             continue  # type unknown: it cannot be declared as an output, and TensorRT would not scale it either
         names.append(name)
         if name not in outputs and name not in index.graph_inputs:
