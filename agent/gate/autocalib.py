@@ -4,16 +4,16 @@ The forum's advice for a model that loses accuracy in INT8 is "try the legacy (m
 entropy", followed by hand. Here every candidate table (entropy, minmax, percentile at a few points; computed
 together by agent.calib.make.make_tables) becomes the CPU Q/DQ model TensorRT would build (agent.calib.qdq,
 "tensorrt" flavour by default), runs on onnxruntime over the validation set, and is judged by the accuracy
-gate's own metric and thresholds (agent.gate.gate.run_gate), the same verdict a device would reach. The best
+gate's own metric and thresholds (agent.gate.gate.run_gate). These are onnxruntime's INT8 numbers for TensorRT's
+Q/DQ placement, not a TensorRT engine's: close, not identical; the device gates its own engine again. The best
 candidate wins:
 
 1. a table `calib check` would block (a zero, inf, nan or negative scale on a tensor of the model: the outcome
    names the tensors) or whose Q/DQ model could not be built or run ranks last;
 2. then a candidate that passes the gate before one that fails;
-3. then the task's metrics in order: classification: top-1 agreement, top-5 containment, top-1 agreement with
-   the reference's near-ties counted too, the mean probability L1 distance; detection: the F1 of box recall
-   and precision against FP32, recall, mean IoU; generic: the worst output's mean cosine, the largest
-   absolute error;
+3. then the task's metrics in order: classification: top-1 agreement (as gated), top-5 containment, the mean
+   probability L1 distance to FP32; detection: the F1 of box recall and precision against FP32, recall, mean
+   IoU; generic: the worst output's mean cosine, the largest absolute error;
 4. ties keep the candidates' order (entropy first: TensorRT's default calibrator).
 
 This module lives in the gate package because it needs both calibration (below the gate) and the gate's
@@ -66,11 +66,11 @@ def _smaller(value: Optional[float]) -> float:
 def ranking_metrics(task: str, metrics: Mapping[str, Optional[float]]) -> Tuple[float, ...]:
     """The task's metrics in order of importance, each larger-is-better."""
     if task == "classification":
-        all_frames = metrics.get("top1_agreement_all_frames", metrics.get("top1_agreement"))  # near-ties counted too
+        # top-1 with the reference's near-ties counted is shown, not ranked: those frames flip at random under any
+        # precision change (the gate leaves them out for that reason), while the probability distance is smooth
         return (
             _larger(metrics.get("top1_agreement")),
             _larger(metrics.get("top5_containment")),
-            _larger(all_frames),
             _smaller(metrics.get("mean_prob_l1")),
         )
     if task == "detection":
