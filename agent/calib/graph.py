@@ -108,6 +108,24 @@ def index_graph(model: onnx.ModelProto, infer: bool = True) -> GraphIndex:
     return index
 
 
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # their outputs depend on the input's shape, never on its values
+
+
+def input_independent_tensors(index: GraphIndex) -> Set[str]:
+    """Network tensors whose values cannot depend on the frames: computed from constants and from shapes only
+    (YOLOv8's anchor grid: Shape -> ConstantOfShape -> Range ...). TensorRT folds or ignores them; calibrating them
+    tells nothing, and an all-zero one (ConstantOfShape) would read as a dead branch. Conservative: a node with a
+    subgraph attribute (If, Loop, Scan) counts as depending on the input."""
+    dependent: Set[str] = set(index.graph_inputs)
+    for node in index.model.graph.node:  # ONNX requires graph order to be topological
+        if node.op_type in SHAPE_ONLY_OPS:
+            continue
+        has_subgraph = any(attr.type in (5, 10) for attr in node.attribute)  # GRAPH, GRAPHS
+        if has_subgraph or any(name in dependent for name in node.input if name):
+            dependent.update(out for out in node.output if out)
+    return {name for name in index.network_tensors if name not in dependent}
+
+
 def activation_positions(node: onnx.NodeProto, index: GraphIndex) -> List[int]:
     """Input positions of `node` that a Q/DQ placement quantizes as activations."""
     if node.op_type in ACTIVATION_INPUTS:

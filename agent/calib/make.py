@@ -8,6 +8,8 @@ the frames. Pass 1 records amax = max |x| per tensor. For "entropy" and "percent
   between the clipped reference distribution and its 128-level quantization (the pytorch-quantization
   `_compute_amax_entropy` recipe, last minimum wins);
 - percentile: the bin edge where the cumulative count reaches the percentile (99.99 by default).
+`make_tables` computes several methods (and percentile points) from the same two passes: the histograms do not
+depend on the method, so "auto" costs one calibration run, not one per candidate.
 Memory stays bounded: only per-tensor maxima and histograms are kept, never activations. Frames from a one-shot
 iterator are spooled to a temporary file for the second pass.
 """
@@ -17,12 +19,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from agent.calib.graph import FLOAT, FLOAT16, index_graph, require_plain_float_model
+from agent.calib.graph import (
+    FLOAT,
+    FLOAT16,
+    index_graph,
+    input_independent_tensors,
+    require_plain_float_model,
+)
 from agent.calib.table import ENTROPY2, MINMAX, CalibError, CalibTable, new_table, scale_from_amax
 
 log = logging.getLogger(__name__)
@@ -33,6 +42,50 @@ QUANTIZED_BINS = 128  # int8 magnitudes
 # TensorRT has no percentile calibrator; such a table is applied through the EntropyCalibrator2 path (the one DLA
 # takes), so that is the header it carries. The method is recorded in `calib make`'s report.
 ALGORITHM_FOR_METHOD = {"entropy": ENTROPY2, "minmax": MINMAX, "percentile": ENTROPY2}
+DEFAULT_PERCENTILE = 99.99
+AUTO_PERCENTILES = (99.9, 99.99, 99.999)  # the points `calib make --method auto` tries besides entropy and minmax
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to compute a table: a method, and for "percentile" the point to clip at."""
+
+    method: str
+    percentile: float = DEFAULT_PERCENTILE
+
+    @property
+    def label(self) -> str:
+        """The name printed, recorded and accepted by `parse_candidate`: entropy, minmax, percentile:99.99."""
+        return f"percentile:{self.percentile:g}" if self.method == "percentile" else self.method
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise CalibError(f"unknown calibration method {self.method!r}: use one of {', '.join(METHODS)}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise CalibError(f"percentile must be in (0, 100], got {self.percentile}")
+
+
+def parse_candidate(text: str) -> Candidate:
+    """A candidate from its label: entropy, minmax, percentile (at 99.99) or percentile:P."""
+    method, _, point = text.strip().partition(":")
+    if point and method != "percentile":
+        raise CalibError(f"{text!r}: only percentile takes a point (percentile:99.9)")
+    try:
+        candidate = Candidate(method, float(point) if point else DEFAULT_PERCENTILE)
+    except ValueError:
+        raise CalibError(f"{text!r}: the percentile must be a number, e.g. percentile:99.9") from None
+    candidate.validate()
+    return candidate
+
+
+def auto_candidates(percentiles: Sequence[float] = AUTO_PERCENTILES) -> List[Candidate]:
+    """Every method the project has: entropy (TensorRT's default), minmax (the "legacy calibrator" the forums
+    suggest for detectors), and percentile at each point; duplicates dropped, order kept."""
+    found: Dict[str, Candidate] = {}
+    for candidate in [Candidate("entropy"), Candidate("minmax")] + [Candidate("percentile", float(p)) for p in percentiles]:
+        candidate.validate()
+        found.setdefault(candidate.label, candidate)
+    return list(found.values())
 
 
 def entropy_threshold(hist: np.ndarray, edges: np.ndarray, quantized_bins: int = QUANTIZED_BINS) -> float:
@@ -63,12 +116,12 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, quantized_bins: int =
     last = bins[sizes - 1]  # always in the last chunk for i >= 128
     kept = prefix[sizes]  # mass of bins[:i]: the total of the expanded Q
     folded = last + (total - kept)  # the reference's last bin
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # kept == 0 gives 0 * -inf: those candidates are dropped below
         log_kept = np.log(kept)
-    # sum over k < i-1 of bins[k] * log q[k], then the last bin's own term
-    body = (sums * log_average).sum(axis=1) - last * log_average[:, -1] - (kept - last) * log_kept
-    last_term = np.where(last > 0, folded * (log_average[:, -1] - log_kept), folded * np.log(1e-12))
-    cross = body + np.where(folded > 0, last_term, 0.0)
+        # sum over k < i-1 of bins[k] * log q[k], then the last bin's own term
+        body = (sums * log_average).sum(axis=1) - last * log_average[:, -1] - (kept - last) * log_kept
+        last_term = np.where(last > 0, folded * (log_average[:, -1] - log_kept), folded * np.log(1e-12))
+        cross = body + np.where(folded > 0, last_term, 0.0)
     entropy_p = prefix_xlogx[sizes - 1] + folded * np.log(np.where(folded > 0, folded, 1.0))
     with np.errstate(invalid="ignore"):
         kl = (entropy_p - cross) / total - np.log(total)
@@ -150,7 +203,8 @@ class _Spool:
 
 
 def _all_tensor_model(model_bytes: bytes) -> tuple:
-    """The model with every float network tensor as a graph output, and those tensor names in graph order."""
+    """The model with every float network tensor that depends on the frames as a graph output, and those tensor
+    names in graph order (tensors computed from constants and shapes alone get no entry: graph.py says why)."""
     import onnx
     from onnx import helper
 
@@ -158,10 +212,13 @@ def _all_tensor_model(model_bytes: bytes) -> tuple:
     require_plain_float_model(model, "calib make")
     index = index_graph(model)
     outputs = {o.name for o in model.graph.output}
+    constant = input_independent_tensors(index)
+    if constant:
+        log.info("%d tensors depend on no frame value (shape or constant arithmetic): not calibrated", len(constant))
     names = []
     for name in index.network_tensors:
         elem = index.elem_type.get(name)
-        if elem not in (FLOAT, FLOAT16):
+        if elem not in (FLOAT, FLOAT16) or name in constant:
             continue  # type unknown: it cannot be declared as an output, and TensorRT would not scale it either
         names.append(name)
         if name not in outputs and name not in index.graph_inputs:
@@ -174,7 +231,7 @@ def make_table(
     frames: Iterable[np.ndarray],
     method: str = "entropy",
     *,
-    percentile: float = 99.99,
+    percentile: float = DEFAULT_PERCENTILE,
     trt_version: str = "10.3.0",
     algorithm: Optional[str] = None,
     threads: int = 0,
@@ -182,10 +239,28 @@ def make_table(
 ) -> CalibTable:
     """A TensorRT-format table for the ONNX model at `model_path` from preprocessed frames ([1,C,H,W] or [C,H,W]).
     `threads` 0 lets onnxruntime choose; `progress(pass_name, frames_done)` is called after each frame."""
-    if method not in METHODS:
-        raise CalibError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}")
-    if not 0.0 < percentile <= 100.0:
-        raise CalibError(f"percentile must be in (0, 100], got {percentile}")
+    candidate = Candidate(method, percentile)
+    candidate.validate()
+    tables = make_tables(model_path, frames, [candidate], trt_version=trt_version, algorithm=algorithm, threads=threads, progress=progress)
+    return tables[candidate.label]
+
+
+def make_tables(
+    model_path: Union[str, Path],
+    frames: Iterable[np.ndarray],
+    candidates: Sequence[Candidate],
+    *,
+    trt_version: str = "10.3.0",
+    algorithm: Optional[str] = None,
+    threads: int = 0,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> Dict[str, CalibTable]:
+    """One table per candidate, keyed by its label in the candidates' order, from one pass over the frames for
+    the maxima and (unless every candidate is minmax) one for the histograms they all share."""
+    if not candidates:
+        raise CalibError("no calibration method to compute")
+    for candidate in candidates:
+        candidate.validate()
     from agent.lazy import require
 
     ort = require("onnxruntime", "computing a calibration table (calib make)")
@@ -227,7 +302,7 @@ def make_table(
         return [np.asarray(by_name[n]) for n in names]
 
     observer = _Observer(names)
-    two_pass = method != "minmax"
+    two_pass = any(c.method != "minmax" for c in candidates)
     reusable = isinstance(frames, (list, tuple))
     done = 0
     with contextlib.ExitStack() as stack:
@@ -247,6 +322,10 @@ def make_table(
                 observer.observe_hist(run(frame))
                 if progress:
                     progress("histograms", k)
-    amax = observer.thresholds(method, percentile)
-    log.info("calibrated %d tensors over %d frames (%s)", len(amax), done, method)
-    return new_table({name: scale_from_amax(value) for name, value in amax.items()}, trt_version, algorithm or ALGORITHM_FOR_METHOD[method])
+    tables: Dict[str, CalibTable] = {}
+    for candidate in candidates:
+        amax = observer.thresholds(candidate.method, candidate.percentile)
+        log.info("calibrated %d tensors over %d frames (%s)", len(amax), done, candidate.label)
+        scales = {name: scale_from_amax(value) for name, value in amax.items()}
+        tables[candidate.label] = new_table(scales, trt_version, algorithm or ALGORITHM_FOR_METHOD[candidate.method])
+    return tables

@@ -4,9 +4,14 @@
     edge-agent calib check TABLE [--model ONNX] [--trt-version V] [--target gpu|dla|cpu] [--portable] [--json]
     edge-agent calib diff A B [--rel-tol R] [--fail-on-diff] [--json]
     edge-agent calib make --model ONNX --frames DIR_OR_VIDEO... [--preprocess PRESET_OR_JSON] [--method M] [-n N] -o TABLE
+    edge-agent calib make --method auto --validation SET --model ONNX --frames ... -o TABLE   (the most accurate method)
     edge-agent calib to-qdq --model ONNX --table TABLE --flavor tensorrt|onnxruntime -o OUT.onnx
 
-Exit 0 when the command did its job, 1 when a check blocks deployment or an input cannot be read.
+`calib make` writes the table's provenance beside it (`TABLE.json`: model and frame hashes, method, command,
+library versions; with `--method auto` the comparison of every method on the validation set).
+
+Exit 0 when the command did its job, 1 when a check blocks deployment or an input cannot be read (and for
+`--method auto`, when no candidate table passes the accuracy gate: the best one is written all the same).
 """
 
 from __future__ import annotations
@@ -53,9 +58,18 @@ def register(sub: Any) -> None:
     make.add_argument("--model", required=True, help="float ONNX model")
     make.add_argument("--frames", required=True, nargs="+", help="folder(s) of images, image files or video files")
     make.add_argument("--preprocess", help="preset name (efficientnet_lite, blazeface), JSON object, or a JSON file")
-    make.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"), help="default entropy (TensorRT's EntropyCalibration2)")
+    make.add_argument(
+        "--method",
+        default="entropy",
+        choices=("entropy", "minmax", "percentile", "auto"),
+        help="default entropy (TensorRT's EntropyCalibration2); auto: every method, the one the accuracy gate rates best (needs --validation)",
+    )
     make.add_argument("-n", "--count", type=int, default=64, help="frames taken from each source, spread over it (default 64)")
     make.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    make.add_argument("--validation", help="--method auto: validation set (.npz from `fleet make-validation`) of this model")
+    make.add_argument("--percentiles", default="99.9,99.99,99.999", help="--method auto: the percentile points tried (default 99.9,99.99,99.999)")
+    make.add_argument("--thresholds", help="--method auto: the deployment's accuracy block (JSON object or file; default the gate's defaults)")
+    make.add_argument("--flavor", default="tensorrt", choices=("tensorrt", "onnxruntime"), help="--method auto: the Q/DQ model measured (default tensorrt, what TensorRT builds)")
     make.add_argument("--trt-version", default="10.3.0", help="TensorRT version written in the header (default 10.3.0)")
     make.add_argument("--algorithm", help="calibrator name written in the header (default from the method)")
     make.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
@@ -254,14 +268,32 @@ def preprocess_spec(value: Optional[str]) -> Any:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from agent.calib.make import make_table
-    from agent.calib.table import table_stats, write_table_file
+    from agent.calib.make import Candidate, auto_candidates, make_tables
+    from agent.calib.provenance import table_provenance, write_provenance
+    from agent.calib.table import table_stats, write_table
+    from agent.store.atomic import atomic_write_bytes
     from agent.vision.framesets import iter_sources
     from agent.vision.preprocess import prepare
 
     if args.count <= 0:
         raise UsageError("-n must be at least 1")
+    auto = args.method == "auto"
+    if auto and not args.validation:
+        raise UsageError("--method auto needs --validation SET (from `edge-agent fleet make-validation` on this model)")
+    if not auto and (args.validation or args.thresholds):
+        raise UsageError("--validation and --thresholds apply to --method auto only")
     spec = preprocess_spec(args.preprocess)
+    validation = thresholds = None
+    if auto:  # read and check the set before the minutes of calibration, not after
+        from agent.gate.autocalib import require_same_model
+        from agent.gate.validation import load_validation
+
+        validation = load_validation(Path(args.validation))
+        require_same_model(validation, args.model)
+        thresholds = _thresholds(args.thresholds)
+        candidates = auto_candidates(_percentiles(args.percentiles))
+    else:
+        candidates = [Candidate(args.method, args.percentile)]
     counted = {"frames": 0}
 
     def frames() -> Any:
@@ -274,30 +306,108 @@ def _make(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\r{stage}: {done} frames")
 
     started = time.monotonic()
-    table = make_table(
-        args.model, frames(), args.method, percentile=args.percentile, trt_version=args.trt_version, algorithm=args.algorithm, threads=args.threads, progress=progress
+    tables = make_tables(args.model, frames(), candidates, trt_version=args.trt_version, algorithm=args.algorithm, threads=args.threads, progress=progress)
+    if not args.json and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    selection = None
+    if auto:
+        from agent.gate.autocalib import choose_table
+
+        def measured(outcome: Any) -> None:
+            if not args.json and sys.stderr.isatty():
+                sys.stderr.write(f"measured {outcome.label} ({outcome.seconds:.1f} s)\n")
+
+        assert validation is not None  # read above for --method auto
+        selection = choose_table(args.model, tables, validation, thresholds, flavor=args.flavor, threads=args.threads, progress=measured)
+        chosen = selection.chosen
+        assert chosen is not None  # choose_table always marks one
+        method, table = chosen.label, chosen.table
+    else:
+        method, table = candidates[0].label, tables[candidates[0].label]
+    data = write_table(table)
+    atomic_write_bytes(args.output, data)
+    record = table_provenance(
+        args.output,
+        table,
+        data,
+        model_path=args.model,
+        sources=args.frames,
+        per_source=args.count,
+        frames=counted["frames"],
+        preprocess=args.preprocess if args.preprocess and not args.preprocess.strip().startswith("{") else spec.to_dict(),
+        method=method,
+        argv=_command(args),
     )
-    write_table_file(args.output, table)
+    if selection is not None:
+        record["selection"] = selection.to_dict()
+    sidecar = write_provenance(args.output, record)
     stats = table_stats(table)
-    report = {
+    report: Dict[str, Any] = {
         "output": args.output,
+        "provenance": str(sidecar),
         "model": args.model,
-        "method": args.method,
+        "method": method,
         "frames": counted["frames"],
         "header": table.header,
         "entries": stats.entries,
         "degenerate_names": stats.degenerate_names,
         "seconds": round(time.monotonic() - started, 2),
     }
+    if selection is not None:
+        report["selection"] = record["selection"]
     if args.json:
         print_json(report)
     else:
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        sys.stdout.write(f"wrote {args.output}: {table.header}, {stats.entries} tensors from {counted['frames']} frames ({args.method}, {report['seconds']} s)\n")
+        if selection is not None:
+            sys.stdout.write(f"calibration methods on {selection.validation['frames']} validation frames ({selection.task}, {selection.flavor} Q/DQ on onnxruntime):\n")
+            print_table(selection.header(), selection.rows())
+            for outcome in selection.outcomes:
+                for message in outcome.problem_messages:
+                    sys.stdout.write(f"{outcome.label}: {message}\n")
+        sys.stdout.write(f"wrote {args.output}: {table.header}, {stats.entries} tensors from {counted['frames']} frames ({method}, {report['seconds']} s)\n")
         if stats.degenerate_names:
             sys.stdout.write(f"warning: degenerate scales (run 'calib check'): {', '.join(stats.degenerate_names[:20])}\n")
-    return 0
+        if selection is not None and not selection.passed:
+            sys.stdout.write(f"no candidate passes the accuracy gate; {method} came closest. Consider FP16, or frames closer to the deployment's\n")
+    return 1 if selection is not None and not selection.passed else 0
+
+
+def _percentiles(text: str) -> List[float]:
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"--percentiles: comma-separated numbers, got {text!r}") from None
+
+
+def _thresholds(value: Optional[str]) -> Any:
+    from agent.cli.gate_cli import _json_or_name
+    from agent.gate.thresholds import GateThresholds
+
+    block = _json_or_name(value, "--thresholds")
+    if block is not None and not isinstance(block, dict):
+        raise UsageError("--thresholds: a JSON object, e.g. '{\"top1_agreement\": 0.9}'")
+    if isinstance(block, dict) and isinstance(block.get("accuracy"), dict):
+        block = block["accuracy"]  # a whole deployment's block
+    return GateThresholds.from_dict(block)
+
+
+def _command(args: argparse.Namespace) -> List[str]:
+    """The command line that remakes the table, with file names as given."""
+    argv = ["calib", "make", "--model", args.model, "--frames", *args.frames, "-n", str(args.count)]
+    if args.preprocess:
+        argv += ["--preprocess", args.preprocess]
+    argv += ["--method", args.method]
+    if args.method == "percentile":
+        argv += ["--percentile", f"{args.percentile:g}"]
+    if args.method == "auto":
+        argv += ["--validation", args.validation, "--percentiles", args.percentiles, "--flavor", args.flavor]
+        if args.thresholds:
+            argv += ["--thresholds", args.thresholds]
+    if args.trt_version != "10.3.0":
+        argv += ["--trt-version", args.trt_version]
+    if args.algorithm:
+        argv += ["--algorithm", args.algorithm]
+    return [*argv, "-o", args.output]
 
 
 # --- to-qdq --------------------------------------------------------------------------------------------

@@ -8,7 +8,15 @@ from typing import Iterator, List
 import numpy as np
 import pytest
 
-from agent.calib.make import entropy_threshold, make_table, percentile_threshold
+from agent.calib.make import (
+    Candidate,
+    auto_candidates,
+    entropy_threshold,
+    make_table,
+    make_tables,
+    parse_candidate,
+    percentile_threshold,
+)
 from agent.calib.table import CalibError, CalibTable, write_table
 from agent.vision.framesets import evenly
 from tests.calib.conftest import tiny_inputs
@@ -123,3 +131,51 @@ def test_even_sampling_spans_the_source() -> None:
     assert evenly(795, 5) == [0, 198, 397, 596, 794]
     assert evenly(3, 10) == [0, 1, 2]
     assert evenly(10, 1) == [0] and evenly(0, 4) == []
+
+
+def test_several_methods_from_one_run_equal_one_run_each(tiny_onnx: Path) -> None:
+    candidates = auto_candidates((99.0, 99.99))
+    assert [c.label for c in candidates] == ["entropy", "minmax", "percentile:99", "percentile:99.99"]
+    together = make_tables(tiny_onnx, iter(tiny_inputs()), candidates)  # one-shot iterator: spooled once for all
+    assert list(together) == [c.label for c in candidates]
+    for candidate in candidates:
+        alone = make_table(tiny_onnx, tiny_inputs(), candidate.method, percentile=candidate.percentile)
+        assert write_table(together[candidate.label]) == write_table(alone), candidate.label
+
+
+def test_candidate_labels_parse_back() -> None:
+    assert parse_candidate("percentile:99.9") == Candidate("percentile", 99.9)
+    assert parse_candidate("entropy").label == "entropy"
+    assert parse_candidate("percentile").label == "percentile:99.99"
+    for bad, message in (("minmax:99", "only percentile"), ("percentile:x", "must be a number"), ("percentile:101", "percentile must be"), ("kl", "unknown")):
+        with pytest.raises(CalibError, match=message):
+            parse_candidate(bad)
+
+
+def test_tensors_computed_from_shapes_alone_are_not_calibrated(tmp_path: Path) -> None:
+    """YOLOv8 exports build their anchor grid from the input's shape (Shape -> ConstantOfShape -> ...): all zeros or
+    fixed values whatever the frames. A table entry for them says nothing, and a zero one reads as a dead branch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Relu", ["input"], ["relu_out"]),
+        helper.make_node("Shape", ["input"], ["shape"]),
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node("Add", ["zeros", "one"], ["ones"]),
+        helper.make_node("Mul", ["relu_out", "ones"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_branch",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [numpy_helper.from_array(np.ones((), np.float32), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "shape_branch.onnx"
+    onnx.save(model, str(path))
+    table = make_table(path, tiny_inputs(), "minmax")
+    assert list(table.entries) == ["input", "relu_out", "output"]
+    assert all(scale > 0 for scale in table.entries.values())

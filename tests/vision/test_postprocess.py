@@ -89,6 +89,8 @@ def letterbox_geometry() -> FrameGeometry:
     return FrameGeometry(200, 100, 0.5, 0.5, 0.0, 25.0, 100, 100)
 
 
+# YOLO on synthetic arrays (layouts, thresholds, NMS). The real detector, decoded here and by its own package,
+# is in test_yolo_real.py.
 def test_yolo_v5_layout_with_objectness_and_class_aware_nms() -> None:
     rows = np.zeros((100, 5 + 3), np.float32)  # boxes outnumber channels, as in every real export
     rows[0, :5], rows[0, 5 + 1] = [50, 50, 20, 10, 0.9], 1.0  # class 1, score 0.9
