@@ -59,6 +59,7 @@ class StateConfig:
 @dataclass
 class ArtifactsConfig:
     public_keys: List[str] = field(default_factory=list)  # paths to ed25519 public keys (PEM) or raw hex
+    key_kinds: List[str] = field(default_factory=list)  # "KEY=kind,kind": which keys may sign which kinds (agent.fleet.artifact_trust)
     allow_unsigned: bool = False
     max_bytes: int = 2 * 1024**3
     chunk_bytes: int = 256 * 1024

@@ -56,6 +56,8 @@ class Deployment:
     results: Dict[str, Any] = field(default_factory=dict)  # rate limit / on-change (agent.vision.results.ResultsConfig)
     accuracy: Dict[str, Any] = field(default_factory=dict)  # accuracy gate limits (agent.gate.thresholds)
     telemetry_interval_s: Optional[float] = None  # None: the agent's configured interval
+    plans: Dict[str, str] = field(default_factory=dict)  # hardware class key -> prebuilt plan artifact id (agent.fleet.plans)
+    skip_plan_gate: bool = False  # a device serving a shared plan may rely on the builder's accuracy gate
 
     # derived ------------------------------------------------------------------------------------------
     def artifact_ids(self) -> List[Tuple[str, str]]:
@@ -66,6 +68,9 @@ class Deployment:
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         data["cameras"] = list(self.cameras)
+        for name, default in (("plans", {}), ("skip_plan_gate", False)):  # absent when unused: digests stay as before
+            if data[name] == default:
+                del data[name]
         return data
 
     def digest(self) -> str:
@@ -211,6 +216,21 @@ def _accuracy(value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
+def _plans(value: Any) -> Dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DeploymentError(f"deployment.plans: an object of hardware class -> plan artifact id, got {type(value).__name__}")
+    if len(value) > 64:
+        raise DeploymentError(f"deployment.plans: at most 64 classes, got {len(value)}")
+    out: Dict[str, str] = {}
+    for key in value:
+        if not isinstance(key, str) or not re.match(r"^(trt|ort)-[a-z0-9.-]{1,64}-[0-9a-f]{12}$", key):
+            raise DeploymentError(f"deployment.plans: {str(key)[:80]!r} is not a hardware class key (edge-agent device --json shows it)")
+        out[key] = str(_artifact_id(value, key, required=True))
+    return out
+
+
 def deployment_from_dict(data: Any) -> Deployment:
     """Validate and convert one deployment object. Raises DeploymentError naming the key."""
     if not isinstance(data, dict):
@@ -238,6 +258,10 @@ def deployment_from_dict(data: Any) -> Deployment:
     interval = _number(data, "telemetry_interval_s")
     if interval is not None and not 0.1 <= interval <= 86400:
         raise DeploymentError(f"deployment.telemetry_interval_s: from 0.1 to 86400 seconds, got {interval}")
+    plans = _plans(data.get("plans"))
+    skip_plan_gate = data.get("skip_plan_gate", False)
+    if not isinstance(skip_plan_gate, bool):
+        raise DeploymentError(f"deployment.skip_plan_gate: true or false, got {skip_plan_gate!r}")
     table = _artifact_id(data, "table", required=False)
     if precision == "int8" and table is None:
         raise DeploymentError("deployment.table: an INT8 deployment needs a calibration table (artifact id)")
@@ -258,6 +282,8 @@ def deployment_from_dict(data: Any) -> Deployment:
         results=_results(data.get("results")),
         accuracy=_accuracy(data.get("accuracy")),
         telemetry_interval_s=interval,
+        plans=plans,
+        skip_plan_gate=skip_plan_gate,
     )
 
 
