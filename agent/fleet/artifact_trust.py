@@ -5,8 +5,9 @@
     key_kinds   = ["/etc/edge-agent/builder-orin.pub=engine"]  # a designated builder: engine plans, nothing else
 
 Each `key_kinds` entry is `KEY=KIND[,KIND...]`; KEY is a key id (16 hex digits), a public key as 64 hex digits, or a
-PEM file (a key given this way is trusted for its kinds without being listed in `public_keys` too). A key listed
-here may sign exactly its kinds. A key not listed may sign every kind except the restricted ones (`engine`):
+PEM file (a key given this way is trusted for its kinds without being listed in `public_keys` too); kinds are
+separated by "," or "+" (use "+" in an environment variable, whose lists split on ","). A key listed here may
+sign exactly its kinds. A key not listed may sign every kind except the restricted ones (`engine`):
 a plan installs only when a key named for engines signed it, so neither the operator's publishing key nor a
 compromised device (which holds no signing key at all) can get a plan onto a device. An engine artifact is never
 accepted unsigned, whatever `allow_unsigned` says.
@@ -44,7 +45,7 @@ class KindTrust:
         for entry in entries:
             spec, sep, kinds_text = str(entry).rpartition("=")
             spec = spec.strip()
-            kinds = frozenset(k.strip() for k in kinds_text.split(",") if k.strip())
+            kinds = frozenset(k for k in re.split(r"[,+/\s]+", kinds_text) if k)  # "+" too: env lists split on ","
             if not sep or not spec or not kinds:
                 raise SigningKeyError(f"artifacts.key_kinds: {entry!r} is not KEY=KIND[,KIND...]")
             bad = sorted(k for k in kinds if not _KIND.match(k))

@@ -1,0 +1,1 @@
+"""The operator side (agent.operator.plan_builds: the class builder and `fleet build`)."""
