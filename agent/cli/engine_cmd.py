@@ -304,11 +304,13 @@ def _inspect(args: argparse.Namespace) -> int:
         "failure": entry.failure,
         "manifest": entry.manifest.to_dict() if entry.manifest else None,
         "build_log": str(log_path) if log_path.is_file() else None,
+        "hardware_class": _built_for(entry.manifest),
     }
     if args.json:
         print_json(data)
         return 0
     rows: List[Any] = [(k, data[k]) for k in ("key", "status", "backend", "precision", "target", "built_at", "engine", "size_bytes", "loadable_here")]
+    rows.append(("hardware class", (data["hardware_class"] or {}).get("key")))
     if entry.manifest is not None:
         rows += [(k, v) for k, v in entry.manifest.versions.items()]
         report = entry.manifest.report
@@ -319,6 +321,19 @@ def _inspect(args: argparse.Namespace) -> int:
     for reason in data["reasons"]:
         sys.stdout.write(f"  - {reason}\n")
     return 0
+
+
+def _built_for(manifest: Any) -> Optional[Dict[str, Any]]:
+    """The hardware class the engine was built for (agent.engine.hardware_class), from its manifest."""
+    if manifest is None:
+        return None
+    from agent.engine.hardware_class import manifest_class
+    from agent.engine.spec import SpecError
+
+    try:
+        return manifest_class(manifest).to_dict()
+    except SpecError:
+        return None
 
 
 def _list(args: argparse.Namespace) -> int:

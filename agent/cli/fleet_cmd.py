@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, List
 
-from agent.cli import gate_cli, operator_cli
+from agent.cli import gate_cli, operator_cli, plans_cmd
 from agent.cli.output import add_json_flag, print_json
 from agent.errors import UsageError
 from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
@@ -55,6 +55,7 @@ def register(sub: Any) -> None:
 
     gate_cli.register_fleet(actions)  # make-validation
     operator_cli.register_operator(actions)  # deploy, cmd, status, watch
+    plans_cmd.register_fleet(actions)  # build, builder (shared plans)
     parser.set_defaults(func=_missing_action(parser))
 
 

@@ -137,6 +137,12 @@ def hardware_class(fp: DeviceFingerprint, spec: BuildSpec) -> HardwareClass:
     return HardwareClass(key_of(fields), fields)
 
 
+def manifest_class(manifest: Manifest) -> HardwareClass:
+    """The class an engine was built for: its manifest's device fingerprint and spec (`edge-agent engine inspect`)."""
+    fp = DeviceFingerprint.from_dict(manifest.device)
+    return hardware_class(fp, manifest.spec)
+
+
 def is_class_key(text: str) -> bool:
     return bool(re.match(r"^(trt|ort)-[a-z0-9.-]{1,64}-[0-9a-f]{12}$", text or ""))
 
