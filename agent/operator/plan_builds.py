@@ -39,7 +39,7 @@ class PlanBuilder:
     `build(deployment)` may also be called directly (the bench, the tests)."""
 
     def __init__(self, config: Any, private_key: Any, *, folder: Optional[Path] = None, link: Any = None,
-                 events: Optional[Any] = None) -> None:
+                 events: Optional[Any] = None, rate_limit_bps: float = 0.0) -> None:
         from agent.daemon.pipeline_steps import PackageSteps
         from agent.fleet.artifact_server import ArtifactServer
         from agent.fleet.link import MqttLink, unique_client_id
@@ -55,7 +55,7 @@ class PlanBuilder:
         self.topics = Topics(self.prefix, self.device_id)
         self.steps = PackageSteps(config, self.link, self.topics, config.state_dir, events)
         self.steps.shared_plans = None  # the builder builds; it never takes a plan from elsewhere
-        self.server = ArtifactServer(self.link, self.prefix, self.folder)
+        self.server = ArtifactServer(self.link, self.prefix, self.folder, rate_limit_bps=rate_limit_bps)
         self._requests: queue.Queue[Optional[Dict[str, Any]]] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
