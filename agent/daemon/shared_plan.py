@@ -89,37 +89,43 @@ class SharedPlans:
             outcome.source = "cache"
             outcome.reason = "an engine for this class and spec is already cached here"
             return outcome
-        candidate, named = self._candidate(deployment, klass.key, spec)
+        candidate, manifest, named = self._candidate(deployment, klass.key, spec)
         if candidate is None:
             outcome.reason = named or f"no shared plan for class {klass.key} and this spec: built locally"
             return outcome
         try:
-            return self._use(candidate, spec, fp, klass.key, key, cache, outcome, cancel)
+            return self._use(candidate, manifest, spec, fp, klass.key, key, cache, outcome, cancel)
         except AgentError as exc:
             return self._refused(outcome, candidate, getattr(exc, "field", "") or getattr(exc, "code", "error"), str(exc),
                                  list(getattr(exc, "reasons", []) or [str(exc)]))
 
     # which plan --------------------------------------------------------------------------------------------
-    def _candidate(self, deployment: Any, class_key: str, spec: Any) -> Tuple[Optional[str], str]:
-        """(artifact id to try, why none). The deployment's plan for our class first, then the builder's index;
-        failing both, a plan of the deployment for another class of the same backend, tried only so that the
-        refusal names the field that differs."""
+    def _candidate(self, deployment: Any, class_key: str, spec: Any) -> Tuple[Optional[str], Any, str]:
+        """(artifact id to try, its manifest from the class's index or None, why none). The deployment's plan for
+        our class first, then the builder's index for our class and spec; failing both, a plan the deployment names
+        for another class of the same backend, tried only so that the refusal names the field that differs."""
         from agent.fleet.plans import decode_index, index_topic, spec_digest
 
+        digest = spec_digest(spec.to_dict())
         plans: Dict[str, str] = dict(getattr(deployment, "plans", None) or {})
+
+        def indexed(klass: str) -> Any:
+            found = self._retained(index_topic(self.topics.prefix, klass, digest))
+            return decode_index(found) if found else None
+
         if class_key in plans:
-            return plans[class_key], ""
-        topic = index_topic(self.topics.prefix, class_key, spec_digest(spec.to_dict()))
-        found = self._retained(topic)
-        artifact_id = decode_index(found) if found else None
-        if artifact_id:
-            return artifact_id, ""
+            manifest = indexed(class_key)
+            return plans[class_key], manifest if manifest is not None and manifest.artifact_id == plans[class_key] else None, ""
+        manifest = indexed(class_key)
+        if manifest is not None:
+            return manifest.artifact_id, manifest, ""
         same_backend = sorted(k for k in plans if k.split("-", 1)[0] == class_key.split("-", 1)[0])
         if same_backend:
-            return plans[same_backend[0]], ""
+            other = indexed(same_backend[0])
+            return plans[same_backend[0]], other if other is not None and other.artifact_id == plans[same_backend[0]] else None, ""
         if plans:
-            return None, f"the deployment names plans for {', '.join(sorted(plans))}; this device is {class_key}: built locally"
-        return None, ""
+            return None, None, f"the deployment names plans for {', '.join(sorted(plans))}; this device is {class_key}: built locally"
+        return None, None, ""
 
     def _retained(self, topic: str) -> Optional[bytes]:
         if self.link is None or not self.link.connected.is_set():
@@ -134,7 +140,7 @@ class SharedPlans:
             self.link.unsubscribe(topic)
 
     # using it ----------------------------------------------------------------------------------------------
-    def _use(self, artifact_id: str, spec: Any, fp: Any, class_key: str, key: str, cache: Any, outcome: PlanOutcome,
+    def _use(self, artifact_id: str, given: Any, spec: Any, fp: Any, class_key: str, key: str, cache: Any, outcome: PlanOutcome,
              cancel: Optional[threading.Event]) -> PlanOutcome:
         from agent.engine.hardware_class import check_plan
         from agent.engine.plan_trial import trial_load
@@ -156,7 +162,7 @@ class SharedPlans:
             seen.update(embedded)
 
         started = time.monotonic()
-        path = self.puller.pull(artifact_id, expect_kind=PLAN_KIND, precheck=precheck)
+        path = self.puller.pull(artifact_id, expect_kind=PLAN_KIND, precheck=precheck, manifest=given)
         outcome.pull_s = round(time.monotonic() - started, 3)
         if cancel is not None and cancel.is_set():
             raise AgentError("canceled")

@@ -8,9 +8,10 @@ agent.fleet.transfer) whose signed manifest embeds, under `engine`:
 
 The embedded part is inside the signed body, so changing one byte of it fails the signature. Topics:
 
-    <prefix>/artifacts/plans/<class>/<spec digest>   retained {artifact_id, class, spec_digest, builder, ...}: lets a
-                                                     device find a plan for its class and spec (a hint only: the
-                                                     artifact's signature, kind trust and verdicts decide)
+    <prefix>/artifacts/plans/<class>/<spec digest>   retained {artifact_id, manifest, class, spec_digest, builder}:
+                                                     the plan's signed manifest for this class (one plan file can be
+                                                     the plan of two classes, so the manifest at the artifact's own
+                                                     topic is not used for plans); checked like any manifest
     <prefix>/fleet/plan-build/<class>                the operator asks the builder of a class for a build
     <prefix>/fleet/plan-built/<request id>           the builder's answer
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from agent.fleet.artifact_trust import ENGINE_KIND
-from agent.fleet.artifacts import ArtifactError, ArtifactManifest, describe_file
+from agent.fleet.artifacts import ArtifactError, ArtifactManifest, decode_manifest, describe_file
 from agent.fleet.messages import MessageError, decode, encode
 
 PLAN_KIND = ENGINE_KIND
@@ -96,10 +97,14 @@ def embedded_of(fields: Mapping[str, Any]) -> Dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def encode_index(artifact_id: str, embedded: Mapping[str, Any]) -> bytes:
+def encode_index(manifest: ArtifactManifest) -> bytes:
+    """The retained index of a class and spec: the plan's whole signed manifest (the bytes of one plan may be the
+    plan of two classes, so its class-specific manifest travels here rather than at the artifact's topic)."""
+    embedded = embedded_of(manifest.to_dict())
     klass = embedded.get("class") or {}
     return encode(INDEX_KIND, {
-        "artifact_id": artifact_id,
+        "artifact_id": manifest.artifact_id,
+        "manifest": manifest.to_dict(),
         "class": klass.get("key"),
         "spec_digest": embedded.get("spec_digest"),
         "builder": embedded.get("builder"),
@@ -107,16 +112,16 @@ def encode_index(artifact_id: str, embedded: Mapping[str, Any]) -> bytes:
     })
 
 
-def decode_index(payload: bytes) -> Optional[str]:
-    """The artifact id an index message points to, or None (empty or unreadable: a hint, never trusted)."""
+def decode_index(payload: bytes) -> Optional[ArtifactManifest]:
+    """The plan manifest an index message carries, or None (empty or unreadable). Its signature, kind trust and
+    verdicts are checked by the puller like any other manifest's: the index is never trusted by itself."""
     if not payload:
         return None
     try:
         data = decode(payload, expected_kind=INDEX_KIND)
-    except (MessageError, RecursionError):
+        return decode_manifest(data.get("manifest") or {})
+    except (MessageError, RecursionError, ArtifactError, TypeError, ValueError):
         return None
-    value = data.get("artifact_id")
-    return value if isinstance(value, str) and re.match(r"^[0-9a-f]{64}$", value) else None
 
 
 def encode_request(request_id: str, class_key: str, deployment: Dict[str, Any]) -> bytes:

@@ -268,16 +268,19 @@ class ArtifactPuller:
         expect_name: Optional[str] = None,
         timeout_s: Optional[float] = None,
         precheck: Optional[Callable[[Dict[str, Any]], None]] = None,
+        manifest: Optional[ArtifactManifest] = None,
     ) -> Path:
         """The stored path of `artifact_id`, fetching it if needed. Raises an ArtifactError subclass, after an
         `artifact.refused` event and a log line, when the artifact is refused or cannot be fetched; nothing
         already stored is touched then. `precheck(fields)` runs on the accepted manifest's fields before any block is
-        fetched (a shared plan's embedded engine manifest against this device); an ArtifactError it raises refuses."""
+        fetched (a shared plan's embedded engine manifest against this device); an ArtifactError it raises refuses.
+        `manifest`: use this one (checked like any other) instead of the retained one at the artifact's topic (a plan's
+        manifest comes with its class's index, agent.fleet.plans: the same bytes may be the plan of two classes)."""
         try:
             validate_artifact_id(artifact_id)
             with self._lock:
                 try:
-                    return self._pull(artifact_id, expect_kind, expect_name, timeout_s, precheck)
+                    return self._pull(artifact_id, expect_kind, expect_name, timeout_s, precheck, manifest)
                 except OSError as exc:
                     raise _write_error(artifact_id, self.store.root, exc) from None
         except ArtifactError as exc:
@@ -288,16 +291,18 @@ class ArtifactPuller:
 
     # the steps ------------------------------------------------------------------------------------------
     def _pull(self, artifact_id: str, expect_kind: Optional[str], expect_name: Optional[str], timeout_s: Optional[float],
-              precheck: Optional[Callable[[Dict[str, Any]], None]] = None) -> Path:
+              precheck: Optional[Callable[[Dict[str, Any]], None]] = None, given: Optional[ArtifactManifest] = None) -> Path:
         if self._cancel.is_set():
             raise TransferCancelledError(f"artifact {artifact_id[:12]}: the agent is shutting down")
         deadline = time.monotonic() + timeout_s if timeout_s else None
+        if given is not None:
+            self._accept(given, artifact_id, expect_kind, expect_name)
         if self.store.has(artifact_id):
-            if precheck is not None:
-                precheck(self.store.manifest(artifact_id) or {})  # checked and signed when it was stored
+            if precheck is not None:  # the stored manifest was checked and signed when it was stored
+                precheck(given.to_dict() if given is not None else self.store.manifest(artifact_id) or {})
             return self._already_stored(artifact_id, expect_kind, expect_name)
-        manifest = self._cached_manifest(artifact_id)
-        if manifest is not None:
+        manifest = given if given is not None else self._cached_manifest(artifact_id)
+        if manifest is not None and given is None:
             try:
                 self._accept(manifest, artifact_id, expect_kind, expect_name)
             except ArtifactError as exc:  # keys rotated or labels corrected since: ask the broker for the current one

@@ -73,7 +73,27 @@ class PlanBuilder:
         self._thread = threading.Thread(target=self._work, name="plan-builder", daemon=True)
         self._thread.start()
         self.link.subscribe(request_topic(self.prefix, "+"), self._on_request, qos=1)
+        self.republish_indexes()
         return self
+
+    def _publish_index(self, plan: Any) -> None:
+        """The retained index of the plan's class and spec, carrying its signed manifest."""
+        from agent.fleet.plans import embedded_of, encode_index, index_topic
+
+        embedded = embedded_of(plan.to_dict())
+        klass = str((embedded.get("class") or {}).get("key") or "")
+        if klass and embedded.get("spec_digest"):
+            self.link.publish(index_topic(self.prefix, klass, str(embedded["spec_digest"])), encode_index(plan), qos=1, retain=True)
+
+    def republish_indexes(self) -> int:
+        """Every plan this builder holds, indexed again (a broker restarted without its retained messages)."""
+        from agent.fleet.artifact_server import folder_manifests
+        from agent.fleet.plans import PLAN_KIND
+
+        plans = [m for m in folder_manifests(self.folder) if m.kind == PLAN_KIND]
+        for plan in plans:
+            self._publish_index(plan)
+        return len(plans)
 
     def stop(self) -> None:
         from agent.fleet.plans import request_topic
@@ -123,7 +143,7 @@ class PlanBuilder:
         from agent.engine.manifest import read_manifest
         from agent.fleet.artifact_server import add_to_folder, publish_manifest
         from agent.fleet.artifacts import sign_manifest
-        from agent.fleet.plans import describe_plan, embedded_of, encode_index, index_topic
+        from agent.fleet.plans import describe_plan
 
         with self._lock:
             spec = self.steps.build_spec(deployment).validate()
@@ -145,9 +165,7 @@ class PlanBuilder:
             plan = sign_manifest(plan, self.private_key)
             add_to_folder(self.folder, Path(engine.path), plan)
             publish_manifest(self.link, self.prefix, plan)
-            embedded = embedded_of(plan.to_dict())
-            self.link.publish(index_topic(self.prefix, klass.key, embedded["spec_digest"]), encode_index(plan.artifact_id, embedded),
-                              qos=1, retain=True)
+            self._publish_index(plan)
             self.builds += 0 if engine.cache_hit else 1
             log.info("plan %s for class %s published (%s)", plan.artifact_id[:12], klass.key, "cached engine" if engine.cache_hit else "built")
             return {

@@ -10,7 +10,15 @@ import pytest
 
 from agent.daemon.shared_plan import shared_plan_ids
 from agent.device.fingerprint import DeviceFingerprint
-from agent.engine.hardware_class import check_plan, compare, device_classes, hardware_class, is_class_key, key_of, manifest_class
+from agent.engine.hardware_class import (
+    check_plan,
+    compare,
+    device_classes,
+    hardware_class,
+    is_class_key,
+    key_of,
+    manifest_class,
+)
 from agent.engine.manifest import BuildReport, Manifest
 from agent.engine.spec import BatchProfile, BuildSpec, PluginLib, Precision, cache_key
 from agent.fleet.artifact_trust import KindNotTrustedError, KindTrust
@@ -125,9 +133,9 @@ def test_key_kinds_engine_plans_only_from_keys_named_for_them(tmp_path: Any) -> 
         trust.check(by_operator, "unsigned-allowed")
     by_builder = sign_manifest(describe_file(artifact, "engine", "plan.bin", 1024), load_private_key(builder.private_path))
     trust.check(by_builder, "signed")
-    for bad in ("nokinds", "=engine", f"{builder.public_path}=Engine!"):
+    for entry in ("nokinds", "=engine", f"{builder.public_path}=Engine!"):
         with pytest.raises(Exception, match="key_kinds"):
-            KindTrust.parse([bad])
+            KindTrust.parse([entry])
 
 
 def test_deployment_plans_fields() -> None:
@@ -137,6 +145,7 @@ def test_deployment_plans_fields() -> None:
     key = hardware_class(ORIN, GPU).key
     named = deployment_from_dict({**base, "plans": {key: "b" * 64}, "skip_plan_gate": True})
     assert named.plans == {key: "b" * 64} and named.skip_plan_gate and named.digest() != plain.digest()
+    bad: Dict[str, Any]
     for bad in ({"plans": {"orin": "b" * 64}}, {"plans": {key: "nope"}}, {"plans": []}, {"skip_plan_gate": "yes"}):
         with pytest.raises(DeploymentError):
             deployment_from_dict({**base, **bad})

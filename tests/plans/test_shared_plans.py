@@ -6,6 +6,7 @@ stored, and the device builds locally and says why."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -180,13 +181,13 @@ def test_the_same_orin_class_uses_the_orin_plan(fleet: Fleet, tiny: Dict[str, st
     assert engine.plan["source"] == "shared" and not device.named("engine.build_started")
 
 
-def _forge(fleet: Fleet, x86_plan: Dict[str, Any], tag: bytes, sign_with: Any, alter: Any = None) -> str:
-    """A copy of the builder's plan (a few bytes appended, so it is another artifact) with its manifest re-made,
-    optionally altered after signing, signed by `sign_with`, served by the operator's server."""
-    builder = fleet.builders[0]
-    original = decode_manifest(read_json(builder.folder / f"{x86_plan['artifact_id']}.manifest.json"))
+def _forge(fleet: Fleet, plan: Dict[str, Any], tag: bytes, sign_with: Any, alter: Any = None) -> str:
+    """A copy of a builder's plan (a few bytes appended, so it is another artifact) with its manifest re-made,
+    signed by `sign_with`, optionally altered after signing, served by the operator's server."""
+    builder = next(b for b in fleet.builders if b.device_id == plan["builder"])
+    original = decode_manifest(read_json(builder.folder / f"{plan['artifact_id']}.manifest.json"))
     copy = fleet.root / f"forged-{tag.decode()}.bin"
-    copy.write_bytes((builder.folder / x86_plan["artifact_id"]).read_bytes() + tag)
+    copy.write_bytes((builder.folder / plan["artifact_id"]).read_bytes() + tag)
     manifest = describe_file(copy, "engine", original.name, 1024)
     manifest = dataclasses.replace(manifest, extra=dict(original.extra))
     manifest = sign_manifest(manifest, sign_with)
@@ -220,7 +221,7 @@ def test_untrusted_altered_or_foreign_plans_are_refused_and_nothing_stored_chang
     elif case == "altered":
         plan_id = _forge(fleet, x86_plan, b"a", load_private_key(fleet.keys.private_path), alter=_alter_class)
     else:  # correctly signed by the builder key, but built for the Orin class
-        plan_id = orin_plan["artifact_id"]
+        plan_id = _forge(fleet, orin_plan, b"o", load_private_key(fleet.keys.private_path))
     deployment = with_plans(deployment_of(tiny, precision="fp32", batch=2), {x86_plan["class"]: plan_id})
     events_before = len(device.events)
     assert device.steps.shared_plans is not None
@@ -234,3 +235,52 @@ def test_untrusted_altered_or_foreign_plans_are_refused_and_nothing_stored_chang
     assert not [p for p in device.steps.artifacts.root.rglob("*") if plan_id in p.name], "no partial transfer either"
     if case == "other-class":
         assert outcome.refused["field"] in ("hardware", "soc", "l4t", "jetpack", "cpu_arch"), outcome.refused
+
+
+def test_daemons_report_the_plan_and_the_operator_sees_who_built_and_why(
+    broker: LocalBroker, fleet: Fleet, tiny: Dict[str, str], x86_plan: Dict[str, Any], orin_plan: Dict[str, Any]
+) -> None:
+    """Real agents (in-process Daemons) on a group deployment naming both classes' plans: the x86 one serves the
+    shared plan, the one whose fingerprint is another Orin module builds locally; `fleet status --plans` says so."""
+    from agent.daemon.daemon import Daemon
+    from agent.fleet.operator import Operator
+    from agent.operator.plan_builds import format_plan_view
+    from tests.helpers import wait_until
+
+    daemons: List[Daemon] = []
+    try:
+        for name in ("daemon-x86", "daemon-nx"):
+            config = device_config(broker, fleet.root / name, name, operator_pub=fleet.kit.public_key, builder_pub=str(fleet.keys.public_path),
+                                   device_groups="plans-group")
+            daemon = Daemon(config)
+            if name == "daemon-nx":
+                nx = jetson_sysroot(fleet.root / "sysroots" / "nx", compatible=ORIN_NX_COMPATIBLE, model="NVIDIA Jetson Orin NX")
+                daemon.steps._fingerprint = sysroot_fingerprint(nx)  # type: ignore[attr-defined]
+            daemons.append(daemon.start())
+        deployment = with_plans(deployment_of(tiny, id="group-plan"), {x86_plan["class"]: x86_plan["artifact_id"], orin_plan["class"]: orin_plan["artifact_id"]})
+        fleet.kit.operator.deploy(deployment, group="plans-group")
+        for daemon in daemons:
+            wait_until(functools.partial(_serves, daemon, "group-plan"), 60, "serving")
+        with Operator(fleet.kit.broker_config, "edge").connect() as operator:
+            rows = wait_until(lambda: _with_plans(operator.status(wait_s=1.0), ("daemon-x86", "daemon-nx")), 20, "statuses with plans")
+        view = plan_view(rows.values())["group-plan"]
+        assert view.get(x86_plan["class"], {}).get("shared") == ["daemon-x86"], (x86_plan["class"], view)
+        nx_rows = [row for klass, row in view.items() if "daemon-nx" in row["local"]]
+        assert nx_rows and "hardware" in nx_rows[0]["refused"]["daemon-nx"], view
+        assert any("built locally" in line for line in format_plan_view(plan_view(rows.values())))
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def _serves(daemon: Any, deployment_id: str) -> bool:
+    deployment = daemon.serving.deployment
+    return deployment is not None and deployment.id == deployment_id
+
+
+def _with_plans(rows: Dict[str, Any], names: Any) -> Any:
+    def has_plan(row: Any) -> bool:
+        serving = row.status.get("serving") or {}
+        return bool((serving.get("engine") or {}).get("plan")) and serving.get("deployment_id") == "group-plan"
+
+    return rows if all(name in rows and has_plan(rows[name]) for name in names) else None
