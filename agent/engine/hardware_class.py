@@ -187,7 +187,13 @@ def compare(plan: Dict[str, Any], here: Dict[str, Any]) -> List[ClassMismatch]:
             continue
         label = LABELS.get(name, name)
         why = WHY.get(name, "the plan depends on it")
-        out.append(ClassMismatch(name, built, mine, f"{name}: {label} {_show(mine)} here, plan {_show(built)} ({why})"))
+        if isinstance(built, list) and isinstance(mine, list) and built and mine:  # name the elements that differ
+            lacks, extra = [v for v in built if v not in mine], [v for v in mine if v not in built]
+            parts = ([f"lacks {_show(lacks)}"] if lacks else []) + ([f"adds {_show(extra)}"] if extra else [])
+            text = f"{name}: {label} here {' and '.join(parts)}, against the plan's machine ({why})"
+        else:
+            text = f"{name}: {label} {_show(mine)} here, plan {_show(built)} ({why})"
+        out.append(ClassMismatch(name, built, mine, text))
     return out
 
 
