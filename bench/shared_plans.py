@@ -51,7 +51,8 @@ def material(tmp: Path) -> Dict[str, Path]:
     from agent.gate.validation import make_validation
 
     assert base is not None
-    frames = [cv2.imread(str(p)) for p in sorted((base / "testdata" / "images").glob("*.*"))[:8]]
+    read = (cv2.imread(str(p)) for p in sorted((base / "testdata" / "images").glob("*.*")))
+    frames = [f for f in read if f is not None][:8]
     validation = tmp / "effnet.validation.npz"
     make_validation(models / "efficientnet_lite0.onnx", iter(frames), n=8, preprocess="efficientnet_lite").save(validation)
     return {"model": models / "efficientnet_lite0.onnx", "table": models / "efficientnet_lite0.cache", "validation": validation}
