@@ -9,8 +9,8 @@ connection, one after another (2 shared cores: concurrent devices would time the
 
 Printed: the time from deploy to serving for the first device (which waits for the build: the builder's fetch,
 build, gate and publish, then its own steps) and the median of the others (shared plan); their ratio; the fixed
-costs of a shared plan apart (pull, trial load in a child, the device's own accuracy gate, the other artifacts'
-fetch); the build seconds the fleet did not spend; and the other-class device, which must build locally and say
+costs of a shared plan apart (pull, trial load in a child, the device's own accuracy gate, and the fetch of the
+deployment's other artifacts, which a device does whoever builds); the build seconds the fleet did not spend; and the other-class device, which must build locally and say
 why. onnxruntime builds this model in seconds here; a TensorRT build on a Jetson takes minutes, so the ratio there
 is far lower: the fixed costs do not grow with the build.
 
@@ -72,6 +72,8 @@ def timed_apply(device: SimDevice, deployment: Any) -> Dict[str, Any]:
         "reason": plan.get("reason", ""),
         "refused": plan.get("refused"),
         "build_s": engine.build_s,
+        "fetch_s": device.timings.get("fetch_s", 0.0),
+        "steps": dict(device.timings),
     }
 
 
@@ -132,11 +134,14 @@ def main(argv: List[str]) -> int:
     median_shared = statistics.median(o["seconds"] for o in shared) if shared else float("nan")
     build_s = float(answer.get("build_s") or 0.0)
     refused = other.get("refused") or {}
+    median = statistics.median
     print(f"builder: plan {answer['artifact_id'][:12]} for class {klass}, built in {build_s:.2f} s, gate {answer.get('gate')}")
     print(f"first device: {first_s:.2f} s from deploy to serving (source {first['source']}); "
           f"others: median {median_shared:.2f} s over {len(shared)}/{len(others)} on the shared plan")
+    if shared:
+        print("shared-plan device steps (median s): " + ", ".join(
+            f"{k} {median(o['steps'].get(k, 0.0) for o in shared):.3f}" for k in ("fetch_s", "check_s", "build_s", "validate_s")))
     print(f"other class: {'built locally' if other['built'] else 'did not build'} in {other['seconds']:.2f} s: {other['reason']}")
-    median = statistics.median
     fields = {
         "devices": count,
         "local_builds": local_builds,
@@ -147,6 +152,7 @@ def main(argv: List[str]) -> int:
         "pull_s": round(median(o["pull_s"] for o in shared), 3) if shared else float("nan"),
         "trial_s": round(median(o["trial_s"] for o in shared), 3) if shared else float("nan"),
         "gate_s": round(median(o["gate_s"] for o in shared), 3) if shared else float("nan"),
+        "fetch_s": round(median(o["fetch_s"] for o in shared), 3) if shared else float("nan"),
         "build_s_saved": round(build_s * (count - 1), 1),
         "other_class_built": int(other["built"]),
         "other_class_field": refused.get("field", "none"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -61,6 +62,7 @@ class SimDevice:
         self.config = config
         self.id = config.device.id
         self.events: List[Dict[str, Any]] = []
+        self.timings: Dict[str, float] = {}  # seconds of each step of the last apply
         self.link = MqttLink(config.broker, unique_client_id(self.id), persistent_session=False)
         self.link.start()
         if not self.link.wait_connected(10):
@@ -72,11 +74,17 @@ class SimDevice:
     def apply(self, deployment: Any) -> Tuple[EngineInfo, Dict[str, Any]]:
         """fetch -> check_table -> build -> validate, as the reconcile loop runs them; (engine, gate)."""
         cancel = threading.Event()
+        marks = [time.monotonic()]
         artifacts = self.steps.fetch(deployment, cancel)
+        marks.append(time.monotonic())
         self.steps.check_table(deployment, artifacts)
+        marks.append(time.monotonic())
         engine = self.steps.build(deployment, artifacts, cold=False, cancel=cancel, beat=lambda: None)
+        marks.append(time.monotonic())
         loaded = self.steps.validate(deployment, artifacts, engine)
+        marks.append(time.monotonic())
         loaded.close()
+        self.timings = {name: round(b - a, 3) for name, a, b in zip(("fetch_s", "check_s", "build_s", "validate_s"), marks, marks[1:])}
         return engine, loaded.gate
 
     def named(self, event: str) -> List[Dict[str, Any]]:
