@@ -34,6 +34,10 @@ class PlanBuildError(AgentError):
     """A plan build was refused or failed; the message says where and why."""
 
 
+class NotThisClass(PlanBuildError):
+    """The request is for another class: another builder's (this one stays silent, so that one answers)."""
+
+
 class PlanBuilder:
     """The builder service of one machine. `start()` connects, serves its plans and listens for requests;
     `build(deployment)` may also be called directly (the bench, the tests)."""
@@ -127,6 +131,9 @@ class PlanBuilder:
             try:
                 deployment = deployment_from_dict(request["deployment"])
                 result = self.build(deployment, request_class=str(request["class"]))
+            except NotThisClass as exc:
+                log.info("plan-build %s: %s", request["id"], exc)
+                continue
             except (AgentError, DeploymentError) as exc:
                 result = {"ok": False, "reason": str(exc), "builder": self.device_id}
             except Exception as exc:  # a bug in one build must not end the service
@@ -150,7 +157,7 @@ class PlanBuilder:
             fp = _with_local_backend(self.steps.fingerprint, spec.backend)
             klass = hardware_class(fp, spec)
             if request_class and request_class != klass.key:
-                raise PlanBuildError(f"this builder ({self.device_id}) is class {klass.key}, not {request_class}: it builds only for its own class")
+                raise NotThisClass(f"this builder ({self.device_id}) is class {klass.key}, not {request_class}: it builds only for its own class")
             cancel = threading.Event()
             started = time.monotonic()
             artifacts = self.steps.fetch(deployment, cancel)

@@ -151,3 +151,17 @@ def test_deployment_plans_fields() -> None:
             deployment_from_dict({**base, **bad})
     record = {"deployment": named.to_dict(), "engine": {"plan": {"source": "shared", "artifact_id": "c" * 64}}}
     assert shared_plan_ids(record) == ["c" * 64, "b" * 64]
+
+
+def test_gc_keep_list_holds_the_plans_of_serving_previous_and_applying() -> None:
+    from types import SimpleNamespace
+
+    from agent.daemon.reconcile import Reconciler
+
+    key = hardware_class(ORIN, GPU).key
+    serving = {"deployment": {"model": MODEL, "plans": {key: "1" * 64}}, "engine": {"plan": {"source": "shared", "artifact_id": "1" * 64}}}
+    previous = {"deployment": {"model": "2" * 64}, "engine": {"plan": {"source": "shared", "artifact_id": "3" * 64}}}
+    applying = {"deployment": {"model": MODEL, "plans": {key: "4" * 64}}}
+    state = SimpleNamespace(serving=serving, previous=previous, applying=applying, keep_artifacts=[])
+    Reconciler._update_keep(state)
+    assert state.keep_artifacts == [MODEL, "1" * 64, "2" * 64, "3" * 64, "4" * 64]

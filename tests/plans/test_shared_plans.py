@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -284,3 +285,29 @@ def _with_plans(rows: Dict[str, Any], names: Any) -> Any:
         return bool((serving.get("engine") or {}).get("plan")) and serving.get("deployment_id") == "group-plan"
 
     return rows if all(name in rows and has_plan(rows[name]) for name in names) else None
+
+
+def test_fleet_build_cli_asks_the_builder_and_prints_the_plans_to_deploy(
+    broker: LocalBroker, fleet: Fleet, tiny: Dict[str, str], x86_plan: Dict[str, Any], tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon.conftest import agent_env
+    from tests.helpers import REPO_ROOT
+
+    spec_file = tmp_path / "deployment.json"
+    spec_file.write_text(json.dumps(deployment_of(tiny).to_dict()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update(agent_env(broker, tmp_path / "operator-state", "operator"))
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    done = subprocess.run([sys.executable, "-m", "agent", "fleet", "build", "--deployment", str(spec_file), "--class", x86_plan["class"],
+                           "--timeout", "60", "--json"], capture_output=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    answer = json.loads(done.stdout)
+    assert answer["plans"][x86_plan["class"]]["artifact_id"] == x86_plan["artifact_id"]
+    assert answer["deployment"]["plans"] == {x86_plan["class"]: x86_plan["artifact_id"]}
+    wrong = subprocess.run([sys.executable, "-m", "agent", "fleet", "build", "--deployment", str(spec_file), "--class",
+                            "ort-x86-64-0.0.0-000000000000", "--timeout", "3"], capture_output=True, env=env, timeout=60, check=False)
+    assert wrong.returncode != 0 and b"no builder for class" in wrong.stderr
