@@ -98,6 +98,9 @@ class SharedPlans:
         except AgentError as exc:
             return self._refused(outcome, candidate, getattr(exc, "field", "") or getattr(exc, "code", "error"), str(exc),
                                  list(getattr(exc, "reasons", []) or [str(exc)]))
+        except Exception as exc:  # a disk error installing it, a bug: the device still builds, as it would without plans
+            log.exception("using shared plan %s failed", candidate[:12])
+            return self._refused(outcome, candidate, "error", f"{type(exc).__name__}: {exc}", [])
 
     # which plan --------------------------------------------------------------------------------------------
     def _candidate(self, deployment: Any, class_key: str, spec: Any) -> Tuple[Optional[str], Any, str]:
