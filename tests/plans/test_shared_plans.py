@@ -311,3 +311,7 @@ def test_fleet_build_cli_asks_the_builder_and_prints_the_plans_to_deploy(
     wrong = subprocess.run([sys.executable, "-m", "agent", "fleet", "build", "--deployment", str(spec_file), "--class",
                             "ort-x86-64-0.0.0-000000000000", "--timeout", "3"], capture_output=True, env=env, timeout=60, check=False)
     assert wrong.returncode != 0 and b"no builder for class" in wrong.stderr
+    deployed = subprocess.run([sys.executable, "-m", "agent", "fleet", "deploy", "cli-target", "--file", str(spec_file), "--build-plans",
+                               x86_plan["class"], "--json"], capture_output=True, env=env, timeout=120, check=False)
+    assert deployed.returncode == 0, deployed.stderr.decode()
+    assert json.loads(deployed.stdout)["deployment"]["plans"] == {x86_plan["class"]: x86_plan["artifact_id"]}
