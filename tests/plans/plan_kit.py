@@ -23,7 +23,7 @@ ORIN_NX_COMPATIBLE = b"nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,t
 
 
 def jetson_sysroot(root: Path, *, l4t: Tuple[int, int, int] = (36, 4, 3), compatible: bytes = ORIN_COMPATIBLE,
-                   model: str = "NVIDIA Jetson AGX Orin Developer Kit") -> Path:
+                   model: str = "NVIDIA Jetson AGX Orin Developer Kit", tensorrt: Optional[str] = None) -> Path:
     """The files the fingerprint reads on a Jetson (the layout tests/device/samples.py lays out from real captures)."""
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
@@ -33,6 +33,11 @@ def jetson_sysroot(root: Path, *, l4t: Tuple[int, int, int] = (36, 4, 3), compat
     )
     (root / "proc/device-tree/model").write_bytes(model.encode() + b"\0")
     (root / "proc/device-tree/compatible").write_bytes(compatible)
+    if tensorrt is not None:  # the header JetPack installs with TensorRT
+        header = root / "usr/include/aarch64-linux-gnu/NvInferVersion.h"
+        header.parent.mkdir(parents=True, exist_ok=True)
+        names = ("MAJOR", "MINOR", "PATCH", "BUILD")
+        header.write_text("".join(f"#define NV_TENSORRT_{n} {v}\n" for n, v in zip(names, tensorrt.split("."))))
     return root
 
 

@@ -315,3 +315,37 @@ def test_fleet_build_cli_asks_the_builder_and_prints_the_plans_to_deploy(
                                x86_plan["class"], "--json"], capture_output=True, env=env, timeout=120, check=False)
     assert deployed.returncode == 0, deployed.stderr.decode()
     assert json.loads(deployed.stdout)["deployment"]["plans"] == {x86_plan["class"]: x86_plan["artifact_id"]}
+
+
+def test_a_tensorrt_plan_from_another_tensorrt_build_is_refused_before_a_byte_is_stored(fleet: Fleet, tiny: Dict[str, str]) -> None:
+    """A device whose sysroot says TensorRT 10.3.0.26 and a builder-signed plan whose embedded manifest says it was built
+    by 10.3.0.30 on the same module: refused naming `tensorrt`, before any block is fetched. (The plan's bytes are never
+    treated as an engine: the refusal comes first. Building locally then needs TensorRT, absent here.)"""
+    from agent.engine.hardware_class import hardware_class
+    from agent.engine.manifest import BuildReport, Manifest
+    from agent.engine.spec import cache_key
+    from agent.fleet.plans import describe_plan
+    from agent.store.hashing import sha256_file
+
+    built_on = sysroot_fingerprint(jetson_sysroot(fleet.root / "sysroots" / "trt30", tensorrt="10.3.0.30"))
+    here = sysroot_fingerprint(jetson_sysroot(fleet.root / "sysroots" / "trt26", tensorrt="10.3.0.26"))
+    device = fleet.device("orin-trt26", here, engine_backend="tensorrt")
+    deployment = deployment_of(tiny, id="trt-plan", precision="fp16", target="gpu", accuracy={})
+    spec = device.steps.build_spec(deployment).validate()
+    plan_file = fleet.root / "plan-trt30.bin"
+    plan_file.write_bytes(b"not a TensorRT plan: refused before a byte of it is read\n" * 40)
+    manifest = Manifest(key=cache_key(spec, built_on), backend="tensorrt", spec=spec, device=built_on.to_dict(), engine_file="engine.plan",
+                        engine_sha256=sha256_file(plan_file), engine_bytes=plan_file.stat().st_size, backend_version="10.3.0.30",
+                        report=BuildReport())
+    klass = hardware_class(built_on, spec)
+    plan = sign_manifest(describe_plan(plan_file, manifest.to_dict(), klass.to_dict(), {"passed": True}, builder="builder-trt30",
+                                       deployment_id="trt-plan", chunk_size=1024), load_private_key(fleet.keys.private_path))
+    add_to_folder(fleet.kit.folder, plan_file, plan)
+    publish_manifest(fleet.kit.link, "edge", plan)
+    named = with_plans(deployment, {klass.key: plan.artifact_id})
+    assert device.steps.shared_plans is not None
+    outcome = device.steps.shared_plans.prepare(named, spec, device.steps.fingerprint, cold=False)
+    assert outcome.source == "local" and outcome.refused is not None
+    assert outcome.refused["field"] == "tensorrt", outcome.refused
+    assert "TensorRT 10.3.0.26 here, plan 10.3.0.30" in outcome.refused["reason"]
+    assert not device.steps.artifacts.has(plan.artifact_id) and stored(device) == []
