@@ -47,6 +47,8 @@ class BuildReport:
     int8_layers: int = 0
     warnings: List[str] = field(default_factory=list)
     problems: List[Dict[str, Any]] = field(default_factory=list)  # classified log lines (agent.engine.diagnose)
+    unsupported_ops: List[str] = field(default_factory=list)  # operators the parser could not import (with node, opset)
+    missing_plugins: List[str] = field(default_factory=list)  # plugins not registered (name and version)
     build_seconds: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:

@@ -7,7 +7,7 @@ exceeds them; a TensorRT crash ends here, not in the daemon. Protocol:
   (anything a library prints to stdout is sent to stderr instead);
 - stderr is the build log (the parent saves it beside the engine);
 - `<out_dir>/result.json` says how it ended: {"ok": true, "backend_version", "report", "int8", "notes"} or
-  {"ok": false, "error", "error_kind"}.
+  {"ok": false, "error", "error_kind", ["problems"]} (problems: the classified log, agent.engine.diagnose).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ class Job:
 class WorkerError(AgentError):
     """A build failed for a reason the worker understood (bad model, unsupported request, parser errors)."""
 
-    def __init__(self, message: str, kind: str = "failed") -> None:
+    def __init__(self, message: str, kind: str = "failed", problems: Optional[List[Dict[str, Any]]] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.problems = list(problems or [])  # the backend's log, classified (Problem.to_dict())
 
 
 def _event_writer() -> Emit:
@@ -101,6 +102,8 @@ def main(argv: List[str]) -> int:
         result["ok"] = True
     except WorkerError as exc:
         result = {"ok": False, "error": str(exc), "error_kind": exc.kind}
+        if exc.problems:
+            result["problems"] = exc.problems
     except AgentError as exc:
         result = {"ok": False, "error": str(exc), "error_kind": "failed"}
     except MemoryError:
