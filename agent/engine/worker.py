@@ -100,12 +100,12 @@ def main(argv: List[str]) -> int:
     try:
         result = run(job, emit)
         result["ok"] = True
-    except WorkerError as exc:
-        result = {"ok": False, "error": str(exc), "error_kind": exc.kind}
-        if exc.problems:
-            result["problems"] = exc.problems
     except AgentError as exc:
-        result = {"ok": False, "error": str(exc), "error_kind": "failed"}
+        # run as `python -m`, this module is __main__: the backends raise agent.engine.worker.WorkerError, another
+        # class than __main__.WorkerError, so its kind and problems are read by name, not by an except clause
+        result = {"ok": False, "error": str(exc), "error_kind": str(getattr(exc, "kind", "failed"))}
+        if getattr(exc, "problems", None):
+            result["problems"] = list(getattr(exc, "problems"))
     except MemoryError:
         result = {"ok": False, "error": "the build ran out of memory", "error_kind": "memory"}
     except Exception as exc:  # the parent must get a result, whatever the backend raised
