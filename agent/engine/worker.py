@@ -104,8 +104,9 @@ def main(argv: List[str]) -> int:
         # run as `python -m`, this module is __main__: the backends raise agent.engine.worker.WorkerError, another
         # class than __main__.WorkerError, so its kind and problems are read by name, not by an except clause
         result = {"ok": False, "error": str(exc), "error_kind": str(getattr(exc, "kind", "failed"))}
-        if getattr(exc, "problems", None):
-            result["problems"] = list(getattr(exc, "problems"))
+        problems = getattr(exc, "problems", None)
+        if problems:
+            result["problems"] = list(problems)
     except MemoryError:
         result = {"ok": False, "error": "the build ran out of memory", "error_kind": "memory"}
     except Exception as exc:  # the parent must get a result, whatever the backend raised
