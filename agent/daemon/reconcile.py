@@ -294,6 +294,9 @@ class Reconciler:
             self.on_job_done(request.job_id, "FAILED", f"{exc.step}: {exc.reason}", {"step": exc.step})
         except AgentError as exc:
             self.on_job_done(request.job_id, "FAILED", str(exc), None)
+        except Exception as exc:  # a bug outside any step (an unexpected state record): answer the job, keep the loop
+            log.exception("request %s (%s) failed unexpectedly", request.job_id, request.action)
+            self.on_job_done(request.job_id, "FAILED", f"internal error: {type(exc).__name__}: {exc}", None)
         else:
             self.on_job_done(request.job_id, "SUCCEEDED", "", result)
 
