@@ -300,6 +300,12 @@ def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, optio
     )
     if verdict.loadable and entry.manifest.backend == BACKEND_TENSORRT and options.trial_load:
         verdict = compat.merge(verdict, _trial_load(entry, options))
+    if not verdict.loadable and verdict.problems:
+        trial = decide([Problem.from_dict(p) for p in verdict.problems], allow_fp16=not options.policy.require_int8)
+        if trial.action == "refuse" and trial.names:  # a plugin the plan needs is not loaded: a rebuild needs it too
+            message = f"cached engine {key} cannot be loaded here: {trial.reason}"
+            emit("build_failed", message, kind=trial.problem.kind if trial.problem else "failed", decision=trial.to_dict())
+            raise BuildError(message, kind=trial.problem.kind if trial.problem else "failed", key=key, problems=verdict.problems, decision=trial)
     if not verdict.loadable:
         emit(
             "rejected",

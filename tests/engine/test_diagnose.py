@@ -289,3 +289,12 @@ def test_header_sniff_on_real_plans_is_a_consistent_hint() -> None:
             assert sniff_plan(head, size - 1000).looks_truncated  # ...and a shorter file looks truncated
     assert sniff_plan(headers[0][0]).serialization_tag == 213
     assert sniff_plan(b"").looks_truncated and sniff_plan(b"\x10\x00\x00\x00{\"a\":1}").magic is None
+
+
+def test_cli_diagnose_text_ends_with_the_verdict_and_the_action(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = PUBLIC.read_text(encoding="utf-8").split("# source: https://github.com/enazoe/yolo-tensorrt/issues/168")[1].split("\n\n")[0]
+    path = tmp_path / "deepstream.log"
+    path.write_text(log)
+    assert main(["engine", "diagnose", "--log", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: missing plugin(s): DETECT_TRT version 1.0" in out and "the agent would: refuse" in out
