@@ -510,7 +510,7 @@ def join_wrapped(lines: List[str]) -> List[str]:
         stripped = line.strip()
         wrapped = depth > 0 or stripped.startswith("(") or re.match(r"^node\s", stripped) is not None
         known = re.match(r"^(?:Error message:|Skipping this backend strategy|Try (?:decreasing|increasing) the workspace)", stripped) is not None
-        continues = bool(out) and (force or known or (wrapped and not _MESSAGE_START.match(line)) or (square > 0 and not re.match(r"^\[\d\d/", stripped)))
+        continues = bool(out) and (force or known or (wrapped and not _MESSAGE_START.match(line)) or (square > 0 and not stripped.startswith("[")))
         if force and not re.match(r"^\[\d+\]", stripped) and re.search(r"In function \w+:\s*$", out[-1] if out else ""):
             continues = False  # a location line not followed by its message (a node dump in between)
         if continues:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.cli.main import main
 from agent.engine.diagnose import (
@@ -298,3 +300,13 @@ def test_cli_diagnose_text_ends_with_the_verdict_and_the_action(tmp_path: Path, 
     assert main(["engine", "diagnose", "--log", str(path)]) == 0
     out = capsys.readouterr().out
     assert "verdict: missing plugin(s): DETECT_TRT version 1.0" in out and "the agent would: refuse" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["[TRT] [E] ", "ERROR: ", "[W] ", "(", ")", "[", "]", "3: ", "In function parseGraph:", "[8] ", "node ",
+                                 "Could not find any implementation for node ", "Tactic Device request: 5MB Available: 0MB",
+                                 "requested size of 12", "While parsing node number 4 [Op]:", "\n", "x", "Tensor t is uniformly zero"]), max_size=40))
+def test_any_text_gives_known_kinds_and_never_raises(parts: List[str]) -> None:
+    for problem in diagnose_log("".join(parts)):
+        assert problem.kind in KINDS and problem.line
+        json.dumps(problem.to_dict())
