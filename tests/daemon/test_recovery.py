@@ -152,6 +152,19 @@ def test_internal_errors_are_wrapped(kit: FleetKit, tiny: Dict[str, str], start_
     assert replies[-1].state.value == "FAILED" and replies[-1].detail.startswith("internal error: KeyError"), replies[-1].detail
     assert serving_id(daemon) == "tiny-v2" and daemon.reconciler.alive
 
+    # a bug while serving again from disk at start-up (an engine record of the wrong type) is recorded, and the
+    # deployment is applied again instead of the agent staying without an engine
+    daemon.stop()
+    saved = _state(state)
+    saved["serving"]["engine"]["path"] = 5
+    (state / "state.json").write_text(json.dumps(saved))
+    since = time.time()
+    daemon = start_agent("rec-bug", state)
+    error = wait_error(daemon, "restore", since)
+    assert error["reason"].startswith("internal error: TypeError") and error["deployment_id"] == "tiny-v2", error
+    assert daemon.ready_summary.startswith("degraded: ")
+    wait_serving(daemon, "tiny-v2", timeout=40)
+
 
 def test_the_crash_loop_guard_stops_an_interrupted_apply(
     fresh_broker: LocalBroker, tmp_path: Path, spawn_agent: Callable[..., AgentProcess], collector_for: Callable[..., Collector]
