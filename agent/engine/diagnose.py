@@ -83,7 +83,8 @@ _LAYER_FALLBACK = re.compile(r"layer (.+?) is not supported on DLA", re.IGNORECA
 _MESSAGE_START = re.compile(r"^\s*(?:\[|[A-Z_]{4,}\b|[EWIF]\d{4}\s|\d+:\s|\S+\s+\|\s|[\w.]+::|\w+:\s)")
 # error markers of TensorRT and the tools around it (case matters: prose saying "error" is not an error line)
 _ERRORISH = re.compile(
-    r"\[E\]|\bE\]|\bERROR\b|Error Code|\bError\[|INTERNAL_ERROR|INVALID_CONFIG|\[E:onnxruntime|^\s*E\d{4}\s|\bassertion\b.*\bfailed\b|Assertion .* failed"
+    r"\[E\]|\bE\]|\bERROR\b|Error Code|\bError\[|INTERNAL_ERROR|INVALID_CONFIG|\[E:onnxruntime|^\s*E\d{4}\s|\bassertion\b.*\bfailed\b|Assertion .* failed|"
+    r"\b[A-Z]\w* Error in [\w:~]+"  # TensorRT 2 to 7 (GIE included): '<Category> Error in <function>: <code>'"
 )
 _WARNISH = re.compile(r"\[W\]|\bWARNING\b|\[W:onnxruntime|^\s*W\d{4}\s|^\S+ \S+: W \S+\]")
 # a line that only repeats that something failed: it joins the problem before it
@@ -366,6 +367,9 @@ def _dla(text: str) -> Optional[Problem]:
         match = re.search(r"(?:\]|^)\s*:?\s*([^\s:\[][^:\[]*?):\s+(?:\w+Layer|Concatenation|DLA cores|\w+ (?:on|for) DLA)", text)
         if match:
             layer = match.group(1).strip()
+    if re.search(r"all dla layers are falling back|same min, max, and opt", text, re.IGNORECASE):
+        return Problem("dla", None, None, text, "DLA needs a fixed batch (min = opt = max): every layer fell back to the GPU",
+                       severity="warning", sub_kind="fallback")
     fallback = bool(re.search(r"falling back to GPU|Switching (?:this layer's|.*) device type to GPU|Switching \.\.\. to GPU", text, re.IGNORECASE))
     if fallback:
         return Problem("dla", None, None, text, "layer falls back from DLA to the GPU", severity="warning", layer=layer, sub_kind="fallback")
@@ -378,8 +382,6 @@ def _dla(text: str) -> Optional[Problem]:
         return Problem("dla", None, None, text, "DLA execution failed (tensor registration)", sub_kind="error")
     if re.search(r"no layer in the network can run on DLA", text, re.IGNORECASE):
         return Problem("dla", None, None, text, "nothing in this network runs on DLA", sub_kind="error")
-    if re.search(r"all dla layers are falling back|same min, max, and opt", text, re.IGNORECASE):
-        return Problem("dla", None, None, text, "DLA needs a fixed batch (min = opt = max): everything fell back to the GPU", sub_kind="error")
     if _ERRORISH.search(text) or _WARNISH.search(text):
         error = bool(_ERRORISH.search(text))
         return Problem("dla", None, None, text, "", severity="error" if error else "warning", layer=layer, sub_kind="error" if error else "fallback")
@@ -405,6 +407,10 @@ def _no_implementation(text: str) -> Optional[Problem]:
     match = re.search(r"No implementation of layer (.+?) obeys the requested constraints", text, re.IGNORECASE)
     if match:
         problem = Problem("no_implementation", None, None, text, "", layer=match.group(1), fields={"node": match.group(1)})
+        _set_cause(problem, "format")
+        return problem
+    if re.search(r"\"no supported formats\"", text):  # TensorRT 4: the format-requirements assertion of the tactic optimizer
+        problem = Problem("no_implementation", None, None, text, "")
         _set_cause(problem, "format")
         return problem
     if not re.search(r"could not find any implementation", text, re.IGNORECASE):
