@@ -335,7 +335,10 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     if not parser.parse(_model_bytes(job, route, table, notes)):
         errors = _parser_errors(parser)
         context = LogContext(plugins_configured=bool(job.plugins))
-        parsed = diagnose_log("\n".join(sink.lines), context) or diagnose_log("\n".join(errors), context)
+        # the log and each error as the parser prints it ('In node 1 with name: X and operator: Op ...' on 10.x,
+        # the line NVIDIA's samples print), classified together: the operator and node are in the latter
+        raw = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        parsed = diagnose_log("\n".join([*sink.lines, *raw]), context) or diagnose_log("\n".join(errors), context)
         raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse", [p.to_dict() for p in parsed])
 
     config = builder.create_builder_config()

@@ -160,3 +160,17 @@ def test_an_unsupported_operator_fails_the_build_with_its_name(tmp_path: Path, h
     assert failure["decision"]["names"] == ["DCNv2 (dcn_7, opset 13)"] and failure["problems"][0]["kind"] == "unsupported_op"
     with pytest.raises(BuildError, match="DCNv2"):  # recorded: not rebuilt on the next start, the reason kept
         ensure_engine(cpu_spec(model), EngineCache(cache.root), here, model=model)
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_refuses_an_operator_it_cannot_import_with_its_name(tmp_path: Path, here: DeviceFingerprint) -> None:
+    """On a device with TensorRT: the parser meets DCNv2 (no importer, no plugin) and the build is refused with the
+    operator or plugin named, from the classified log, not 'the build failed'."""
+    model = _unknown_op_model(tmp_path / "dcn.onnx")
+    spec = BuildSpec(model_sha256=sha256_file(model), precision=Precision.FP16, target="gpu")
+    with pytest.raises(BuildError) as raised:
+        ensure_engine(spec, EngineCache(tmp_path / "engines"), here, model=model)
+    error = raised.value
+    assert error.decision is not None and error.decision.action == "refuse", (str(error), error.problems)
+    assert any("DCNv2" in name for name in error.decision.names) and "DCNv2" in str(error)
+    assert error.decision.problem is not None and error.decision.problem.kind in ("unsupported_op", "plugin_missing")
