@@ -197,3 +197,22 @@ def test_the_crash_loop_guard_stops_an_interrupted_apply(
         assert _state(state)["serving"]["deployment"]["id"] == "loop-v1"
     finally:
         fleet.close()
+
+
+def test_a_model_with_an_unsupported_operator_fails_its_deployment_with_the_operator(
+    kit: FleetKit, tiny: Dict[str, str], start_agent: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Not a recovery branch but the other end of the remedy table: the build's classified log reaches the
+    deployment's last_error and the build_failed event, and what serves keeps serving."""
+    from tests.engine.test_remedy import _unknown_op_model
+
+    model = kit.publish(_unknown_op_model(tmp_path / "dcn.onnx"), "model")
+    daemon = start_agent("rec-op")
+    kit.deploy("rec-op", **tiny_v1(tiny))
+    wait_serving(daemon, "tiny-v1")
+    since = time.time()
+    kit.deploy("rec-op", id="dcn-v1", model=model, precision="fp32", target="cpu")
+    error = wait_error(daemon, "build", since)
+    assert error["reason"].startswith("the model cannot be built here: unsupported operator(s): DCNv2 (dcn_7, opset 13)"), error
+    assert serving_id(daemon) == "tiny-v1"
+    assert daemon.store.snapshot().blocked[error["digest"]]["deployment_id"] == "dcn-v1"  # retrying cannot fix it
