@@ -612,6 +612,8 @@ def diagnose_log(text: str, context: Optional[LogContext] = None) -> List[Proble
             seen_memory_problem = True
         if previous is not None and _folds_into(previous, problem, attached):
             previous.related.append(problem.line.strip())
+            if previous.kind == "out_of_memory" and previous.severity == "warning" and _FOLLOW_UP.search(problem.line):
+                previous.severity = "error"  # tactics skipped for memory, then the build failed: the memory is why
             attached = True
             match = re.search(r"Get cuda error during \w+: (.+)$", problem.line)
             if match and previous.layer is None:

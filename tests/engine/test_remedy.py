@@ -88,6 +88,16 @@ def test_warnings_are_reported_and_the_verdict_decides() -> None:
     assert decide([]).action == "refuse"
 
 
+def test_a_build_that_fails_right_after_tactics_skipped_for_memory_is_a_memory_failure() -> None:
+    # two real lines put together by this test: NVIDIA/TensorRT#3355's tactic skipped for memory (a warning) and
+    # NVIDIA/TensorRT#2918's build assertion (the follow-up saying the build failed)
+    log = ("[09/26/2023-18:37:19] [W] [TRT] Skipping tactic 13 due to insufficient memory on requested size of 4229 detected for tactic 0x0000000000000074.\n"
+           "[04/28/2023-14:06:47] [E] Error[2]: [builder.cpp::buildSerializedNetwork::751] Error Code 2: Internal Error (Assertion engine != nullptr failed. )")
+    problems = diagnose_log(log)
+    assert [(p.kind, p.severity) for p in problems] == [("out_of_memory", "error")]
+    assert decide(problems).action == "retry_smaller"
+
+
 def test_a_refusal_lists_every_unsupported_operator_and_missing_plugin() -> None:
     ops = [problem("unsupported_op", "operator", operator="DCN", node_number=70, opset=9), problem("unsupported_op", "operator", operator="GridSample", node="gs_1")]
     decision = decide(ops)
