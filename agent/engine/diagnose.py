@@ -34,7 +34,8 @@ engine failed", "INVALID_STATE: std::exception", "Assertion engine != nullptr fa
 file", ...) joins the problem before it (`related`), so the verdict names the cause; with nothing before it, it
 stays `unknown`. The wording covers TensorRT 5 to 11: the `[TensorRT] ERROR:` prefix, `[TRT] [E]`, `Error Code
 N:`, trtexec `[E]`, DeepStream's `ERROR: [TRT]:`, onnxruntime's TensorRT provider, TF-TRT's `DefaultLogger`.
-Wording is taken from ../shared/testdata/real/trt_error_messages.txt and tests/engine/data/trt_logs_public.txt.
+Wording is taken from real logs: the shared real-data samples (real/trt_error_messages.txt, read by the tests when
+present) and tests/engine/data/trt_logs_public.txt.
 What each kind makes the daemon do: agent/engine/remedy.py.
 """
 
@@ -757,7 +758,7 @@ class PlanHint:
 
 
 def sniff_plan(head: bytes, file_size: Optional[int] = None) -> PlanHint:
-    """Read the first bytes of a plan. Layouts seen (../shared/testdata/real/engine_headers_hex.txt; nothing is
+    """Read the first bytes of a plan. Layouts seen (the shared real-data file real/engine_headers_hex.txt; nothing is
     documented by NVIDIA): 'ptrt' + u32 0 + u32 tag + u32 0 + u64 (size - 24) at 16; 'ptrt' + u32 0x2b + ... +
     u64 (size - 24) at 16; 'ptrt' + u32 0x61 + u32 tag + u64 (size - 24) at 12; 'ftrt' + ... + u64 size at 16."""
     if len(head) < 4:
