@@ -221,7 +221,8 @@ def test_the_caller_context_fills_plugins_and_memory() -> None:
 
 
 def test_onnxruntime_unsupported_operators_are_named() -> None:
-    # onnxruntime's own messages for a node it has no schema or kernel for (printed by onnxruntime 1.x here)
+    # onnxruntime's own message for a node it has no schema for, printed by the onnxruntime of this venv for the
+    # DCNv2 test model of tests/engine/test_remedy.py (its file name shortened to m.onnx)
     problem = diagnose_log('[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from m.onnx failed:This is an invalid model. In Node, '
                            '("dcn_7", DCNv2, "", -1) : ("y": tensor(float),) -> ("z": tensor(float),) , Error No Op registered for DCNv2 '
                            'with domain_version of 13')[0]
