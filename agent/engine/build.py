@@ -53,7 +53,14 @@ from agent.engine.manifest import (
 from agent.engine.plugins import resolve_plugins
 from agent.engine.remedy import Decision, decide, smaller_workspace
 from agent.engine.report import policy_violations, precision_warnings
-from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
+from agent.engine.spec import (
+    BACKEND_ONNXRUNTIME,
+    BACKEND_TENSORRT,
+    BuildPolicy,
+    BuildSpec,
+    Precision,
+    cache_key,
+)
 from agent.engine.worker import RESULT_NAME, Job
 from agent.errors import AgentError
 from agent.lazy import module_version, require
@@ -681,6 +688,8 @@ def _remedy_spec(exc: BuildError, spec: BuildSpec, cache: EngineCache, calib_pat
         return dataclasses.replace(spec, workspace_mb=workspace).validate(), calib_path, f"the workspace limit lowered to {workspace} MB"
     if decision.action != "fp16_layers":
         return None
+    if spec.effective_precision() != Precision.INT8:  # already FP16 (or FP32): building it so again changes nothing
+        return None
     if decision.names and calib_path is not None and spec.calib_sha256:
         from agent.calib.table import read_table, without_entries, write_table_file
 
@@ -692,8 +701,6 @@ def _remedy_spec(exc: BuildError, spec: BuildSpec, cache: EngineCache, calib_pat
         derived.unlink()
         shown = ", ".join(decision.names[:5]) + (f" and {len(decision.names) - 5} more" if len(decision.names) > 5 else "")
         return dataclasses.replace(spec, calib_sha256=digest).validate(), stored, f"{len(decision.names)} tensor(s) left out of the table (FP16): {shown}"
-    from agent.engine.spec import Precision
-
     return dataclasses.replace(spec, precision=Precision.FP16, calib_sha256=None, calib_portable=False).validate(), None, "the whole network in FP16"
 
 

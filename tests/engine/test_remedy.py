@@ -139,6 +139,8 @@ def test_the_spec_a_remedy_builds(tmp_path: Path, tiny_table: Path) -> None:
     assert fp16 is not None and fp16[0].precision == Precision.FP16 and fp16[0].calib_sha256 is None
     # nothing to retry: a refusal, a cpu build (onnxruntime has no workspace), a forced build that recorded nothing
     assert _remedy_spec(_failed(decide([problem("plugin_missing")])), gpu, cache, tiny_table) is None
+    fp16_spec = BuildSpec(model_sha256="a" * 64, precision=Precision.FP16, target="gpu").validate()
+    assert _remedy_spec(_failed(decide([problem("no_implementation", "format")])), fp16_spec, cache, None) is None
     assert _remedy_spec(_failed(decide([problem("out_of_memory")])), cpu_spec(tiny_table), cache, None) is None
     unrecorded = _failed(decide([problem("out_of_memory")]))
     unrecorded.failure = {}
