@@ -379,4 +379,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         sys.stdout.write("no known TensorRT problem in this log\n")
         return 0
     print_table(("kind", "runtime", "plan", "what it means"), [(p.kind, p.runtime or "", p.plan or "", p.detail or p.line[:80]) for p in problems])
+    from agent.engine.remedy import decide
+
+    decision = decide(problems)
+    sys.stdout.write(f"verdict: {decision.reason}\nthe agent would: {decision.action}\n")
     return 0

@@ -163,7 +163,7 @@ class PackageSteps(Steps):
             beat()
             fields = {"key": event.key, "message": event.message, "fraction": event.fraction}
             if event.kind != "progress":
-                fields.update({k: v for k, v in event.data.items() if k in ("reasons", "warnings", "violations")})
+                fields.update({k: v for k, v in event.data.items() if k in ("reasons", "warnings", "violations", "decision")})
             self._emit(f"engine.{event.kind}", **fields)
 
         with self._lock:

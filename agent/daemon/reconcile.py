@@ -163,6 +163,10 @@ class Reconciler:
         except Exception as exc:  # restore must never keep the agent from starting
             log.exception("restoring the serving deployment failed")
             summary = f"degraded: restore failed ({exc})"
+            try:
+                self._record_error("restore", f"internal error: {type(exc).__name__}: {exc}", deployment_id=None, digest=None)
+            except Exception:  # the state file itself may be the problem: start anyway
+                log.exception("recording the failed restore failed")
         self.ready.set()
         self.on_ready(summary)
         while not self._stop.is_set():
@@ -294,6 +298,9 @@ class Reconciler:
             self.on_job_done(request.job_id, "FAILED", f"{exc.step}: {exc.reason}", {"step": exc.step})
         except AgentError as exc:
             self.on_job_done(request.job_id, "FAILED", str(exc), None)
+        except Exception as exc:  # a bug outside any step (an unexpected state record): answer the job, keep the loop
+            log.exception("request %s (%s) failed unexpectedly", request.job_id, request.action)
+            self.on_job_done(request.job_id, "FAILED", f"internal error: {type(exc).__name__}: {exc}", None)
         else:
             self.on_job_done(request.job_id, "SUCCEEDED", "", result)
 
@@ -559,6 +566,11 @@ class Reconciler:
         except AgentError as exc:
             reason = exc.reason if isinstance(exc, StepFailed) else str(exc)
             log.warning("cannot serve %s again after the restart: %s; applying it again", deployment.id, reason)
+            self._record_error("restore", reason, deployment_id=deployment.id, digest=deployment.digest())
+            return f"degraded: {reason}"
+        except Exception as exc:  # a bug (an engine record of an unexpected shape): said, and the deployment applied again
+            log.exception("serving %s again after the restart failed unexpectedly; applying it again", deployment.id)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
             self._record_error("restore", reason, deployment_id=deployment.id, digest=deployment.digest())
             return f"degraded: {reason}"
         finally:

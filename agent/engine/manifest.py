@@ -49,6 +49,8 @@ class BuildReport:
     problems: List[Dict[str, Any]] = field(default_factory=list)  # classified log lines (agent.engine.diagnose)
     # how the precision was obtained on this TensorRT: typing, builder flags, INT8 route, deprecated APIs used
     precision_route: Dict[str, Any] = field(default_factory=dict)
+    unsupported_ops: List[str] = field(default_factory=list)  # operators the parser could not import (with node, opset)
+    missing_plugins: List[str] = field(default_factory=list)  # plugins not registered (name and version)
     build_seconds: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:

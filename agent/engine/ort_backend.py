@@ -55,7 +55,11 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     try:
         ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise WorkerError(f"onnxruntime cannot build a session for this model: {_first_line(exc)}") from None
+        from agent.engine.diagnose import diagnose_log
+
+        problems = diagnose_log(str(exc))  # an operator onnxruntime has no kernel for is named, not a generic error
+        kind = problems[0].kind if problems and problems[0].kind != "unknown" else "failed"
+        raise WorkerError(f"onnxruntime cannot build a session for this model: {_first_line(exc)}", kind, [p.to_dict() for p in problems]) from None
     if not job.engine_path.is_file():
         raise WorkerError("onnxruntime did not write the optimized model")
     emit("verify", 0.85, "loading the optimized model and running it once")

@@ -43,7 +43,7 @@ from agent.calib.routes import (
     format_version,
     parse_version,
 )
-from agent.engine.diagnose import diagnose_log
+from agent.engine.diagnose import LogContext, diagnose_log
 from agent.engine.report import deprecation_warnings, precision_route, report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
 from agent.engine.worker import Emit, Job, WorkerError
@@ -381,7 +381,12 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(_model_bytes(job, route, table, notes)):
         errors = _parser_errors(parser)
-        raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse")
+        context = LogContext(plugins_configured=bool(job.plugins))
+        # the log and each error as the parser prints it ('In node 1 with name: X and operator: Op ...' on 10.x,
+        # the line NVIDIA's samples print), classified together: the operator and node are in the latter
+        raw = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        parsed = diagnose_log("\n".join([*sink.lines, *raw]), context) or diagnose_log("\n".join(errors), context)
+        raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse", [p.to_dict() for p in parsed])
 
     config = builder.create_builder_config()
     if spec.workspace_mb:
@@ -431,9 +436,9 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     emit("build", 0.2, "building (this can take minutes on a Jetson)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        problems = diagnose_log("\n".join(sink.lines))
+        problems = diagnose_log("\n".join(sink.lines), LogContext(plugins_configured=bool(job.plugins)))
         why = "; ".join(f"{p.kind}: {p.detail or p.line}" for p in problems if p.severity == "error")[:800]
-        raise WorkerError("TensorRT could not build the engine" + (f": {why}" if why else " (see the build log)"), "build")
+        raise WorkerError("TensorRT could not build the engine" + (f": {why}" if why else " (see the build log)"), "build", [p.to_dict() for p in problems])
     data = bytes(plan)
     atomic_write_bytes(job.engine_path, data)
     _save_timing_cache(config, job.timing_cache, notes)

@@ -7,7 +7,7 @@ exceeds them; a TensorRT crash ends here, not in the daemon. Protocol:
   (anything a library prints to stdout is sent to stderr instead);
 - stderr is the build log (the parent saves it beside the engine);
 - `<out_dir>/result.json` says how it ended: {"ok": true, "backend_version", "report", "int8", "notes"} or
-  {"ok": false, "error", "error_kind"}.
+  {"ok": false, "error", "error_kind", ["problems"]} (problems: the classified log, agent.engine.diagnose).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ class Job:
 class WorkerError(AgentError):
     """A build failed for a reason the worker understood (bad model, unsupported request, parser errors)."""
 
-    def __init__(self, message: str, kind: str = "failed") -> None:
+    def __init__(self, message: str, kind: str = "failed", problems: Optional[List[Dict[str, Any]]] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.problems = list(problems or [])  # the backend's log, classified (Problem.to_dict())
 
 
 def _event_writer() -> Emit:
@@ -99,10 +100,13 @@ def main(argv: List[str]) -> int:
     try:
         result = run(job, emit)
         result["ok"] = True
-    except WorkerError as exc:
-        result = {"ok": False, "error": str(exc), "error_kind": exc.kind}
     except AgentError as exc:
-        result = {"ok": False, "error": str(exc), "error_kind": "failed"}
+        # run as `python -m`, this module is __main__: the backends raise agent.engine.worker.WorkerError, another
+        # class than __main__.WorkerError, so its kind and problems are read by name, not by an except clause
+        result = {"ok": False, "error": str(exc), "error_kind": str(getattr(exc, "kind", "failed"))}
+        problems = getattr(exc, "problems", None)
+        if problems:
+            result["problems"] = list(problems)
     except MemoryError:
         result = {"ok": False, "error": "the build ran out of memory", "error_kind": "memory"}
     except Exception as exc:  # the parent must get a result, whatever the backend raised
