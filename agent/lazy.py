@@ -309,8 +309,8 @@ def elf_machine(path: str) -> Optional[str]:
         return None
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
-    order = "little" if header[5] == 1 else "big"
-    name = ELF_MACHINES.get(int.from_bytes(header[18:20], order), f"ELF machine {int.from_bytes(header[18:20], order)}")
+    code = int.from_bytes(header[18:20], "little") if header[5] == 1 else int.from_bytes(header[18:20], "big")
+    name = ELF_MACHINES.get(code, f"ELF machine {code}")
     return f"32-bit {name}" if header[4] == 1 and name not in ("i386", "arm", "mips", "ppc") else name
 
 
