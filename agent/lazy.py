@@ -146,6 +146,12 @@ def require(name: str, feature: str) -> ModuleType:
     raise MissingDependency(f"{feature} needs the Python module '{name}': {problem.message()}", problem)
 
 
+def broken_imports() -> Dict[str, Dict[str, str]]:
+    """The modules this process found installed but failing to import so far, for the daemon's status document:
+    {name: {cause, detail, fix}} (imports nothing itself)."""
+    return {name: {"cause": p.cause, "detail": p.detail, "fix": p.fix} for name, p in sorted(_FAILED.items()) if p.installed}
+
+
 def module_version(name: str) -> Optional[str]:
     """The module's __version__ if it imports, else None. Never raises."""
     module = try_import(name)

@@ -181,3 +181,15 @@ def test_a_real_subprocess_sees_the_same(site: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": f"{site}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == MISSING_LIBRARY
+
+
+def test_the_status_document_lists_what_failed_to_import(site: Path) -> None:
+    from agent.daemon.reported import status_document
+    from agent.store.state import AgentState
+
+    _broken_copy(site, "edge_agent_status_lib", "missing-library")
+    problem = probe("edge_agent_status_lib")[1]
+    probe("edge_agent_not_there_at_all")
+    assert problem is not None
+    document = status_document(device_id="d", state=AgentState(), serving_digest=None, desired={}, fingerprint={}, started_at=0.0)
+    assert document["broken_imports"] == {"edge_agent_status_lib": {"cause": MISSING_LIBRARY, "detail": problem.detail, "fix": problem.fix}}
