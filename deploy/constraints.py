@@ -31,7 +31,7 @@ def system_numpy() -> Optional[Tuple[str, str]]:
     spec = importlib.util.find_spec("numpy")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = os.path.dirname(list(spec.submodule_search_locations)[0])
+    folder = os.path.dirname(next(iter(spec.submodule_search_locations)))
     for name in sorted(os.listdir(folder)):
         match = re.match(r"numpy-(\d[\w.]*?)(?:\.dist-info|\.egg-info)$", name)
         if match:
