@@ -33,6 +33,9 @@ if [ "$PARTS" = all ] || [ "$PARTS" = wheels ]; then
 fi
 [ "$PARTS" = all ] || [ "$PARTS" = debian ] || exit 0
 
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+  exec sudo --preserve-env=PREFIX bash "$0" debian
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "the Debian install test needs root (deploy/install.sh makes a user and writes /etc): sudo $0" >&2
   exit 1
