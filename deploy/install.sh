@@ -90,8 +90,10 @@ if [ "$IS_JETSON" = 1 ]; then
 elif provides cv2; then
   # The distribution's OpenCV (python3-opencv) is kept, as on a Jetson: onnxruntime from pip, no pip OpenCV.
   "${PIP[@]}" "$SRC" onnxruntime
-else
-  "${PIP[@]}" "$SRC[cpu]"
+elif ! "${PIP[@]}" "$SRC[cpu]"; then
+  # opencv-python-headless >= 4.13 needs NumPy 2 on Python >= 3.9: none may fit the system's NumPy 1.x.
+  echo "warning: no pip OpenCV fits the constraints above; installing without it (apt install python3-opencv for cameras)" >&2
+  "${PIP[@]}" "$SRC" onnxruntime
 fi
 if provides cv2 && "$VPY" -m pip show -q opencv-python opencv-python-headless >/dev/null 2>&1; then
   echo "warning: a pip OpenCV is installed in the venv and shadows the system's (no GStreamer): pip uninstall it" >&2
