@@ -75,7 +75,17 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
 else
   stamp "reusing the arm64 userland in $ROOT"
 fi
-in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+# The host's trust store goes in too (pip behind a TLS-inspecting proxy needs its CA), and its proxy settings.
+mkdir -p "$ROOT/etc/ssl/certs"; cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ROOT/etc/ssl/certs/host-ca-bundle.crt"
+passthrough=()
+for name in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  [ -n "${!name:-}" ] && passthrough+=("$name=${!name}")
+done
+in_root() {
+  chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+    PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt SSL_CERT_FILE=/etc/ssl/certs/host-ca-bundle.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ${passthrough[@]+"${passthrough[@]}"} "$@"
+}
 echo "   uname -m in the userland: $(in_root uname -m); $(in_root /usr/bin/python3 --version); NumPy $(in_root /usr/bin/python3 -c 'import numpy; print(numpy.__version__)')"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 
