@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Dict, List, Optional, Tuple
@@ -100,6 +101,7 @@ class MissingDependency(AgentError):
 # A failed import is classified once per process: a second attempt can fail differently (OpenCV's loader reports
 # "recursion is detected" the second time, a half-initialized extension cannot be loaded again).
 _FAILED: Dict[str, ImportProblem] = {}
+_LOCK = threading.RLock()
 
 
 def probe(name: str) -> Tuple[Optional[ModuleType], Optional[ImportProblem]]:
@@ -111,15 +113,21 @@ def probe(name: str) -> Tuple[Optional[ModuleType], Optional[ImportProblem]]:
     if name in _FAILED:
         return None, _FAILED[name]
     target = PROBE_TARGET.get(name, name)
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            importlib.import_module(target)
-            module = importlib.import_module(name)
-    except Exception as exc:  # a broken native extension raises anything (ImportError, AttributeError, OSError...)
-        problem = classify(name, exc, captured.getvalue())
-        _FAILED[name] = problem
-        return None, problem
+    module = sys.modules.get(name) if target in sys.modules else None
+    if module is None:
+        # One import at a time: sys.stderr is process-wide, and two threads swapping it would lose it for good.
+        with _LOCK:
+            if name in _FAILED:
+                return None, _FAILED[name]
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured):
+                    importlib.import_module(target)
+                    module = importlib.import_module(name)
+            except Exception as exc:  # a broken native extension raises anything (ImportError, AttributeError...)
+                problem = classify(name, exc, captured.getvalue())
+                _FAILED[name] = problem
+                return None, problem
     if getattr(module, "__file__", None) is None and not hasattr(module, "__version__"):
         problem = _not_installed(name, "only a namespace package without code (type stubs?) is installed")
         _FAILED[name] = problem
