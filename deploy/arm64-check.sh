@@ -115,7 +115,8 @@ rm -rf "$ROOT/src/edge-agent" && mkdir -p "$ROOT/src/edge-agent"
 tar -C "$SRC" --exclude=./.git --exclude='./.venv*' --exclude=__pycache__ --exclude='*.egg-info' --exclude=./.hypothesis \
   -cf - . | tar -C "$ROOT/src/edge-agent" -xf -
 in_root bash /src/edge-agent/deploy/install.sh --prefix /opt/edge-agent --no-systemd --no-apt 2>&1 \
-  | grep -v -E "Location 'file|SetuptoolsDeprecationWarning|^\s*(!!|\*{5,}|$)" | sed 's/^/   /'
+  | grep -v -E "Location 'file|BuildBackendWarning|SetuptoolsDeprecationWarning|SPDX expression|By 20[0-9]{2}-|no longer be supported|packaging.python.org|corresp\(dist|Continuing in [0-9]+ seconds|^\s*copying |no files found matching|^\s*(!!|\*{5,}|)$" \
+  | sed 's/^/   /'
 stamp "the unit as install.sh wrote it"
 grep -E '^(ExecStart|User|SupplementaryGroups)=' "$ROOT/etc/systemd/system/edge-agent.service" | sed 's/^/   /'
 [ -x "$ROOT/opt/edge-agent/venv/bin/edge-agent" ] && echo "   ExecStart's entry point exists in the userland"
@@ -124,6 +125,7 @@ stamp "edge-agent device --json --sysroot /tmp/jetson-identity (arm64 Python)"
 in_root /opt/edge-agent/venv/bin/edge-agent device --json --sysroot /tmp/jetson-identity | sed 's/^/   /'
 
 stamp "edge-agent doctor --no-broker --no-cameras (arm64 Python, the userland's own /etc and /proc/device-tree)"
+echo "   (onnxruntime's 'Error in cpuinfo' lines: the userland has no /sys mounted; doctor imports onnxruntime)"
 in_root /opt/edge-agent/venv/bin/edge-agent doctor --no-broker --no-cameras | sed 's/^/   /' || true
 in_root /opt/edge-agent/venv/bin/python -c 'import platform, numpy, onnx, onnxruntime, msgspec; print("   arm64 environment:", platform.machine(), "Python", platform.python_version(), "NumPy", numpy.__version__, numpy.__file__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__, "msgspec", msgspec.__version__)'
 stamp "done"
