@@ -15,7 +15,8 @@
 #
 # Needs root, debootstrap, qemu-user-static and binfmt_misc with the qemu-aarch64 handler enabled
 # (apt install qemu-user-static binfmt-support debootstrap; update-binfmts --enable qemu-aarch64).
-# Takes 10 to 20 minutes the first time (debootstrap and pip under emulation): too slow for CI, so its output is
+# Takes about 6 minutes the first time here (debootstrap 3, pip under emulation 3): with the suite next to it,
+# more than CI can spare, so its output is
 # committed in docs/hardware/ (docs/install.md says so).
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)

@@ -14,6 +14,8 @@
 #    purpose: doctor names the mismatch with both versions and the fix, and the fix it names repairs it.
 #
 #   PREFIX=/tmp/edge-agent-install-ci   where install.sh puts the environment (removed first)
+#   ARM64_SAMPLES=FILE                  also run deploy/arm64-check.sh with those Jetson identity snippets
+#                                       (about 6 minutes; needs binfmt_misc: not in CI by default, docs/install.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SRC=$PWD
@@ -34,7 +36,7 @@ fi
 [ "$PARTS" = all ] || [ "$PARTS" = debian ] || exit 0
 
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-  exec sudo --preserve-env=PREFIX bash "$0" debian
+  exec sudo --preserve-env=PREFIX,ARM64_SAMPLES bash "$0" debian
 fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "the Debian install test needs root (deploy/install.sh makes a user and writes /etc): sudo $0" >&2
@@ -127,4 +129,9 @@ doctor > "$WORK/rows.txt"
 grep -q "^cv2	ok	" "$WORK/rows.txt" || fail "doctor's cv2 check is not ok after the fix"
 done_step
 rm -rf "$PREFIX"
+if [ -n "${ARM64_SAMPLES:-}" ]; then
+  step "deploy/arm64-check.sh (arm64 userland under qemu)"
+  bash deploy/arm64-check.sh --samples "$ARM64_SAMPLES"
+  done_step
+fi
 echo "== install: all passed"
