@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$SAMPLES" ] && [ -f "$SAMPLES" ] || { echo "--samples FILE is required (real Jetson identity snippets)" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (debootstrap, chroot)" >&2; exit 1; }
+REVISION="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$SRC" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 if [ -n "$OUT" ]; then
   mkdir -p "$(dirname "$OUT")"
   exec > >(tee "$OUT") 2>&1
@@ -46,7 +47,7 @@ SAMPLES=$(cd "$(dirname "$SAMPLES")" && pwd)/$(basename "$SAMPLES")
 
 echo "# deploy/arm64-check.sh --samples $(basename "$SAMPLES") --root $ROOT --suite $SUITE"
 echo "# run $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -m) $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
-echo "# edge-agent $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$SRC" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+echo "# edge-agent $REVISION"
 SECONDS=0
 stamp() { echo "== [$SECONDS s] $*"; }
 
