@@ -4,6 +4,7 @@
 #   VENV=.venv                where the environment lives (created if missing)
 #   LINT=1                    also run ruff and mypy (needs Python >= 3.10 for mypy)
 #   WITH_RABBITMQ=1           also install rabbitmq-server, for the clustered-broker tests (they skip without it)
+#   CONSTRAINTS=FILE          pip constraints for every install (the CI's 3.8 leg: tests/constraints/oldest.txt)
 #   extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ fi
 # The packaged broker must not hold port 1883 for nothing; the tests start their own on free ports.
 command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null && systemctl stop mosquitto || true
 
+if [ -n "${CONSTRAINTS:-}" ]; then export PIP_CONSTRAINT; PIP_CONSTRAINT=$(cd "$(dirname "$CONSTRAINTS")" && pwd)/$(basename "$CONSTRAINTS"); fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.engine.cache import pid_alive
-from agent.lazy import module_version, try_import
+from agent.lazy import import_problem, probe
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 UNIT_NAME = "edge-agent.service"
@@ -78,24 +78,48 @@ def check_python() -> List[Check]:
         checks.append(Check("python", WARN, f"Python {version} is newer than the tested 3.8 to 3.12", "use JetPack's python3 (3.8 or 3.10)"))
     else:
         checks.append(Check("python", FAIL, f"Python {version} is older than 3.8", "install Python 3.8 or newer"))
-    required = [("numpy", "numpy"), ("onnx", "onnx"), ("paho.mqtt", "paho-mqtt>=2"), ("psutil", "psutil"), ("cryptography", "cryptography")]
-    for module, package in required:
-        found = module_version(module)
-        if found is None:
-            checks.append(Check(f"package {module}", FAIL, f"{module} is not importable", f"pip install '{package}' (or reinstall edge-agent)"))
-        elif module == "paho.mqtt" and int(found.split(".")[0]) < 2:
-            checks.append(Check("package paho.mqtt", FAIL, f"paho-mqtt {found} is older than 2.0", "pip install 'paho-mqtt>=2'"))
+    return checks
+
+
+# Python packages: "not installed" and "installed but fails to import" (with the cause) are told apart by
+# agent.lazy.probe, the same classification the runners' and the camera's lazy imports report.
+REQUIRED_PACKAGES = ("numpy", "onnx", "msgspec", "paho.mqtt", "psutil", "cryptography")
+OPTIONAL_PACKAGES = {
+    "onnxruntime": ("the CPU backend and the accuracy gate's reference", "pip install 'edge-agent[cpu]' (onnxruntime)"),
+    "cv2": ("cameras and snapshots", "JetPack: apt install python3-opencv (keep its GStreamer build); elsewhere pip install opencv-python-headless"),
+}
+JETSON_PACKAGES = {
+    "tensorrt": "sudo apt install python3-libnvinfer (JetPack's TensorRT; never pip install tensorrt on a Jetson); a virtual environment needs --system-site-packages",
+    "pycuda": "pip install 'edge-agent[jetson]' (builds pycuda against JetPack's CUDA: PATH=/usr/local/cuda/bin:$PATH)",
+}
+
+
+def check_packages(fingerprint: Optional[Dict[str, Any]] = None) -> List[Check]:
+    is_jetson = bool((fingerprint or {}).get("is_jetson"))
+    checks: List[Check] = []
+    for module in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES, *JETSON_PACKAGES):
+        found, problem = probe(module)
+        name = f"package {module}"
+        if problem is not None and problem.installed:
+            checks.append(Check(name, FAIL, problem.detail, problem.fix))
+        elif problem is not None and module in REQUIRED_PACKAGES:
+            checks.append(Check(name, FAIL, problem.detail, problem.fix if module != "paho.mqtt" else "pip install 'paho-mqtt>=2'"))
+        elif problem is not None and module in OPTIONAL_PACKAGES:
+            purpose, fix = OPTIONAL_PACKAGES[module]
+            checks.append(Check(name, WARN, f"{problem.detail}: no {purpose}", fix))
+        elif problem is not None:
+            if is_jetson and module == "tensorrt":
+                checks.append(Check(name, SKIP, f"{problem.detail}: the check 'tensorrt' below says what this costs"))
+            elif is_jetson:
+                checks.append(Check(name, WARN, f"{problem.detail}: no TensorRT engines", JETSON_PACKAGES[module]))
+            else:
+                checks.append(Check(name, SKIP, f"{problem.detail} (not a Jetson: engines build with onnxruntime)"))
         else:
-            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
-    for module, purpose, fix in (
-        ("onnxruntime", "the CPU backend and the accuracy gate's reference", "pip install 'edge-agent[cpu]' (onnxruntime)"),
-        ("cv2", "cameras and snapshots", "JetPack: apt install python3-opencv (keep its GStreamer build); elsewhere pip install opencv-python-headless"),
-    ):
-        found = module_version(module)
-        if found is None:
-            checks.append(Check(f"package {module}", WARN, f"{module} is not installed: no {purpose}", fix))
-        else:
-            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
+            version = str(getattr(found, "__version__", "") or getattr(found, "VERSION_TEXT", "") or "")
+            if module == "paho.mqtt" and version and int(version.split(".")[0]) < 2:
+                checks.append(Check(name, FAIL, f"paho-mqtt {version} is older than 2.0", "pip install 'paho-mqtt>=2'"))
+            else:
+                checks.append(Check(name, OK, f"{module} {version or '(no version)'} ({getattr(found, '__file__', None) or '?'})"))
     return checks
 
 
@@ -106,7 +130,8 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
     cudnn = fingerprint.get("cudnn")
     jetpack = fingerprint.get("jetpack")
     is_jetson = bool(fingerprint.get("is_jetson"))
-    have_trt_module = try_import("tensorrt") is not None
+    trt_problem = import_problem("tensorrt")
+    have_trt_module = trt_problem is None
     if not is_jetson:
         detail = f"not a Jetson ({fingerprint.get('cpu_arch') or '?'}): TensorRT {trt or 'absent'}, CUDA {cuda or 'absent'}"
         if trt and not have_trt_module:
@@ -115,7 +140,9 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
             checks.append(Check("tensorrt", OK if have_trt_module else SKIP, detail + ("" if have_trt_module else "; engines build with onnxruntime (target cpu)")))
         return checks
     expected = JETPACK_STACK.get(_major_minor(jetpack) or "")
-    if not trt or not have_trt_module:
+    if trt_problem is not None and trt_problem.installed:
+        checks.append(Check("tensorrt", FAIL, trt_problem.detail, trt_problem.fix))
+    elif not trt or not have_trt_module:
         checks.append(
             Check(
                 "tensorrt",
@@ -410,7 +437,7 @@ def run_checks(
     checks: List[Check] = [Check("config", OK, f"{config.source or 'defaults and environment'}; device id {config.device.id}")]
     steps: List[Callable[[], Any]] = []
     fp = fingerprint if fingerprint is not None else device_fingerprint()
-    steps += [check_python, lambda: check_accelerator(fp), lambda: check_dla(fp), lambda: check_state_dir(config)]
+    steps += [check_python, lambda: check_packages(fp), lambda: check_accelerator(fp), lambda: check_dla(fp), lambda: check_state_dir(config)]
     steps += [lambda: check_engine_cache(config, fp), lambda: check_signing(config)]
     if include_broker:
         steps.append(lambda: check_broker(config))

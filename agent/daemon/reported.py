@@ -1,6 +1,6 @@
 """The reported state (Azure's reported twin): the retained `<device>/status` document and the status file.
 
-    {schema, kind: "status", ts, device, online, state, version, fingerprint, versions,
+    {schema, kind: "status", ts, device, online, state, version, fingerprint, versions, broken_imports,
      desired:  {deployment_id, digest, source, hold?, invalid?},
      serving:  {deployment_id, digest, since, engine: {backend, cache_hit, key, build_s}, gate, warmup_ms} | null,
      applying: {deployment_id, digest, step, started_at, attempts, job_id, progress?} | null,
@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 from agent import __version__
 from agent.fleet.messages import encode
-from agent.lazy import module_version, try_import
+from agent.lazy import broken_imports, module_version, try_import
 from agent.store.atomic import atomic_write_json
 from agent.store.state import AgentState
 
@@ -139,6 +139,7 @@ def status_document(
         "version": __version__,
         "fingerprint": fingerprint,
         "versions": versions(),
+        "broken_imports": broken_imports(),  # the same diagnosis as `edge-agent doctor` and last_error
         "desired": desired,
         "serving": _serving_view(serving),
         "previous": (state.previous or {}).get("deployment", {}).get("id") if state.previous else None,
