@@ -11,7 +11,7 @@ from typing import Dict, Iterator
 import pytest
 
 from agent.fleet.local_broker import LocalBroker, find_mosquitto
-from tests.helpers import shared_dir, tiny_classifier_onnx
+from tests.helpers import tiny_classifier_onnx
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -105,14 +105,6 @@ def tls_broker(mosquitto_available: None, tmp_path_factory: pytest.TempPathFacto
     pki = make_test_pki(tmp_path_factory.mktemp("pki"))
     with LocalBroker(tls_cert=str(pki["server.crt"]), tls_key=str(pki["server.key"]), tls_ca=str(pki["ca"])) as local:
         yield {"broker": local, **pki}
-
-
-@pytest.fixture(scope="session")
-def shared_testdata() -> Path:
-    base = shared_dir()
-    if base is None:
-        pytest.skip("shared test data (../shared/testdata) is not present in this checkout")
-    return base / "testdata"
 
 
 @pytest.fixture()

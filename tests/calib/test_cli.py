@@ -11,7 +11,7 @@ import pytest
 from agent.calib.table import read_table, write_table
 from agent.cli.main import main
 from tests.calib.test_check import damaged
-from tests.helpers import drawn_frames
+from tests.helpers import EFFNET_TABLE, drawn_frames
 from tests.helpers import testdata as shared_file
 
 TINY_PREPROCESS = '{"size": [8, 8], "resize": "stretch", "interpolation": "area"}'
@@ -60,7 +60,7 @@ def test_check_blocks_the_segformer_table(capsys: pytest.CaptureFixture) -> None
 
 
 def test_check_against_the_model(capsys: pytest.CaptureFixture, tmp_path: Path, effnet_path: Path, effnet_table: Any) -> None:
-    reference = str(shared_file("models", "efficientnet_lite0.cache"))
+    reference = str(EFFNET_TABLE)
     code, report, _ = calib(capsys, "check", reference, "--model", str(effnet_path), "--trt-version", "10.3.0", "--json")
     assert code == 0 and not report["blocking"] and report["coverage"]["int8_layers"] == 60
     broken = tmp_path / "broken.cache"
