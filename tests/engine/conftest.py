@@ -84,10 +84,10 @@ def make_readonly() -> Iterator[object]:
             for item in folders:
                 done = subprocess.run(["chattr", "+i", str(item)], capture_output=True, check=False)
                 if done.returncode != 0:
-                    pytest.skip(f"cannot make a folder read-only here (chattr: {done.stderr.decode().strip()})")
+                    pytest.skip(f"running as root, and chattr +i cannot make a folder read-only here: {done.stderr.decode().strip()}")
                 undo.append(item)
         if _writable(folder):
-            pytest.skip("could not make the folder read-only")
+            pytest.skip("running as root, and the folder stayed writable after chmod and chattr +i")
 
     yield apply
     for item in undo:
