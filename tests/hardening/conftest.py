@@ -74,6 +74,8 @@ def fleet_credentials(mosquitto_available: None) -> Iterator[FleetCredentials]:
         subprocess.run(["bash", str(scripts / "add-passwords.sh"), str(folder), *DEVICES], check=True, capture_output=True)
         # an impostor with its own CA issues itself a "dev1" and an "operator" certificate
         subprocess.run(["bash", str(scripts / "make-certs.sh"), str(foreign), "localhost", "dev1"], check=True, capture_output=True)
+        # the shipped ACL beside them: the checkout may sit where the `mosquitto` user cannot enter (mktemp -d, /root)
+        shutil.copyfile(scripts / "acl", folder / "acl")
         readable_by_mosquitto(folder)
         passwords = {device: (folder / f"{device}.password").read_text().strip() for device in DEVICES}
         yield FleetCredentials(folder, passwords, foreign)
@@ -90,7 +92,7 @@ class ShippedBroker(LocalBroker):
         super().__init__()
         self.operator_port = free_port()
         self.credentials = credentials
-        self.acl_file = acl_file or DEPLOY / "mosquitto" / "acl"
+        self.acl_file = acl_file or credentials.folder / "acl"  # a copy of deploy/mosquitto/acl it can read
 
     def config_text(self) -> str:
         text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
