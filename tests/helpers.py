@@ -70,6 +70,9 @@ def testdata(*parts: str) -> Path:
     return path
 
 
+testdata.__test__ = False  # type: ignore[attr-defined]  # imported into a test module, it is not a test
+
+
 def tiny_classifier_onnx(path: Path, num_classes: int = 4, size: int = 8, seed: int = 0, dynamic_batch: bool = True) -> Path:
     """A real, runnable ONNX classifier: input [N,3,size,size] -> Conv -> Relu -> GlobalAveragePool ->
     Flatten -> Gemm -> logits [N,num_classes]. Weights fixed by `seed`."""
