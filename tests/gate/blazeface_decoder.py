@@ -1,5 +1,5 @@
 """A small BlazeFace (full range) decoder for the detection tests, used only when the postprocessing package
-offers none. Decoding as ../shared/testdata/README.md describes: one anchor per cell of a 48x48 grid (stride 4
+offers none. MediaPipe's decoding: one anchor per cell of a 48x48 grid (stride 4
 on a 192 input), box = (reg[0:2] / size + anchor, reg[2:4] / size), score = sigmoid(logit), then NMS."""
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ from typing import Any, Dict, Iterator, List, Tuple
 import numpy as np
 import pytest
 
+from agent.calib import qdq as qdq_module
+from agent.calib import table as table_module
 from agent.gate.validation import ValidationSet, make_validation
-from tests.helpers import drawn_frames, testdata, tiny_classifier_onnx
+from tests.helpers import EFFNET_TABLE, drawn_frames, testdata, tiny_classifier_onnx
 
 VALIDATION_FRAMES = 16
 ZEROED = ("conv_11", "relu6_17", "conv_14")  # set to 0 in the corrupted table (besides dividing all by 100)
@@ -92,8 +94,8 @@ def effnet_validation(effnet_path: Path) -> ValidationSet:
 
 @pytest.fixture(scope="session")
 def effnet_table() -> Any:
-    table_module = pytest.importorskip("agent.calib.table")
-    return table_module.read_table(testdata("models", "efficientnet_lite0.cache"))
+    """The table the project ships for EfficientNet-Lite0 (calibtables/), calibrated on frames outside the photos."""
+    return table_module.read_table(EFFNET_TABLE)
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +111,7 @@ def corrupted_table(effnet_table: Any) -> Any:
 def _qdq(model_path: Path, table: Any, out: Path) -> Path:
     import onnx
 
-    qdq = pytest.importorskip("agent.calib.qdq")
-    result = qdq.to_qdq(onnx.load(str(model_path)), table, "tensorrt")
+    result = qdq_module.to_qdq(onnx.load(str(model_path)), table, "tensorrt")
     onnx.save(result.model, str(out))
     return out
 
@@ -159,8 +160,8 @@ BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_iou": 0.3
 def blazeface_frames() -> List[Tuple[str, np.ndarray]]:
     from agent.vision.framesets import collect_frames
 
-    photos = collect_frames([testdata("images", "astronaut.png"), testdata("images", "messi5.jpg")], 2)
-    return photos + collect_frames([testdata("video", "Megamind.avi")], VALIDATION_FRAMES - len(photos))
+    photos = collect_frames([testdata("images", "astronaut.png"), testdata("images", "camera.png")], 2)
+    return photos + collect_frames([testdata("video", "faces.avi")], VALIDATION_FRAMES - len(photos))
 
 
 @pytest.fixture(scope="session")

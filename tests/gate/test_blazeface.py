@@ -18,7 +18,7 @@ def test_detection_set_holds_the_reference_faces(blazeface_validation):
     assert sum(len(d) for d in detections) >= blazeface_validation.count  # about one face a frame or more
     names = blazeface_validation.frame_names
     astronaut = detections[names.index("astronaut.png")]
-    # ../shared/testdata/README.md: the astronaut's face about [173, 68, 107, 107] in the 512x512 photo
+    # the astronaut's face about [173, 68, 107, 107] in the 512x512 photo
     assert len(astronaut) == 1
     assert np.allclose(astronaut.boxes[0] * 512, [173, 68, 107, 107], atol=4)
     assert blazeface_validation.decoder_config["score_threshold"] == 0.5
@@ -57,7 +57,6 @@ def test_unknown_decoder_is_a_clear_error(blazeface_validation, blazeface_path):
 
 
 def test_postprocess_decoder_is_found_by_kind_and_agrees_with_the_tests_own(blazeface_validation):
-    pytest.importorskip("agent.vision.postprocess")
     from agent.gate.decoders import resolve_decoder
     from tests.gate.blazeface_decoder import decode_blazeface
 

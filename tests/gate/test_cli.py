@@ -164,7 +164,8 @@ def test_missing_validation_and_engine_are_clear_errors(cli_validation, tiny_mod
 
 
 def test_validate_corrupted_int8_names_culprits(effnet_int8_corrupted, corrupted_table, effnet_validation, effnet_path, tmp_path, capsys):
-    table_module = pytest.importorskip("agent.calib.table")
+    from agent.calib import table as table_module
+
     table_path = tmp_path / "corrupted.cache"
     table_module.write_table_file(table_path, corrupted_table)
     validation = tmp_path / "effnet.npz"
@@ -184,7 +185,7 @@ def test_make_validation_for_detection_with_a_named_decoder(blazeface_path, regi
     from tests.helpers import testdata
 
     out = tmp_path / "faces.npz"
-    argv = ["fleet", "make-validation", "--model", str(blazeface_path), "--frames", str(testdata("video", "Megamind.avi")), "-n", "4"]
+    argv = ["fleet", "make-validation", "--model", str(blazeface_path), "--frames", str(testdata("video", "faces.avi")), "-n", "4"]
     preprocess = json.dumps({"preset": "blazeface", "size": [192, 192]})
     code, stdout, _ = run_cli([*argv, "--preprocess", preprocess, "--decoder", json.dumps(BLAZEFACE_DECODER), "-o", str(out), "--json"], capsys)
     assert code == 0, stdout
