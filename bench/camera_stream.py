@@ -35,14 +35,14 @@ from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
-from agent.vision.capture import Capture, ReconnectPolicy  # noqa: E402
-from agent.vision.pipeline import FrameResult, Pipeline  # noqa: E402
-from agent.vision.sources import SourceOptions  # noqa: E402
-from tests.helpers import shared_dir, tiny_classifier_onnx  # noqa: E402
-from tests.streams import RtspServer, rtsp_server_missing, stream_video  # noqa: E402
+from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from agent.vision.capture import Capture, ReconnectPolicy
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.sources import SourceOptions
+from tests.helpers import shared_dir, tiny_classifier_onnx
+from tests.streams import RtspServer, rtsp_server_missing, stream_video
 
 
 def model_and_steps(workdir: Path) -> Tuple[Path, Any, Dict[str, Any], str]:
