@@ -7,6 +7,7 @@ with the server's own count of connection attempts for the reconnect-storm check
 from __future__ import annotations
 
 import collections
+import io
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from agent.cli.status_cmd import write_text
 from agent.daemon.daemon import pipeline_telemetry
 from agent.fleet.local_broker import free_port
 from agent.runtime.base import Runner
@@ -87,6 +89,13 @@ def source_stats(pipeline: Pipeline, name: str) -> Dict[str, Any]:
     return next(s for s in pipeline.metrics()["sources"] if s["name"] == name)
 
 
+def status_text(pipeline: Pipeline) -> str:
+    """What `edge-agent status` prints for a daemon serving this pipeline (its status file's live.pipeline)."""
+    out = io.StringIO()
+    write_text({"running": True, "status": {}, "live": {"pipeline": pipeline.metrics()}, "state": {}}, out)
+    return out.getvalue()
+
+
 def test_rtsp_and_http_mjpeg_open_through_opencv_ffmpeg_at_the_server_rate(rtsp: RtspServer, mjpeg: MjpegServer) -> None:
     for server, kind in ((rtsp, "rtsp"), (mjpeg, "http")):
         reader = open_source(server.url, OPTIONS)
@@ -126,6 +135,9 @@ def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp:
         assert listener.accepted <= 2 * tries + 2, f"{listener.accepted} connections for {tries} open attempts"
         telemetry = pipeline_telemetry(pipeline.metrics())
         assert telemetry is not None and telemetry["cameras"]["door"]["state"] in ("waiting", "opening")
+        text = status_text(pipeline)
+        assert "camera:    door waiting" in text or "camera:    door opening" in text
+        assert "1 reconnects" not in text and "accepts connections but no stream opened" in text
         assert telemetry["cameras"]["door"]["open_failures"] >= 2
         assert check(telemetry, PIPELINE) == []
 
@@ -143,6 +155,7 @@ def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp:
         assert camera["state"] == "streaming" and camera["reconnects"] == 1 and camera["since_frame_s"] < 5
         assert telemetry["camera_reconnects"] == 1
         assert check(telemetry, PIPELINE) == []
+        assert "camera:    door streaming 320x240" in status_text(pipeline) and "1 reconnects" in status_text(pipeline)
     finally:
         pipeline.stop()
 
