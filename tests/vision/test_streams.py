@@ -16,10 +16,11 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from agent.cli.status_cmd import write_text
+from agent.config import TelemetryConfig
 from agent.daemon.daemon import pipeline_telemetry
 from agent.fleet.local_broker import free_port
 from agent.runtime.base import Runner
-from agent.telemetry.schema import PIPELINE, check
+from agent.telemetry.document import TelemetryCollector, from_compact, to_compact, validate_document
 from agent.vision.capture import Capture, ReconnectPolicy
 from agent.vision.pipeline import FrameResult, Pipeline
 from agent.vision.sources import OpenPlan, SourceError, SourceOptions, open_source
@@ -89,6 +90,17 @@ def source_stats(pipeline: Pipeline, name: str) -> Dict[str, Any]:
     return next(s for s in pipeline.metrics()["sources"] if s["name"] == name)
 
 
+def telemetry_of(pipeline: Pipeline, state_dir: Path) -> Dict[str, Any]:
+    """The `pipeline` section of a real telemetry document, made as the daemon makes it (validated, and the same
+    after the compact form's round trip)."""
+    providers = {"pipeline": lambda: pipeline_telemetry(pipeline.metrics())}
+    with TelemetryCollector(TelemetryConfig(interval_s=1.0), state_dir, providers, device_id="cam-01", on_jetson=False) as collector:
+        document = collector.collect()
+    assert validate_document(document) == []
+    assert from_compact(to_compact(document))["pipeline"] == document["pipeline"]
+    return dict(document["pipeline"])
+
+
 def status_text(pipeline: Pipeline) -> str:
     """What `edge-agent status` prints for a daemon serving this pipeline (its status file's live.pipeline)."""
     out = io.StringIO()
@@ -112,7 +124,7 @@ def test_rtsp_and_http_mjpeg_open_through_opencv_ffmpeg_at_the_server_rate(rtsp:
         assert server.stats()["connections"] == 1
 
 
-def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp: RtspServer, tiny_runner: Runner) -> None:
+def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp: RtspServer, tiny_runner: Runner, tmp_path: Path) -> None:
     results = Results()
     capture = Capture(rtsp.url, OPTIONS, name="door", policy=QUICK)
     pipeline = classify([capture], tiny_runner, results)
@@ -133,13 +145,12 @@ def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp:
         # failed open connects twice: OpenCV's attempt, then the one TCP connect that diagnoses the failure.
         assert 2 <= tries <= 7, f"{tries} open attempts in 4 s while the camera was down"
         assert listener.accepted <= 2 * tries + 2, f"{listener.accepted} connections for {tries} open attempts"
-        telemetry = pipeline_telemetry(pipeline.metrics())
-        assert telemetry is not None and telemetry["cameras"]["door"]["state"] in ("waiting", "opening")
+        telemetry = telemetry_of(pipeline, tmp_path)
+        assert telemetry["cameras"]["door"]["state"] in ("waiting", "opening")
         text = status_text(pipeline)
         assert "camera:    door waiting" in text or "camera:    door opening" in text
         assert "1 reconnects" not in text and "accepts connections but no stream opened" in text
         assert telemetry["cameras"]["door"]["open_failures"] >= 2
-        assert check(telemetry, PIPELINE) == []
 
         before = results.count("door")
         rtsp.start()
@@ -149,12 +160,10 @@ def test_rtsp_server_killed_and_restarted_reconnects_with_backoff_no_storm(rtsp:
         assert stats.open_failures >= failures_before + tries
         # once back, one connection serves: no pile of parallel or repeated sessions
         assert rtsp.stats()["connections"] == 1
-        telemetry = pipeline_telemetry(pipeline.metrics())
-        assert telemetry is not None
+        telemetry = telemetry_of(pipeline, tmp_path)
         camera = telemetry["cameras"]["door"]
         assert camera["state"] == "streaming" and camera["reconnects"] == 1 and camera["since_frame_s"] < 5
         assert telemetry["camera_reconnects"] == 1
-        assert check(telemetry, PIPELINE) == []
         assert "camera:    door streaming 320x240" in status_text(pipeline) and "1 reconnects" in status_text(pipeline)
     finally:
         pipeline.stop()
@@ -233,7 +242,7 @@ def test_a_resolution_change_mid_stream_and_after_a_camera_reboot(rtsp: RtspServ
 
 
 def test_a_stream_that_never_comes_up_says_why_and_the_other_camera_keeps_serving(
-    rtsp: RtspServer, tiny_runner: Runner
+    rtsp: RtspServer, tiny_runner: Runner, tmp_path: Path
 ) -> None:
     dead_port, silent_port = free_port(), free_port()
     silent = SilentListener(silent_port)  # accepts, never answers: a hung camera
@@ -250,8 +259,7 @@ def test_a_stream_that_never_comes_up_says_why_and_the_other_camera_keeps_servin
         assert f"127.0.0.1:{silent_port} accepts connections but no stream opened" in hung.stats().last_error
         wait_until(lambda: results.count("good") >= 20, 30, "the good camera's results")
         assert results.count("dead") == 0 and results.count("hung") == 0
-        telemetry = pipeline_telemetry(pipeline.metrics())
-        assert telemetry is not None
+        telemetry = telemetry_of(pipeline, tmp_path)
         assert telemetry["cameras"]["good"]["state"] == "streaming"
         assert telemetry["cameras"]["dead"]["state"] in ("waiting", "opening")
         assert "connection refused" in telemetry["cameras"]["dead"]["error"]
