@@ -2,7 +2,8 @@
 
 `RtspServer` runs `rtsp_server.py` (GStreamer's RTSP server) under the system Python as its own process, so a
 test can kill it for real and start it again on the same port; `MjpegServer` runs `mjpeg_server.py` (an HTTP
-multipart/x-mixed-replace server, the way IP cameras serve MJPEG) under this Python. Both are fed from a video
+multipart/x-mixed-replace server, the way IP cameras serve MJPEG) under this Python; `GstReader` runs
+`gst_reader.py`, OpenCV's GStreamer backend (Debian's python3-opencv, as JetPack's) reading a pipeline string. Both are fed from a video
 file: `stream_video()` gives ../shared/testdata/video/vtest.avi when present, else a clip drawn with OpenCV.
 """
 
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 SYSTEM_PYTHON = os.environ.get("EDGE_AGENT_SYSTEM_PYTHON", "/usr/bin/python3")
 DEBIAN_PACKAGES = (
     "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-    "gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+    "gstreamer1.0-plugins-ugly gstreamer1.0-libav python3-opencv"
 )
 
 
@@ -213,6 +214,51 @@ class MjpegServer(_ServerProcess):
         return [sys.executable, str(HERE / self.script), "--port", str(self.port), "--video", str(self.video),
                 "--width", str(self.width), "--height", str(self.height), "--fps", str(self.fps),
                 "--frames", str(self.frames)]
+
+
+def opencv_gstreamer_missing() -> Optional[str]:
+    """Why the system Python's OpenCV cannot read through GStreamer (None: it can)."""
+    probe = "import cv2, re; print(re.search(r'GStreamer:\\s*(\\w+)', cv2.getBuildInformation()).group(1))"
+    try:
+        done = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"system Python failed: {exc}"
+    if done.returncode != 0:
+        return f"no OpenCV for {SYSTEM_PYTHON} (Debian: python3-opencv)"
+    if done.stdout.strip().upper() != "YES":
+        return f"the OpenCV of {SYSTEM_PYTHON} has no GStreamer"
+    return None
+
+
+class GstReader:
+    """`gst_reader.py` under the system Python: OpenCV's GStreamer backend reading `pipeline`, one JSON line
+    per event, collected in `events` as they come."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.events: List[Dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen([SYSTEM_PYTHON, str(HERE / "gst_reader.py"), pipeline], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._lock:
+                self.events.append(dict(json.loads(line)))
+
+    def frames(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if "frame" in e]
+
+    def first(self, key: str) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return next((e for e in self.events if key in e), None)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
 
 
 class CountingListener:

@@ -23,13 +23,15 @@ from agent.runtime.base import Runner
 from agent.telemetry.document import TelemetryCollector, from_compact, to_compact, validate_document
 from agent.vision.capture import Capture, ReconnectPolicy
 from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import OpenPlan, SourceError, SourceOptions, open_source
+from agent.vision.sources import OpenPlan, SourceError, SourceOptions, open_source, rtsp_pipeline
 from tests.helpers import wait_until
 from tests.streams import (
     CountingListener,
+    GstReader,
     MjpegServer,
     RtspServer,
     SilentListener,
+    opencv_gstreamer_missing,
     require_rtsp_server,
     stream_video,
 )
@@ -291,3 +293,33 @@ def test_two_cameras_batched_into_one_engine_while_one_drops(
         assert mjpeg.stats()["connections"] == 1
     finally:
         pipeline.stop()
+
+
+@pytest.mark.parametrize("codec", ["auto", "h264"])
+def test_the_gstreamer_rtsp_pipeline_the_agent_plans_reads_the_server(rtsp: RtspServer, codec: str) -> None:
+    """The path a Jetson takes (JetPack's OpenCV has GStreamer, so rtspsrc comes first): the agent's own pipeline
+    string, read by OpenCV's GStreamer backend (Debian's python3-opencv under the system Python). It follows a
+    size change mid-stream, and a stalled stream blocks its read with no timeout: why Capture has a watchdog."""
+    missing = opencv_gstreamer_missing()
+    if missing is not None:
+        pytest.fail(f"{missing}; tests/run.sh installs python3-opencv")
+    reader = GstReader(rtsp_pipeline(rtsp.url, SourceOptions(codec=codec)))
+    try:
+        opened = wait_until(lambda: reader.first("opened"), 30, "the reader to open")
+        assert opened["opened"] and opened["gstreamer"], opened
+        wait_until(lambda: len(reader.frames()) >= 15, 20, "frames through rtspsrc")
+        assert reader.frames()[0]["width"] == 320 and reader.frames()[0]["height"] == 240
+        rtsp.resize(480, 360)
+        wait_until(lambda: reader.frames()[-1]["width"] == 480, 20, "frames at the new size on the same connection")
+        assert reader.frames()[-1]["height"] == 360 and reader.first("failed") is None
+        rtsp.pause()
+        time.sleep(0.5)
+        count = len(reader.frames())
+        time.sleep(2.5)
+        assert len(reader.frames()) == count and reader.first("failed") is None  # blocked in read(), not failed
+        rtsp.resume()
+        wait_until(lambda: len(reader.frames()) >= count + 10, 20, "frames after the stall")
+        assert max(f["read_s"] for f in reader.frames()[count - 1 :]) >= 2.5  # that read waited out the stall
+        assert rtsp.stats()["connections"] == 1
+    finally:
+        reader.close()
