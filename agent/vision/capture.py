@@ -43,6 +43,7 @@ from agent.vision.sources import (
 log = logging.getLogger(__name__)
 
 WATCHED_KINDS = ("rtsp", "http", "v4l2", "csi")  # live sources whose reads must never block for long
+MAX_ABANDONED = 4  # reader threads stuck in a call the watchdog gave up on, at most, per source
 
 
 @dataclass(frozen=True)
@@ -185,23 +186,51 @@ class Capture:
             self._thread.join(timeout)
 
     def _watch(self) -> None:
-        """Abandon a reader thread whose open or read blocks past its limit, and start a fresh one."""
+        """Abandon a reader thread whose open or read blocks past its limit, and start a fresh one. The backoff
+        grows while reader threads keep getting stuck, and at most MAX_ABANDONED stuck threads are left behind:
+        beyond that the watchdog waits for one of them to return before starting another."""
         assert self.read_limit_s is not None and self.open_limit_s is not None
         tick = max(0.05, min(0.5, self.read_limit_s / 8))
+        abandoned: List[threading.Thread] = []
+        streak = 0  # abandonments since the last frame
+        frames_then = -1
+        waiting_for_room = False
         while not self._stop.wait(tick):
+            abandoned = [thread for thread in abandoned if thread.is_alive()]
+            if waiting_for_room:
+                if len(abandoned) >= MAX_ABANDONED:
+                    continue
+                waiting_for_room = False
+                self._thread = self._spawn_worker(streak)
+                continue
             with self._cond:
+                if self._frames_read != frames_then and frames_then >= 0:
+                    streak = 0
                 since, what = self._busy_since, self._busy_what
                 limit = self.open_limit_s if what == "opening" else self.read_limit_s
                 if since is None or time.monotonic() - since <= limit:
                     continue
+                self._worker += 1  # the blocked thread is no longer current: it delivers nothing more
+                self._busy_since = None
                 self._stalls += 1
-                self._disconnects += 1
+                if what == "opening":
+                    self._open_failures += 1
+                else:
+                    self._disconnects += 1
                 message = f"source {self.name}: {what} blocked for more than {limit:.1f} s; abandoned that reader, reopening"
                 self._last_error = message
                 if self._state not in ("stopped", "ended"):
                     self._state = "waiting"
+                frames_then = self._frames_read
+            streak += 1
             log.warning("%s", message)
-            self._thread = self._spawn_worker(1)
+            if self._thread is not None:
+                abandoned.append(self._thread)
+            if len(abandoned) >= MAX_ABANDONED:
+                log.error("source %s: %d reader threads are stuck in OpenCV; waiting for one to return", self.name, len(abandoned))
+                waiting_for_room = True
+                continue
+            self._thread = self._spawn_worker(streak)
 
     def wait_open(self, timeout: float) -> SourceInfo:
         """Block until the source has opened once; SourceError with what was tried if it does not in time."""

@@ -262,9 +262,13 @@ def rtsp_pipeline(url: str, options: SourceOptions) -> str:
 
 
 def _ffmpeg_stream_plan(kind: str, url: str, options: SourceOptions) -> OpenPlan:
-    env: Tuple[Tuple[str, str], ...] = ()
+    # OpenCV serialises every FFmpeg open in the process behind one mutex unless told FFmpeg is thread-safe (it is
+    # since FFmpeg 4.0): without this, one camera whose open waits out its timeout holds back every other
+    # camera's open and reconnect (measured in tests/vision/test_streams.py). OpenCV builds without the switch
+    # ignore it.
+    env: Tuple[Tuple[str, str], ...] = (("OPENCV_FFMPEG_IS_THREAD_SAFE", "1"),)
     if kind == "rtsp":
-        env = (("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{options.transport}"),)
+        env += (("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{options.transport}"),)
     params = (
         ("OPEN_TIMEOUT_MSEC", int(options.open_timeout_s * 1000)),
         ("READ_TIMEOUT_MSEC", int(options.read_timeout_s * 1000)),

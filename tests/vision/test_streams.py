@@ -7,6 +7,7 @@ with the server's own count of connection attempts for the reconnect-storm check
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import threading
 import time
@@ -21,9 +22,10 @@ from agent.daemon.daemon import pipeline_telemetry
 from agent.fleet.local_broker import free_port
 from agent.runtime.base import Runner
 from agent.telemetry.document import TelemetryCollector, from_compact, to_compact, validate_document
+from agent.vision import capture as capture_module
 from agent.vision.capture import Capture, ReconnectPolicy
 from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import OpenPlan, SourceError, SourceOptions, open_source, rtsp_pipeline
+from agent.vision.sources import SourceError, SourceOptions, open_source, plan_source, rtsp_pipeline
 from tests.helpers import wait_until
 from tests.streams import (
     CountingListener,
@@ -197,7 +199,8 @@ def test_a_read_that_blocks_past_its_limit_is_abandoned_by_the_watchdog(rtsp: Rt
     # a plan without OpenCV's timeouts: FFmpeg would wait 30 s on a silent stream (a backend that has none,
     # like GStreamer's rtspsrc, waits forever); the watchdog abandons that read after 2 x 0.5 + 1 = 2 s
     options = SourceOptions(open_timeout_s=2.0, read_timeout_s=0.5)
-    capture = Capture(rtsp.url, options, name="hung", policy=QUICK, plans=[OpenPlan("rtsp", "ffmpeg", rtsp.url)]).start()
+    plan = dataclasses.replace(plan_source(rtsp.url, options, have_gstreamer=False)[0], open_params=())  # no timeouts
+    capture = Capture(rtsp.url, options, name="hung", policy=QUICK, plans=[plan]).start()
     try:
         capture.wait_open(30)
         rtsp.pause()
@@ -210,6 +213,31 @@ def test_a_read_that_blocks_past_its_limit_is_abandoned_by_the_watchdog(rtsp: Rt
         wait_until(lambda: capture.stats().frames >= frames + 10, 10, "frames from the fresh reader")
     finally:
         capture.stop()
+
+
+def test_an_open_that_hangs_is_abandoned_and_stuck_threads_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera that accepts the connection and never answers, opened without OpenCV's timeouts (FFmpeg's own
+    default is 30 s): the watchdog gives up on each open after 2 x (0.25 + 0.25) + 1 = 2 s, and once two reader
+    threads are stuck it starts no third until one returns."""
+    monkeypatch.setattr(capture_module, "MAX_ABANDONED", 2)
+    port = free_port()
+    silent = SilentListener(port)
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    options = SourceOptions(open_timeout_s=0.25, read_timeout_s=0.25)
+    plan = dataclasses.replace(plan_source(url, options, have_gstreamer=False)[0], open_params=())  # no timeouts
+    capture = Capture(url, options, name="mute", policy=QUICK, plans=[plan]).start()
+    try:
+        wait_until(lambda: capture.stats().stalls >= 2, 20, lambda: f"two opens abandoned: {capture.stats()}")
+        stats = capture.stats()
+        assert stats.open_failures == 2 and stats.disconnects == 0 and stats.state == "waiting"
+        assert "opening blocked for more than 2.0 s" in stats.last_error
+        time.sleep(2.0)  # both stuck threads still wait in FFmpeg's open: no third connection meanwhile
+        assert silent.accepted == 2 and capture.stats().stalls == 2
+    finally:
+        capture.stop()
+        silent.close()  # the stuck opens see the connection close and return
+        wait_until(lambda: not any(t.name.startswith("capture:mute:") for t in threading.enumerate()), 40,
+                   "the abandoned reader threads to return")
 
 
 def test_a_resolution_change_mid_stream_and_after_a_camera_reboot(rtsp: RtspServer, tiny_runner: Runner) -> None:
@@ -249,17 +277,22 @@ def test_a_stream_that_never_comes_up_says_why_and_the_other_camera_keeps_servin
     dead_port, silent_port = free_port(), free_port()
     silent = SilentListener(silent_port)  # accepts, never answers: a hung camera
     results = Results()
-    quick_open = SourceOptions(open_timeout_s=1.5, read_timeout_s=1.5)
+    # the hung camera's open waits out a long timeout; it starts first so its open is in progress when the
+    # others open: OpenCV would make them wait behind it (one FFmpeg open at a time) without the thread-safe switch
+    hung = Capture(f"rtsp://127.0.0.1:{silent_port}/cam", SourceOptions(open_timeout_s=8.0, read_timeout_s=1.0), name="hung", policy=QUICK)
     good = Capture(rtsp.url, OPTIONS, name="good", policy=QUICK)
-    dead = Capture(f"rtsp://127.0.0.1:{dead_port}/cam", quick_open, name="dead", policy=QUICK)
-    hung = Capture(f"rtsp://127.0.0.1:{silent_port}/cam", quick_open, name="hung", policy=QUICK)
-    pipeline = classify([good, dead, hung], tiny_runner, results, batch=2)
+    dead = Capture(f"rtsp://127.0.0.1:{dead_port}/cam", SourceOptions(open_timeout_s=1.5, read_timeout_s=1.5), name="dead", policy=QUICK)
+    pipeline = classify([hung, good, dead], tiny_runner, results, batch=2)
     try:
+        wait_until(lambda: silent.accepted >= 1, 10, "the hung camera's open to start")
+        started = time.monotonic()
         with pytest.raises(SourceError, match=rf"nothing listens on 127\.0\.0\.1:{dead_port}: connection refused"):
             dead.wait_open(3)
-        wait_until(lambda: hung.stats().open_failures >= 2, 20, lambda: f"the hung camera's opens to time out: {hung.stats()}")
+        wait_until(lambda: results.count("good") >= 10, 30, "the good camera's results")
+        assert time.monotonic() - started < 6.0, "the good camera waited for the hung camera's open"
+        assert hung.stats().open_failures == 0 and hung.stats().state == "opening"  # still waiting, 8 s timeout
+        wait_until(lambda: hung.stats().open_failures >= 1, 20, lambda: f"the hung camera's open to time out: {hung.stats()}")
         assert f"127.0.0.1:{silent_port} accepts connections but no stream opened" in hung.stats().last_error
-        wait_until(lambda: results.count("good") >= 20, 30, "the good camera's results")
         assert results.count("dead") == 0 and results.count("hung") == 0
         telemetry = telemetry_of(pipeline, tmp_path)
         assert telemetry["cameras"]["good"]["state"] == "streaming"
