@@ -17,8 +17,9 @@ its sources (OpenCV's FFmpeg backend, TCP), and the pipeline runs EfficientNet-L
     python bench/camera_stream.py            # 20 s latency run, 4 kills
     python bench/camera_stream.py --quick    # 8 s, 2 kills (about 45 s)
 
-Last line: p50_ms=... p99_ms=... fps=... drops=... recover_p50_s=... recover_max_s=... and the model,
-backend, threads, stream and policy.
+Last line: p50_ms=... p99_ms=... fps=... drops=... recover_p50_s=... recover_max_s=... open_p50_s=... (a fresh
+open of the running stream: the part of the recovery that is not backoff) and the model, backend, threads, stream
+and policy.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.vision.capture import Capture, ReconnectPolicy
 from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import SourceOptions
+from agent.vision.sources import SourceOptions, open_source
 from tests.helpers import shared_dir, tiny_classifier_onnx
 from tests.streams import RtspServer, rtsp_server_missing, stream_video
 
@@ -144,6 +145,12 @@ def main() -> int:
                 if kill + 1 < kills:  # serve long enough that the backoff starts over, as after a real reboot
                     time.sleep(policy.healthy_s + 0.5)
             connections = server.stats()["connections"]
+            # how much of the recovery is the open itself (RTSP handshake, first keyframe) rather than backoff
+            opens: List[float] = []
+            for _ in range(3):
+                tick = time.monotonic()
+                open_source(server.url, SourceOptions(open_timeout_s=5.0, read_timeout_s=3.0)).close()
+                opens.append(time.monotonic() - tick)
         finally:
             pipeline.stop()
             runner.deactivate()
@@ -151,7 +158,8 @@ def main() -> int:
     print(
         f"p50_ms={np.percentile(latencies, 50):.1f} p99_ms={np.percentile(latencies, 99):.1f} "
         f"fps={len(window) / seconds:.1f} drops={drops} infer_p50_ms={infer_p50:.1f} "
-        f"recover_p50_s={statistics.median(recoveries):.2f} recover_max_s={max(recoveries):.2f} kills={kills} down_s={args.down:g} "
+        f"recover_p50_s={statistics.median(recoveries):.2f} recover_max_s={max(recoveries):.2f} open_p50_s={statistics.median(opens):.2f} "
+        f"kills={kills} down_s={args.down:g} "
         f"connections_last_run={connections} model={label} backend=onnxruntime threads={args.threads} "
         f"stream=640x480@{args.fps:g}fps_h264_rtsp_tcp policy={policy.initial_s:g}..{policy.max_s:g}s"
     )

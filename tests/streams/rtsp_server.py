@@ -23,7 +23,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import gi
 
@@ -37,8 +37,8 @@ def say(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-def decode_frames(video: str, limit: int) -> List[bytes]:
-    """Up to `limit` frames of `video` as raw I420 at its own size, decoded by GStreamer."""
+def decode_frames(video: str, limit: int) -> Tuple[List[bytes], int, int]:
+    """Up to `limit` frames of `video` as raw I420 at its own size (and that size), decoded by GStreamer."""
     pipeline = Gst.parse_launch(
         f'filesrc location="{video}" ! decodebin ! videoconvert ! video/x-raw,format=I420 ! appsink name=sink sync=false'
     )
@@ -57,20 +57,14 @@ def decode_frames(video: str, limit: int) -> List[bytes]:
     if not frames or caps is None:
         raise SystemExit(f"rtsp_server: no frame decoded from {video}")
     structure = caps.get_structure(0)
-    global SOURCE_WIDTH, SOURCE_HEIGHT
-    SOURCE_WIDTH, SOURCE_HEIGHT = structure.get_value("width"), structure.get_value("height")
-    return frames
-
-
-SOURCE_WIDTH = 0
-SOURCE_HEIGHT = 0
+    return frames, int(structure.get_value("width")), int(structure.get_value("height"))
 
 
 class Feed:
     """Sends the decoded frames, looped, at `fps` to every prepared media's appsrc."""
 
-    def __init__(self, frames: List[bytes], fps: float, width: int, height: int) -> None:
-        self.frames = frames
+    def __init__(self, decoded: Tuple[List[bytes], int, int], fps: float, width: int, height: int) -> None:
+        self.frames, self.source_width, self.source_height = decoded
         self.period = 1.0 / fps
         self.width, self.height = width, height
         self.lock = threading.Lock()
@@ -82,7 +76,7 @@ class Feed:
 
     def caps(self) -> Gst.Caps:
         return Gst.Caps.from_string(
-            f"video/x-raw,format=I420,width={SOURCE_WIDTH},height={SOURCE_HEIGHT},framerate={round(1 / self.period)}/1"
+            f"video/x-raw,format=I420,width={self.source_width},height={self.source_height},framerate={round(1 / self.period)}/1"
         )
 
     def scale_caps(self) -> Gst.Caps:
