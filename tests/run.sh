@@ -15,12 +15,23 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 # Real brokers for the integration tests: mosquitto (and its mosquitto_passwd), openssl for test PKI,
-# RabbitMQ's MQTT plugin for the clustered-broker tests; systemd-analyze to verify the unit file.
+# RabbitMQ's MQTT plugin for the clustered-broker tests; systemd-analyze to verify the unit file;
+# a real RTSP server (below).
 packages=""
 { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || packages="$packages mosquitto"
 command -v openssl >/dev/null 2>&1 || packages="$packages openssl"
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || packages="$packages rabbitmq-server"
 command -v systemd-analyze >/dev/null 2>&1 || packages="$packages systemd"
+# A real RTSP camera for tests/vision/test_streams.py: GStreamer's RTSP server run by the system Python
+# (tests/streams/rtsp_server.py), encoding H.264 with x264enc (plugins-ugly) from a video decoded by decodebin;
+# Debian's OpenCV (built with GStreamer) reads it through the agent's rtspsrc pipeline strings.
+if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" >/dev/null 2>&1 \
+   || ! /usr/bin/python3 -c "import cv2" >/dev/null 2>&1 \
+   || ! command -v gst-inspect-1.0 >/dev/null 2>&1 || ! gst-inspect-1.0 x264enc >/dev/null 2>&1; then
+  packages="$packages python3 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base"
+  packages="$packages gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+  packages="$packages python3-opencv"  # OpenCV with GStreamer, as JetPack's: reads the agent's rtspsrc pipelines
+fi
 if [ -n "$packages" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

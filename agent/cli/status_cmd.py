@@ -59,10 +59,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0 if report["running"] else 1
+    write_text(report, sys.stdout)
+    return 0 if report["running"] else 1
+
+
+def write_text(report: Dict[str, Any], out: Any) -> None:
+    """The human form of `live_status()`'s report: state, deployment, broker, outbox, pipeline, each camera."""
     status = report["status"] or {}
     live = report["live"] or {}
     state = report["state"] or {}
-    out = sys.stdout
     if report["running"]:
         out.write(f"edge-agent running (pid {live.get('pid')}, up {live.get('uptime_s')} s): {status.get('state')}\n")
     else:
@@ -87,5 +92,10 @@ def _run(args: argparse.Namespace) -> int:
         out.write(f"  outbox:    {outbox.get('queued')} queued, {outbox.get('dropped')} dropped (max {outbox.get('max')})\n")
     pipeline = live.get("pipeline") or {}
     if pipeline:
-        out.write(f"  pipeline:  {pipeline.get('fps')} fps, {pipeline.get('frames')} frames\n")
-    return 0 if report["running"] else 1
+        out.write(f"  pipeline:  {pipeline.get('fps')} fps, {pipeline.get('results')} results, {pipeline.get('drops')} drops\n")
+        for camera in pipeline.get("sources") or []:
+            if isinstance(camera, dict):
+                out.write(f"  camera:    {camera.get('name')} {camera.get('state')} {camera.get('width')}x{camera.get('height')}, "
+                          f"{camera.get('frames')} frames, {camera.get('reconnects')} reconnects, {camera.get('stalls', 0)} stalls, "
+                          f"{camera.get('open_failures')} failed opens"
+                          + (f"; {camera.get('last_error')}" if camera.get("state") != "streaming" and camera.get("last_error") else "") + "\n")

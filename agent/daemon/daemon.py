@@ -370,24 +370,7 @@ class Daemon:
 
     def _pipeline_section(self) -> Optional[Dict[str, Any]]:
         """The pipeline's metrics (agent.vision) in the telemetry document's terms (agent.telemetry.schema)."""
-        metrics = self.serving.metrics()
-        if not metrics or "error" in metrics:
-            return None
-        latency: Dict[str, Dict[str, float]] = {}
-        stages = dict(metrics.get("stages") or {})
-        if isinstance(metrics.get("latency"), dict):
-            stages["total"] = metrics["latency"]
-        for name, stage in stages.items():
-            if isinstance(stage, dict) and stage.get("count"):
-                latency[name] = {"p50": float(stage.get("p50_ms", 0.0)), "p99": float(stage.get("p99_ms", 0.0))}
-        section: Dict[str, Any] = {
-            "fps": metrics.get("fps"),
-            "frames": metrics.get("results"),
-            "drops": metrics.get("drops"),
-            "camera_reconnects": metrics.get("reconnects"),
-            "latency_ms": latency,
-        }
-        return {k: v for k, v in section.items() if v is not None}
+        return pipeline_telemetry(self.serving.metrics())
 
     def _engine_section(self) -> Optional[Dict[str, Any]]:
         loaded, deployment = self.serving.loaded, self.serving.deployment
@@ -488,3 +471,41 @@ def _status_line(document: Dict[str, Any]) -> str:
     error = document.get("last_error") or {}
     return "degraded" + (f": {error.get('step')}: {str(error.get('reason'))[:120]}" if error else ": no deployment")
 
+
+def pipeline_telemetry(metrics: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A pipeline's metrics (`Pipeline.metrics()`) as the telemetry document's `pipeline` section: rates,
+    latency percentiles, and each camera's state and counters (None when no pipeline runs)."""
+    if not metrics or "error" in metrics:
+        return None
+    latency: Dict[str, Dict[str, float]] = {}
+    stages = dict(metrics.get("stages") or {})
+    if isinstance(metrics.get("latency"), dict):
+        stages["total"] = metrics["latency"]
+    for name, stage in stages.items():
+        if isinstance(stage, dict) and stage.get("count"):
+            latency[name] = {"p50": float(stage.get("p50_ms", 0.0)), "p99": float(stage.get("p99_ms", 0.0))}
+    cameras: Dict[str, Dict[str, Any]] = {}
+    for source in metrics.get("sources") or []:
+        if isinstance(source, dict):
+            cameras[str(source.get("name"))] = {
+                "state": source.get("state"),
+                "frames": source.get("frames"),
+                "drops": source.get("drops"),
+                "reconnects": source.get("reconnects"),
+                "open_failures": source.get("open_failures"),
+                "disconnects": source.get("disconnects"),
+                "stalls": source.get("stalls"),
+                "since_frame_s": source.get("seconds_since_frame"),
+                "width": source.get("width"),
+                "height": source.get("height"),
+                "error": source.get("last_error") or None,
+            }
+    section: Dict[str, Any] = {
+        "fps": metrics.get("fps"),
+        "frames": metrics.get("results"),
+        "drops": metrics.get("drops"),
+        "camera_reconnects": metrics.get("reconnects"),
+        "cameras": cameras or None,
+        "latency_ms": latency,
+    }
+    return {k: v for k, v in section.items() if v is not None}

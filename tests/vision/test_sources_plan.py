@@ -56,7 +56,7 @@ def test_rtsp_prefers_gstreamer_latency_zero_then_ffmpeg_with_timeouts() -> None
     ffmpeg = plans[1]
     assert ffmpeg.target == url  # the query string belongs to the camera, passed untouched
     assert dict(ffmpeg.open_params) == {"OPEN_TIMEOUT_MSEC": 10000, "READ_TIMEOUT_MSEC": 2000}
-    assert dict(ffmpeg.env) == {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp"}
+    assert dict(ffmpeg.env) == {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp", "OPENCV_FFMPEG_IS_THREAD_SAFE": "1"}
 
 
 def test_rtsp_without_gstreamer_is_ffmpeg_only() -> None:
