@@ -19,17 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from agent.calib.graph import GraphIndex, index_graph, node_label, quantization_points
-from agent.calib.routes import (
-    Int8Method,
-    Int8Route,
-    Version,
-    VersionError,
-    choose_int8_route,
-    dla_support,
-    encode_header_version,
-    format_version,
-    parse_version,
-)
+from agent.calib.routes import Int8Method, Int8Route, choose_int8_route
 from agent.calib.table import (
     ENTROPY2,
     FORMAT_TENSORRT,
@@ -41,6 +31,14 @@ from agent.calib.table import (
     printable,
     scale_kind,
     table_stats,
+)
+from agent.device.versions import (
+    Version,
+    VersionError,
+    dla_support,
+    encode_header_version,
+    format_version,
+    parse_version,
 )
 
 if TYPE_CHECKING:

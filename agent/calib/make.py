@@ -24,6 +24,7 @@ import numpy as np
 
 from agent.calib.graph import FLOAT, FLOAT16, index_graph, require_plain_float_model
 from agent.calib.table import ENTROPY2, MINMAX, CalibError, CalibTable, new_table, scale_from_amax
+from agent.lazy import require
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,8 @@ class _Spool:
 
 def _all_tensor_model(model_bytes: bytes) -> tuple:
     """The model with every float network tensor as a graph output, and those tensor names in graph order."""
-    import onnx
-    from onnx import helper
+    import onnx  # heavy (protobuf): imported only where a model is read or written
+    from onnx import helper  # heavy (protobuf): imported only where a model is read or written
 
     model = onnx.load_from_string(model_bytes)
     require_plain_float_model(model, "calib make")
@@ -186,7 +187,6 @@ def make_table(
         raise CalibError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}")
     if not 0.0 < percentile <= 100.0:
         raise CalibError(f"percentile must be in (0, 100], got {percentile}")
-    from agent.lazy import require
 
     ort = require("onnxruntime", "computing a calibration table (calib make)")
     try:

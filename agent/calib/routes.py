@@ -1,55 +1,16 @@
-"""What the device's TensorRT version decides about applying a calibration table, and about DLA.
+"""How a calibration table becomes INT8 on the device: the route its TensorRT version (or onnxruntime) allows.
 
-Facts (../shared/reference/tensorrt-facts.md sections 1.2, 2.1, 4.1):
-- Calibration-cache header versions: 4 digits up to TensorRT 8 (8601 = 8.6.1), 6 digits from 10 (100300 = 10.3.0).
-- Implicit INT8 (calibrators, per-tensor dynamic ranges) works on 8.x and 10.x (deprecated from 10.1) and is
-  removed in 11.0: there the table must become explicit Q/DQ in the ONNX.
-- DLA: present where the module has it; unavailable on TensorRT 10.8 to 11.4.0 packages; 11.4.1+ brings it back
-  on AGX Orin with strongly typed (Q/DQ) networks only.
+The version facts themselves (implicit INT8 removed in TensorRT 11.0, DLA by version) live in
+agent/device/versions.py.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
-from agent.errors import AgentError
-
-Version = Tuple[int, int, int]
-
-
-class VersionError(AgentError):
-    """A TensorRT version string or header code could not be read."""
-
-
-def parse_version(text: str) -> Version:
-    """'10.3.0.30' or '8.6.1' or '10.3' -> (major, minor, patch). The build number is dropped."""
-    match = re.match(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", text or "")
-    if not match:
-        raise VersionError(f"not a TensorRT version: {text!r}")
-    return int(match.group(1)), int(match.group(2) or 0), int(match.group(3) or 0)
-
-
-def format_version(version: Version) -> str:
-    return f"{version[0]}.{version[1]}.{version[2]}"
-
-
-def decode_header_version(code: int) -> Version:
-    """The number in `TRT-<code>-<algorithm>`: >= 100000 is M*10000+m*100+p (TensorRT 10+), else M*1000+m*100+p."""
-    if code < 0:
-        raise VersionError(f"negative TensorRT version code {code}")
-    if code >= 100000:
-        return code // 10000, (code // 100) % 100, code % 100
-    return code // 1000, (code // 100) % 10, code % 100
-
-
-def encode_header_version(version: Version) -> int:
-    major, minor, patch = version
-    if major >= 10:
-        return major * 10000 + minor * 100 + patch
-    return major * 1000 + minor * 100 + patch
+from agent.device.versions import Version, format_version, implicit_int8_supported
 
 
 class Int8Method(str, enum.Enum):
@@ -66,10 +27,6 @@ class Int8Route:
     method: Int8Method
     reason: str
     deprecated: bool = False
-
-
-def implicit_int8_supported(trt: Version) -> bool:
-    return trt[0] < 11
 
 
 def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool = False) -> Int8Route:
@@ -90,26 +47,3 @@ def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool 
     if table_portable:
         return Int8Route(Int8Method.CACHE_CALIBRATOR, "table declared portable: cache-only calibrator with the header rewritten for this TensorRT", deprecated)
     return Int8Route(Int8Method.DYNAMIC_RANGE, "per-tensor dynamic ranges (amax = scale x 127) from the table; the header version is not consulted", deprecated)
-
-
-@dataclass(frozen=True)
-class DlaSupport:
-    available: bool
-    reason: str
-    qdq_only: bool = False
-
-
-def dla_support(trt: Optional[Version], dla_cores: Optional[int], module: Optional[str] = None) -> DlaSupport:
-    """Can this device build for DLA at all? `dla_cores` from the fingerprint (None: unknown)."""
-    where = f" ({module})" if module else ""
-    if trt is None:
-        return DlaSupport(False, "no TensorRT on this device: DLA needs TensorRT")
-    if dla_cores is not None and dla_cores <= 0:
-        return DlaSupport(False, f"this module has no DLA cores{where}")
-    if (10, 8, 0) <= trt < (11, 4, 1):
-        return DlaSupport(False, f"TensorRT {format_version(trt)} has no DLA support (10.8 to 11.4.0); JetPack 6 ships 10.3 with DLA")
-    if trt >= (11, 4, 1):
-        if module is not None and "agx orin" not in module.lower():
-            return DlaSupport(False, f"TensorRT {format_version(trt)} supports DLA on AGX Orin only{where}")
-        return DlaSupport(True, "TensorRT 11.4.1+ on AGX Orin: DLA with strongly typed (Q/DQ) networks only", qdq_only=True)
-    return DlaSupport(True, "DLA available")

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from agent.calib.routes import (
+from agent.device.versions import (
     Version,
     VersionError,
     decode_header_version,
@@ -37,6 +37,7 @@ from agent.calib.routes import (
     parse_version,
 )
 from agent.errors import AgentError
+from agent.store.atomic import atomic_write_bytes
 
 
 class CalibError(AgentError):
@@ -348,8 +349,6 @@ def _entry_line(table: CalibTable, name: str, scale: float) -> str:
 
 
 def write_table_file(path: Union[str, Path], table: CalibTable) -> None:
-    from agent.store.atomic import atomic_write_bytes
-
     atomic_write_bytes(path, write_table(table))
 
 

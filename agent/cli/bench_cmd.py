@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
+from agent.calib.qdq import to_qdq
+from agent.calib.table import read_table
 from agent.cli.output import add_json_flag, print_json, print_table
 from agent.errors import AgentError, UsageError
+from agent.runtime.base import batch_size_of
+from agent.runtime.factory import backend_for, open_runner
 
 
 def register(sub: Any) -> None:
@@ -45,9 +51,6 @@ def parse_batches(text: str) -> List[int]:
 
 def bench_runner(runner: Any, batches: List[int], seconds: float, warmup: int) -> List[Dict[str, Any]]:
     """Time `runner` (activated) on random inputs for each batch size; one row of figures per size."""
-    import numpy as np
-
-    from agent.runtime.base import batch_size_of
 
     spec = runner.first_input()
     fixed = batch_size_of(spec)
@@ -100,13 +103,7 @@ def _int8_model(model: Path, table: str, workdir: str) -> Path:
     """The model with the calibration table applied as onnxruntime-flavoured Q/DQ (agent.calib)."""
     if not table:
         raise UsageError("--precision int8 needs --table (a TensorRT-format calibration table)")
-    try:
-        import onnx
-
-        from agent.calib.qdq import to_qdq
-        from agent.calib.table import read_table
-    except ImportError as exc:
-        raise AgentError(f"--precision int8 needs agent.calib (Q/DQ conversion), which is not available here: {exc}") from None
+    import onnx  # heavy (protobuf): imported only when a Q/DQ model is made
     quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime").model
     out = Path(workdir) / f"{model.stem}.int8.onnx"
     onnx.save(quantized, str(out))
@@ -114,8 +111,6 @@ def _int8_model(model: Path, table: str, workdir: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.runtime.factory import backend_for, open_runner
-
     batches = parse_batches(args.batch)
     if args.seconds <= 0:
         raise UsageError("--seconds must be positive")

@@ -18,8 +18,25 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from agent.calib.check import check_table
+from agent.calib.diff import diff_tables
+from agent.calib.make import make_table
+from agent.calib.qdq import describe, to_qdq
+from agent.calib.table import (
+    DEGENERATE_KINDS,
+    CalibError,
+    json_float,
+    printable,
+    read_table,
+    table_stats,
+    write_table_file,
+)
 from agent.cli.output import add_json_flag, print_json, print_table
 from agent.errors import UsageError
+from agent.store.atomic import atomic_write_bytes
+from agent.store.hashing import sha256_file
+from agent.vision.framesets import iter_sources
+from agent.vision.preprocess import PreprocessError, prepare, spec_from
 
 
 def register(sub: Any) -> None:
@@ -79,9 +96,8 @@ def _no_subcommand(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: str) -> Any:
-    import onnx
+    import onnx  # heavy (protobuf): imported only where a model is read or written
 
-    from agent.calib.table import CalibError
 
     try:
         return onnx.load(path)
@@ -92,8 +108,6 @@ def _load_model(path: str) -> Any:
 
 
 def _float(value: Optional[float]) -> Any:
-    from agent.calib.table import json_float
-
     return json_float(value)
 
 
@@ -101,9 +115,6 @@ def _float(value: Optional[float]) -> Any:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from agent.calib.table import DEGENERATE_KINDS, printable, read_table, table_stats
-    from agent.store.hashing import sha256_file
-
     table = read_table(args.table)
     stats = table_stats(table)
     report: Dict[str, Any] = {
@@ -152,9 +163,6 @@ def _fmt(value: Any) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.calib.check import check_table
-    from agent.calib.table import read_table
-
     table = read_table(args.table)
     model = _load_model(args.model) if args.model else None
     report = check_table(table, model, args.trt_version, args.target, portable=args.portable)
@@ -195,9 +203,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from agent.calib.diff import diff_tables
-    from agent.calib.table import printable, read_table
-
     first, second = read_table(args.a), read_table(args.b)
     result = diff_tables(first, second, args.rel_tol)
     if args.json:
@@ -238,8 +243,6 @@ def _diff(args: argparse.Namespace) -> int:
 
 def preprocess_spec(value: Optional[str]) -> Any:
     """--preprocess: a preset name, a JSON object, or the path of a JSON file."""
-    from agent.vision.preprocess import PreprocessError, spec_from
-
     if value is None:
         return spec_from(None)
     text = value.strip()
@@ -254,11 +257,6 @@ def preprocess_spec(value: Optional[str]) -> Any:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from agent.calib.make import make_table
-    from agent.calib.table import table_stats, write_table_file
-    from agent.vision.framesets import iter_sources
-    from agent.vision.preprocess import prepare
-
     if args.count <= 0:
         raise UsageError("-n must be at least 1")
     spec = preprocess_spec(args.preprocess)
@@ -304,10 +302,6 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _to_qdq(args: argparse.Namespace) -> int:
-    from agent.calib.qdq import describe, to_qdq
-    from agent.calib.table import CalibError, read_table
-    from agent.store.atomic import atomic_write_bytes
-
     table = read_table(args.table)
     model = _load_model(args.model)
     result = to_qdq(model, table, args.flavor, exclude_op_types=args.exclude_op)

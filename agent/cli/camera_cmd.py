@@ -14,6 +14,10 @@ from typing import Any, Dict
 
 from agent.cli.output import add_json_flag, print_json, print_table
 from agent.errors import UsageError
+from agent.runtime.factory import open_runner
+from agent.vision.capture import Capture
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.sources import SourceOptions, probe_source
 
 
 def register(sub: Any) -> None:
@@ -60,8 +64,6 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> Any:
-    from agent.vision.sources import SourceOptions
-
     return SourceOptions.from_dict(
         {
             "width": args.width,
@@ -76,8 +78,6 @@ def _source_options(args: argparse.Namespace) -> Any:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from agent.vision.sources import probe_source
-
     if args.frames < 1:
         raise UsageError("-n must be at least 1")
     report = probe_source(args.uri, args.frames, _source_options(args))
@@ -109,10 +109,6 @@ def _json_or_name(text: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.runtime.factory import open_runner
-    from agent.vision.capture import Capture
-    from agent.vision.pipeline import FrameResult, Pipeline
-
     runner = open_runner(args.backend, args.model, threads=args.threads)
     capture = Capture(args.uri, _source_options(args), stop_at_end=args.stop_at_end, depth=max(1, args.batch))
 

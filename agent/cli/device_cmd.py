@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.output import add_json_flag, print_json, print_table
+from agent.device.fingerprint import fingerprint
 from agent.errors import UsageError
 
 # Printed first, in this order; the JSON always has them, null where unknown.
@@ -28,8 +29,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-
     root = Path(args.sysroot) if args.sysroot else Path("/")
     if args.sysroot and not root.is_dir():
         raise UsageError(f"--sysroot {args.sysroot}: not a folder")

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.cli.output import add_json_flag, print_json, print_table
 from agent.config import load_config
+from agent.daemon.doctor import FAIL, run_checks, summarize
 
 MARKS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "-"}
 
@@ -21,8 +22,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.daemon.doctor import FAIL, run_checks, summarize
-
     config = load_config(args.config)
     checks = run_checks(config, include_broker=not args.no_broker, include_cameras=not args.no_cameras)
     counts = summarize(checks)

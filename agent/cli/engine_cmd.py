@@ -18,7 +18,18 @@ from typing import Any, Dict, List, Optional
 
 from agent.cli import gate_cli
 from agent.cli.output import add_json_flag, print_json, print_table
+from agent.config import load_config
+from agent.device.fingerprint import fingerprint
+from agent.engine import compat
+from agent.engine.build import BuildOptions, ensure_engine
+from agent.engine.cache import BUILD_LOG, EngineCache, keys_in_state_file
+from agent.engine.diagnose import diagnose_log, sniff_plan
+from agent.engine.manifest import ManifestError, read_manifest
+from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision
+from agent.engine.trt_loader import trial_deserialize
 from agent.errors import AgentError, UsageError
+from agent.lazy import module_version, try_import
+from agent.store.hashing import sha256_file
 
 
 def register(sub: Any) -> None:
@@ -84,14 +95,10 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
     return load_config(getattr(args, "config", None))
 
 
 def _cache(args: argparse.Namespace) -> Any:
-    from agent.engine.cache import EngineCache
-
     return EngineCache.for_state(_config(args).state_dir)
 
 
@@ -123,13 +130,6 @@ class _Progress:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.engine.build import BuildOptions, ensure_engine
-    from agent.engine.cache import EngineCache
-    from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision
-    from agent.lazy import try_import
-    from agent.store.hashing import sha256_file
-
     config = _config(args)
     model = Path(args.model)
     if not model.is_file():
@@ -183,10 +183,6 @@ def _build(args: argparse.Namespace) -> int:
 
 def check_path(path: Path, fp: Any, trial: bool = True) -> Dict[str, Any]:
     """The verdict on an engine file or cache folder, as plain data (`loadable`, `reasons`, `hints`, ...)."""
-    from agent.engine import compat
-    from agent.engine.diagnose import sniff_plan
-    from agent.engine.manifest import ManifestError, read_manifest
-
     if not path.exists():
         raise UsageError(f"not found: {path}")
     manifest = None
@@ -234,9 +230,6 @@ def check_path(path: Path, fp: Any, trial: bool = True) -> Dict[str, Any]:
 
 
 def _trial(path: Path, dla_core: Optional[int]) -> Any:
-    from agent.engine import compat
-    from agent.engine.trt_loader import trial_deserialize
-
     trial = trial_deserialize(path, dla_core)
     verdict = compat.Verdict(loadable=trial.ok, problems=trial.problems)
     if not trial.ok:
@@ -245,9 +238,6 @@ def _trial(path: Path, dla_core: Optional[int]) -> Any:
 
 
 def _try_onnxruntime(path: Path) -> Any:
-    from agent.engine import compat
-    from agent.lazy import try_import
-
     verdict = compat.Verdict(loadable=True)
     ort = try_import("onnxruntime")
     if ort is None:
@@ -263,9 +253,6 @@ def _try_onnxruntime(path: Path) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.lazy import module_version
-
     fp = fingerprint(Path(args.sysroot)) if args.sysroot else fingerprint()
     if not fp.onnxruntime:
         fp.onnxruntime = module_version("onnxruntime")
@@ -285,10 +272,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.engine.cache import BUILD_LOG
-    from agent.lazy import module_version
-
     cache = _cache(args)
     entry = cache.find(args.engine)
     fp = fingerprint()
@@ -336,10 +319,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from agent.engine.cache import keys_in_state_file
-
     config = _config(args)
-    from agent.engine.cache import EngineCache
 
     cache = EngineCache.for_state(config.state_dir)
     keep = set(args.keep) | keys_in_state_file(config.state_dir / "state.json")
@@ -361,8 +341,6 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from agent.engine.diagnose import diagnose_log
-
     if args.log == "-":
         text = sys.stdin.read()
     else:

@@ -16,8 +16,14 @@ from typing import Any, Callable, List
 
 from agent.cli import gate_cli, operator_cli
 from agent.cli.output import add_json_flag, print_json
+from agent.config import load_config
 from agent.errors import UsageError
 from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
+from agent.fleet.artifacts import describe_file, sign_manifest, validate_name
+from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.signing import PRIVATE_KEY_NAME, generate_keys, load_private_key
+from agent.fleet.topics import Topics
+from agent.operator.artifact_server import ArtifactServer, add_to_folder, folder_manifests, publish_manifest
 
 
 def register(sub: Any) -> None:
@@ -66,8 +72,6 @@ def _missing_action(parser: argparse.ArgumentParser) -> Callable[[argparse.Names
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
     return load_config(args.config)
 
 
@@ -76,8 +80,6 @@ def _artifacts_folder(args: argparse.Namespace, config: Any) -> Path:
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
-    from agent.fleet.signing import generate_keys
-
     folder = Path(args.out) if args.out else _config(args).state_dir / "fleet-keys"
     keys = generate_keys(folder, overwrite=args.force)
     if args.json:
@@ -92,12 +94,6 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from agent.fleet.artifact_server import add_to_folder, publish_manifest
-    from agent.fleet.artifacts import describe_file, sign_manifest, validate_name
-    from agent.fleet.link import MqttLink, unique_client_id
-    from agent.fleet.signing import PRIVATE_KEY_NAME, load_private_key
-    from agent.fleet.topics import Topics
-
     config = _config(args)
     source = Path(args.file)
     if not source.is_file():
@@ -133,9 +129,6 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent.fleet.artifact_server import ArtifactServer, folder_manifests
-    from agent.fleet.link import MqttLink, unique_client_id
-
     config = _config(args)
     folder = _artifacts_folder(args, config)
     holder: List[ArtifactServer] = []

@@ -15,8 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from agent.calib.table import read_table
 from agent.cli.output import add_json_flag, print_json
 from agent.errors import AgentError, UsageError
+from agent.gate.gate import run_gate
+from agent.gate.thresholds import GateThresholds
+from agent.gate.validation import load_validation, make_validation
+from agent.runtime.factory import open_runner
+from agent.store.atomic import read_json
+from agent.vision.framesets import collect_frames
+from agent.vision.preprocess import spec_from
 
 TASK_CHOICES = ("classification", "detection", "generic")
 SIZE_HINT_BYTES = 8 << 20
@@ -106,10 +114,6 @@ def _labels_for(value: Optional[str], names: List[str]) -> Optional[List[int]]:
 
 
 def make_validation_command(args: argparse.Namespace) -> int:
-    from agent.gate.validation import make_validation
-    from agent.vision.framesets import collect_frames
-    from agent.vision.preprocess import spec_from
-
     preprocess = spec_from(_json_or_name(args.preprocess, "--preprocess"))
     decoder_config = _json_or_name(args.decoder, "--decoder")
     if isinstance(decoder_config, str):
@@ -155,9 +159,6 @@ ENGINE_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
 
 def _open_runner(engine: str) -> Tuple[Any, Dict[str, Any]]:
     """(runner not yet activated, manifest or {}) for an engine file or a cached engine folder."""
-    from agent.runtime.factory import open_runner
-    from agent.store.atomic import read_json
-
     path = Path(engine)
     if path.is_dir():
         manifest_path = path / "manifest.json"
@@ -192,19 +193,10 @@ def _artifact_in_folder(folder: Path, manifest: Dict[str, Any]) -> Path:
 def _read_table(path: Optional[str]) -> Any:
     if path is None:
         return None
-    from agent.lazy import try_import
-
-    table_module = try_import("agent.calib.table")
-    if table_module is None:
-        raise AgentError("reading a calibration table needs agent.calib.table, which this agent lacks")
-    return table_module.read_table(path)
+    return read_table(path)
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from agent.gate.gate import run_gate
-    from agent.gate.thresholds import GateThresholds
-    from agent.gate.validation import load_validation
-
     block = _json_or_name(args.thresholds, "--thresholds")
     if block is not None and not isinstance(block, dict):
         raise UsageError("--thresholds: a JSON object, e.g. '{\"top1_agreement\": 0.9}'")

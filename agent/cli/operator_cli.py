@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from agent.cli.output import add_json_flag, print_json, print_table
+from agent.config import load_config
 from agent.errors import UsageError
+from agent.fleet.commands import COMMANDS, JobState, coerce_cli_args
+from agent.fleet.deployment import DeploymentError, deployment_from_dict
+from agent.fleet.messages import MessageError
+from agent.operator.client import Operator, format_reply
+from agent.store.hashing import sha256_file
 
 
 def register_operator(actions: Any) -> None:
@@ -47,7 +53,6 @@ def register_operator(actions: Any) -> None:
     add_json_flag(deploy)
     deploy.set_defaults(func=_deploy)
 
-    from agent.fleet.commands import COMMANDS
 
     cmd = actions.add_parser("cmd", help="send a command to a device; --wait for its job to finish")
     cmd.add_argument("device")
@@ -74,13 +79,7 @@ def register_operator(actions: Any) -> None:
     watch.set_defaults(func=_watch)
 
 
-register_actions = register_operator  # the name agent/cli/fleet_cmd.py's extension hook calls
-
-
 def _operator(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-    from agent.fleet.operator import Operator
-
     config = load_config(args.config)
     return Operator(config.broker, config.broker.topic_prefix).connect()
 
@@ -91,8 +90,6 @@ def _artifact_ref(value: Optional[str]) -> Optional[str]:
         return None
     path = Path(value)
     if len(value) != 64 and path.is_file():
-        from agent.store.hashing import sha256_file
-
         return sha256_file(path)
     return value
 
@@ -154,8 +151,6 @@ def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from agent.fleet.deployment import DeploymentError, deployment_from_dict
-
     if bool(args.device) == bool(args.group):
         raise UsageError("name a DEVICE or --group GROUP (one of them)")
     deployment = None
@@ -183,10 +178,6 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from agent.fleet.commands import JobState, coerce_cli_args
-    from agent.fleet.messages import MessageError
-    from agent.fleet.operator import format_reply
-
     try:
         command_args = coerce_cli_args(args.type, args.arg)
     except MessageError as exc:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from agent.config import load_config
+from agent.daemon.daemon import Daemon
 
 
 def register(sub: Any) -> None:
@@ -28,6 +29,5 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(level)
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
-    from agent.daemon.daemon import Daemon
 
     return Daemon(config).run_forever()

@@ -84,50 +84,6 @@ SOC_COMPUTE: Dict[str, str] = {
 # SoCs without DLA whatever the module (facts 4.1).
 SOC_WITHOUT_DLA = ("tegra210", "tegra186", "tegra264")
 
-# L4T release -> JetPack (facts 6.1; the R32.1 / R32.5 / R36.4.7 / R39.2 rows from the device samples).
-# Keys with two parts match any patch of that release.
-L4T_JETPACK: Dict[str, str] = {
-    "32.1.0": "4.2",
-    "32.5.0": "4.5",
-    "32.5.1": "4.5.1",
-    "32.6.1": "4.6",
-    "32.7.1": "4.6.1",
-    "32.7.2": "4.6.2",
-    "32.7.3": "4.6.3",
-    "32.7.4": "4.6.4",
-    "32.7.5": "4.6.5",
-    "32.7.6": "4.6.6",
-    "35.1": "5.0.2",
-    "35.2.1": "5.1",
-    "35.3.1": "5.1.1",
-    "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3",
-    "35.6.0": "5.1.4",
-    "35.6.1": "5.1.5",
-    "36.3": "6.0",
-    "36.4.0": "6.1",
-    "36.4.3": "6.2",
-    "36.4.4": "6.2.1",
-    "36.4.7": "6.2.1",
-    "36.5.0": "6.2.2",
-    "38.2": "7.0",
-    "38.4": "7.1",
-    "39": "7.2",
-}
-
-
-def jetpack_for_l4t(l4t: Optional[str]) -> Optional[str]:
-    """'36.4.3' -> '6.2'; exact release first, then major.minor, then major; None when not in the table."""
-    if not l4t:
-        return None
-    parts = l4t.split(".")
-    full = ".".join([*parts, "0", "0"][:3])
-    for candidate in (l4t, full, ".".join(parts[:2]), parts[0]):
-        if candidate in L4T_JETPACK:
-            return L4T_JETPACK[candidate]
-    return None
-
-
 def module_for_part(part: str) -> Optional[str]:
     part = part.lower()
     if part in MODULES:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,10 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from agent.calib.routes import VersionError, dla_support, parse_version
+import psutil
+
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine import compat
+from agent.engine.build_job import RESULT_NAME, BuildJob
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
 from agent.engine.manifest import (
     ENGINE_FILES,
@@ -45,10 +49,10 @@ from agent.engine.manifest import (
     now_utc,
     write_manifest,
 )
-from agent.engine.plugins import resolve_plugins
+from agent.engine.plugins import PluginError, resolve_plugins
 from agent.engine.report import policy_violations, precision_warnings
 from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
-from agent.engine.worker import RESULT_NAME, Job
+from agent.engine.trt_loader import trial_deserialize
 from agent.errors import AgentError
 from agent.lazy import module_version, require
 from agent.store.atomic import atomic_write_json
@@ -304,9 +308,6 @@ def _limit_raised(failure: Dict[str, Any], options: BuildOptions) -> bool:
 
 
 def _trial_load(entry: CacheEntry, options: BuildOptions) -> compat.Verdict:
-    from agent.engine.plugins import PluginError
-    from agent.engine.trt_loader import trial_deserialize
-
     assert entry.manifest is not None
     try:
         plugins = resolve_plugins(entry.manifest.spec.plugins, options.plugin_dir)
@@ -344,8 +345,6 @@ def _resolve_inputs(spec: BuildSpec, cache: EngineCache, model: Optional[Path], 
 
 def _memory_budget(model_path: Path, spec: BuildSpec, options: BuildOptions) -> int:
     """Refuse to start a build the machine cannot hold; return the RSS limit (MB) for the child."""
-    import psutil
-
     available_mb = int(psutil.virtual_memory().available / 2**20)
     model_mb = os.path.getsize(model_path) / 2**20
     if spec.backend == BACKEND_TENSORRT:
@@ -383,7 +382,7 @@ def _build(
     limit_mb = _memory_budget(model_path, spec, options)
     build_dir = cache.new_build_dir(key)
     engine_file = ENGINE_FILES[spec.backend]
-    job = Job(
+    job = BuildJob(
         backend=spec.backend,
         spec=spec.to_dict(),
         model=str(model_path),
@@ -423,8 +422,6 @@ def _build(
         return manifest, path
     finally:
         if build_dir.exists():
-            import shutil
-
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -470,8 +467,6 @@ def _run_worker(
     job_path: Path, log_path: Path, options: BuildOptions, limit_mb: int, emit: Callable[..., None], cancel: Optional[threading.Event]
 ) -> str:
     """Run the worker; return 'exited', 'timeout', 'memory' or 'canceled'. Progress lines become events."""
-    import psutil
-
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -542,8 +537,6 @@ def _drain(lines: queue.Queue[str], emit: Callable[..., None]) -> bool:
 
 
 def _rss_mb(process: Any) -> float:
-    import psutil
-
     total = 0
     try:
         total += process.memory_info().rss

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.calib.routes import VersionError, dla_support, parse_version
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine.diagnose import sniff_plan
 from agent.engine.manifest import Manifest
 from agent.engine.spec import BACKEND_TENSORRT, device_fields

@@ -20,25 +20,21 @@ against tensorrt-stubs 10.13, `disallow_untyped_defs`): no machine of this proje
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from agent.calib.routes import (
-    Int8Method,
-    Int8Route,
-    Version,
-    choose_int8_route,
-    dla_support,
-    format_version,
-    parse_version,
-)
+from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
+from agent.calib.routes import Int8Method, Int8Route, choose_int8_route
+from agent.calib.table import is_usable_scale, read_table, with_header_version, write_table
+from agent.device.versions import Version, dla_support, format_version, parse_version
+from agent.engine.build_job import BuildJob, Emit, WorkerError
 from agent.engine.diagnose import diagnose_log
 from agent.engine.report import report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
-from agent.engine.worker import Emit, Job, WorkerError
 from agent.lazy import require
 from agent.store.atomic import atomic_write_bytes
 
@@ -203,8 +199,6 @@ def _add_profile(builder: trt.Builder, network: trt.INetworkDefinition, config: 
 def _load_plugins(paths: List[str]) -> None:
     """Plugin libraries (already checked by the parent: configured folder, sha256). IPluginRegistry.load_library
     exists from 8.6; before it, loading the library registers its creators."""
-    import ctypes
-
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     registry: Any = trt.get_plugin_registry()
@@ -229,8 +223,6 @@ def _activation_tensors(network: trt.INetworkDefinition) -> List[trt.ITensor]:
 
 def _apply_dynamic_ranges(network: trt.INetworkDefinition, table: CalibTable) -> Tuple[int, List[str]]:
     """ITensor.set_dynamic_range(-amax, amax) for every float tensor the table has; the rest are reported."""
-    from agent.calib.table import is_usable_scale
-
     applied, missing = 0, []
     for tensor in _activation_tensors(network):
         scale = table.entries.get(tensor.name)
@@ -272,11 +264,10 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Optional[str], notes: L
         notes.append(f"could not save the timing cache: {exc}")
 
 
-def _model_bytes(job: Job, route: Optional[Int8Route], table: Optional[CalibTable], notes: List[str]) -> bytes:
+def _model_bytes(job: BuildJob, route: Optional[Int8Route], table: Optional[CalibTable], notes: List[str]) -> bytes:
     if route is None or route.method != Int8Method.QDQ_TENSORRT or table is None:
         return Path(job.model).read_bytes()
     onnx = require("onnx", "explicit Q/DQ for TensorRT 11")
-    from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
 
     result = to_qdq(onnx.load(job.model), table, FLAVOR_TENSORRT)
     notes.extend(result.notes)
@@ -285,7 +276,7 @@ def _model_bytes(job: Job, route: Optional[Int8Route], table: Optional[CalibTabl
     return bytes(result.model.SerializeToString())
 
 
-def build(job: Job, emit: Emit) -> Dict[str, Any]:
+def build(job: BuildJob, emit: Emit) -> Dict[str, Any]:
     require("tensorrt", "building TensorRT engines")
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
@@ -313,8 +304,6 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     route: Optional[Int8Route] = None
     table: Optional[CalibTable] = None
     if precision == Precision.INT8:
-        from agent.calib.table import read_table
-
         if not job.calib:
             raise WorkerError("INT8 needs the calibration table, and the job has none")
         route = choose_int8_route(version, spec.target, spec.calib_portable)
@@ -353,8 +342,6 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
                 applied, missing = _apply_dynamic_ranges(network, table)
                 int8["tensors_with_range"] = applied
             elif route.method == Int8Method.CACHE_CALIBRATOR:
-                from agent.calib.table import with_header_version, write_table
-
                 cache = write_table(with_header_version(table, version))
                 config.int8_calibrator = _calibrator(cache, spec.batch.opt)
                 if profile is not None:

@@ -11,6 +11,7 @@ Verified by type checks only (mypy against tensorrt-stubs 10.13): no machine of 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -120,7 +121,6 @@ def _capture_logger() -> trt.ILogger:
 def load_plan(path: str, dla_core: Optional[int], plugins: Sequence[str]) -> Dict[str, Any]:
     """Deserialize the plan here (in the child) and describe its I/O tensors."""
     require("tensorrt", "checking TensorRT plans")
-    import ctypes
 
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 from agent.runtime.base import Runner, RunnerError
+from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from agent.runtime.tensorrt_runner import TensorRTRunner
 
 BACKEND_ALIASES: Dict[str, str] = {
     "onnxruntime": "onnxruntime",
@@ -57,9 +59,7 @@ def open_runner(
     if chosen == "onnxruntime":
         if dla_core is not None:
             raise RunnerError("dla_core applies to TensorRT engines only; the onnxruntime backend runs on the CPU")
-        from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, threads=threads, name=name, spin=spin)
-    from agent.runtime.tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(path, dla_core=dla_core, name=name)

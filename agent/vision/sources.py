@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from agent.errors import AgentError
+from agent.lazy import require
 from agent.vision.config_schema import from_mapping
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -98,7 +99,7 @@ def opencv_has_gstreamer(build_information: Optional[str] = None) -> bool:
     """Whether OpenCV was built with GStreamer (from cv2.getBuildInformation(), or the text given)."""
     if build_information is None:
         try:
-            import cv2
+            import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
         except ImportError:
             return False
         build_information = str(cv2.getBuildInformation())
@@ -329,8 +330,6 @@ class _Pacer:
 
 
 def _cv2() -> Any:
-    from agent.lazy import require
-
     return require("cv2", "camera sources")
 
 

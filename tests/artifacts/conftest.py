@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ArtifactsConfig, BrokerConfig
-from agent.fleet.artifact_server import ArtifactServer, add_to_folder, folder_manifest_path, publish_manifest
+from agent.operator.artifact_server import ArtifactServer, add_to_folder, folder_manifest_path, publish_manifest
 from agent.fleet.artifacts import (
     ArtifactManifest,
     decode_request,

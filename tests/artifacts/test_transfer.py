@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.fleet.artifact_server import publish_manifest
+from agent.operator.artifact_server import publish_manifest
 from agent.fleet.artifacts import (
     ArtifactManifest,
     ArtifactTooLargeError,

@@ -11,7 +11,7 @@ import pytest
 from agent.cli.main import main
 from agent.device import sources
 from agent.device.fingerprint import fingerprint
-from agent.device.tables import jetpack_for_l4t
+from agent.device.versions import jetpack_for_l4t
 from tests import helpers
 from tests.device.samples import Sample, lay_out, split_samples
 

@@ -180,7 +180,7 @@ def test_validate_corrupted_int8_names_culprits(effnet_int8_corrupted, corrupted
     assert result["fallback"]["policy"] == "fp16_engine"
 
 
-def test_make_validation_for_detection_with_a_named_decoder(blazeface_path, registered_blazeface, tmp_path, capsys):
+def test_make_validation_for_detection_with_a_named_decoder(blazeface_path, tmp_path, capsys):
     from tests.helpers import testdata
 
     out = tmp_path / "faces.npz"

@@ -365,7 +365,7 @@ def test_transfer_block_handling_never_corrupts_the_partial_file(sequence: List[
 def test_artifact_server_survives_any_request(topic: str, payload: bytes) -> None:
     """A hostile device writes whatever it likes on its own artifact-req topic; `fleet serve` must shrug."""
     from agent.config import BrokerConfig
-    from agent.fleet.artifact_server import ArtifactServer
+    from agent.operator.artifact_server import ArtifactServer
     from agent.fleet.link import MqttLink
 
     with tempfile.TemporaryDirectory() as folder:
@@ -386,7 +386,7 @@ def test_artifact_server_survives_any_request(topic: str, payload: bytes) -> Non
 @example({"serving": "x"}, {})
 @example({}, {"jetson": [1]})
 def test_operator_reads_any_status_a_device_publishes(status: Dict[str, Any], telemetry: Dict[str, Any]) -> None:
-    from agent.fleet.operator import DeviceRow
+    from agent.operator.client import DeviceRow
     from agent.telemetry.document import from_compact
 
     row = DeviceRow("dev1", status=status, telemetry=only_agent_errors(from_compact, telemetry))
