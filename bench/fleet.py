@@ -280,8 +280,8 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
     import psutil
 
     from agent.fleet.deployment import Deployment
-    from agent.operator.client import Operator
     from agent.fleet.signing import generate_keys
+    from agent.operator.client import Operator
 
     fd_limit = raise_fd_limit(devices)  # before mosquitto starts: it inherits the limit
     if fd_limit < devices + 256:

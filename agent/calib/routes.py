@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
+from agent.device.target import Backend, Target
 from agent.device.versions import Version, format_version, implicit_int8_supported
 
 
@@ -29,7 +30,7 @@ class Int8Route:
     deprecated: bool = False
 
 
-def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool = False) -> Int8Route:
+def choose_int8_route(trt: Optional[Version], target: Union[str, Target], table_portable: bool = False) -> Int8Route:
     """The route a table takes to INT8 on this device. `trt` is None for the onnxruntime CPU backend.
 
     GPU on 8.x/10.x: per-tensor dynamic ranges, which ignore the table's header (no version check to fail), unless
@@ -37,12 +38,13 @@ def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool 
     then also applies its own calibration bookkeeping). DLA on 8.x/10.x: the cache calibrator, since DLA wants
     EntropyCalibration2 scales through the calibrator path and does not take Q/DQ before 11.4.1.
     """
-    if trt is None or target == "cpu":
+    placement = Target(target)
+    if trt is None or placement.backend == Backend.ONNXRUNTIME:
         return Int8Route(Int8Method.QDQ_ONNXRUNTIME, "onnxruntime runs explicit Q/DQ; the table becomes QuantizeLinear/DequantizeLinear")
     if not implicit_int8_supported(trt):
         return Int8Route(Int8Method.QDQ_TENSORRT, f"TensorRT {format_version(trt)} removed implicit INT8 (11.0): explicit Q/DQ only")
     deprecated = trt >= (10, 1, 0)
-    if target.startswith("dla"):
+    if placement.is_dla:
         return Int8Route(Int8Method.CACHE_CALIBRATOR, "DLA takes INT8 scales through an EntropyCalibration2 cache on TensorRT 8.x/10.x", deprecated)
     if table_portable:
         return Int8Route(Int8Method.CACHE_CALIBRATOR, "table declared portable: cache-only calibrator with the header rewritten for this TensorRT", deprecated)

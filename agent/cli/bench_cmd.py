@@ -17,14 +17,16 @@ import numpy as np
 
 from agent.calib.qdq import to_qdq
 from agent.calib.table import read_table
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
+from agent.device.target import Backend
 from agent.errors import AgentError, UsageError
 from agent.runtime.base import batch_size_of
-from agent.runtime.factory import backend_for, open_runner
+from agent.runtime.factory import open_runner
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="engine throughput and latency per batch size")
+    parser = sub.add_parser("bench")
     parser.add_argument("--model", required=True, help="ONNX model (onnxruntime) or TensorRT plan")
     parser.add_argument("--backend", default="auto", help="onnxruntime | tensorrt | auto (by suffix, default)")
     parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
@@ -115,10 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.seconds <= 0:
         raise UsageError("--seconds must be positive")
     model = Path(args.model)
-    backend = backend_for(args.backend, model)
+    backend = Backend.for_file(args.backend, model)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
         if args.precision == "int8":
-            if backend != "onnxruntime":
+            if backend != Backend.ONNXRUNTIME:
                 raise UsageError("--precision int8 applies to ONNX models on onnxruntime; a TensorRT plan has its precision built in")
             model = _int8_model(model, args.table, workdir)
         runner = open_runner(backend, model, threads=args.threads, dla_core=args.dla_core, spin=args.spin)
@@ -126,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
             rows = bench_runner(runner, batches, args.seconds, args.warmup)
     report: Dict[str, Any] = {
         "model": str(args.model),
-        "backend": backend,
+        "backend": backend.value,
         "precision": args.precision,
         "threads": args.threads,
         "results": rows,

@@ -12,10 +12,8 @@ Exit 0 when the command did its job, 1 when a check blocks deployment or an inpu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from agent.calib.check import check_table
@@ -31,17 +29,24 @@ from agent.calib.table import (
     table_stats,
     write_table_file,
 )
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import (
+    add_json_flag,
+    add_preprocess_option,
+    add_target_option,
+    json_or_name,
+    require_action,
+)
+from agent.cli.output import print_json, print_table
 from agent.errors import UsageError
 from agent.store.atomic import atomic_write_bytes
 from agent.store.hashing import sha256_file
 from agent.vision.framesets import iter_sources
-from agent.vision.preprocess import PreprocessError, prepare, spec_from
+from agent.vision.preprocess import prepare, spec_from
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("calib", help="inspect, check, diff, make and convert INT8 calibration tables")
-    parser.set_defaults(func=_no_subcommand, calib_parser=parser)
+    parser = sub.add_parser("calib")
+    require_action(parser)
     calib = parser.add_subparsers(dest="calib_command", metavar="ACTION")
 
     inspect = calib.add_parser("inspect", help="format, header and degenerate scales of a table")
@@ -53,7 +58,7 @@ def register(sub: Any) -> None:
     check.add_argument("table")
     check.add_argument("--model", help="the ONNX model the table will be applied to")
     check.add_argument("--trt-version", help="TensorRT version on the target, e.g. 10.3.0 (JetPack 6.1/6.2)")
-    check.add_argument("--target", default="gpu", help="gpu, dla (or dla:N) or cpu (default gpu)")
+    add_target_option(check, default="gpu", help="gpu, dla (or dla:N) or cpu (default gpu)")
     check.add_argument("--portable", action="store_true", help="the table is declared portable (cache calibrator route on GPU)")
     add_json_flag(check)
     check.set_defaults(func=_check)
@@ -69,7 +74,7 @@ def register(sub: Any) -> None:
     make = calib.add_parser("make", help="compute a TensorRT-format table on the CPU with onnxruntime")
     make.add_argument("--model", required=True, help="float ONNX model")
     make.add_argument("--frames", required=True, nargs="+", help="folder(s) of images, image files or video files")
-    make.add_argument("--preprocess", help="preset name (efficientnet_lite, blazeface), JSON object, or a JSON file")
+    add_preprocess_option(make)
     make.add_argument("--method", default="entropy", choices=("entropy", "minmax", "percentile"), help="default entropy (TensorRT's EntropyCalibration2)")
     make.add_argument("-n", "--count", type=int, default=64, help="frames taken from each source, spread over it (default 64)")
     make.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
@@ -88,11 +93,6 @@ def register(sub: Any) -> None:
     qdq.add_argument("-o", "--output", required=True)
     add_json_flag(qdq)
     qdq.set_defaults(func=_to_qdq)
-
-
-def _no_subcommand(args: argparse.Namespace) -> int:
-    args.calib_parser.print_help(sys.stderr)
-    raise UsageError("choose an action: inspect, check, diff, make or to-qdq")
 
 
 def _load_model(path: str) -> Any:
@@ -241,25 +241,10 @@ def _diff(args: argparse.Namespace) -> int:
 # --- make ----------------------------------------------------------------------------------------------
 
 
-def preprocess_spec(value: Optional[str]) -> Any:
-    """--preprocess: a preset name, a JSON object, or the path of a JSON file."""
-    if value is None:
-        return spec_from(None)
-    text = value.strip()
-    if not text.startswith("{") and Path(text).is_file():
-        text = Path(text).read_text(encoding="utf-8")
-    if text.startswith("{"):
-        try:
-            return spec_from(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise PreprocessError(f"--preprocess: not valid JSON ({exc})") from None
-    return spec_from(text)
-
-
 def _make(args: argparse.Namespace) -> int:
     if args.count <= 0:
         raise UsageError("-n must be at least 1")
-    spec = preprocess_spec(args.preprocess)
+    spec = spec_from(json_or_name(args.preprocess, "--preprocess"))
     counted = {"frames": 0}
 
     def frames() -> Any:

@@ -1,5 +1,5 @@
 """`edge-agent fleet`: the operator's side. `keys generate`, `publish`, `serve` here; `make-validation` from
-`gate_cli`; `deploy`, `cmd`, `status`, `watch` from `operator_cli`.
+`gate_cmd`; `deploy`, `cmd`, `status`, `watch` from `operator_cmd`.
 
 Operator commands read the same `--config` file as the agent (its [broker] section, and [state] for the default
 folders), so one TOML serves a laptop that both publishes and pulls.
@@ -12,10 +12,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, List
 
-from agent.cli import gate_cli, operator_cli
-from agent.cli.output import add_json_flag, print_json
+from agent.cli import gate_cmd, operator_cmd
+from agent.cli.options import add_json_flag, require_action
+from agent.cli.output import print_json
 from agent.config import load_config
 from agent.errors import UsageError
 from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
@@ -27,7 +28,7 @@ from agent.operator.artifact_server import ArtifactServer, add_to_folder, folder
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("fleet", help="operator side: signing keys, publishing and serving artifacts")
+    parser = sub.add_parser("fleet")
     actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION")
 
     keys = actions.add_parser("keys", help="signing keys")
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:
     generate.add_argument("--force", action="store_true", help="replace an existing key pair")
     add_json_flag(generate)
     generate.set_defaults(func=_keys_generate)
-    keys.set_defaults(func=_missing_action(keys))
+    require_action(keys)
 
     publish = actions.add_parser("publish", help="sign an artifact, copy it into the artifacts folder, publish its manifest (retained)")
     publish.add_argument("file", help="the artifact: calibration table, ONNX model or validation set")
@@ -59,16 +60,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--json", action="store_true", help="print the counters as JSON when stopped")
     serve.set_defaults(func=_serve)
 
-    gate_cli.register_fleet(actions)  # make-validation
-    operator_cli.register_operator(actions)  # deploy, cmd, status, watch
-    parser.set_defaults(func=_missing_action(parser))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def run(_args: argparse.Namespace) -> int:
-        raise UsageError(f"choose an action:\n{parser.format_usage().strip()}")
-
-    return run
+    gate_cmd.register_fleet(actions)  # make-validation
+    operator_cmd.register_operator(actions)  # deploy, cmd, status, watch
+    require_action(parser)
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -13,7 +13,6 @@ from agent.daemon.daemon import Daemon
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "run",
-        help="run the agent: connect to the broker, serve the desired deployment, obey fleet commands",
         description=(
             "Run the agent until SIGTERM or Ctrl-C. Starts even when the broker is down (it keeps trying) and "
             "serves what it served before from disk. Under systemd (Type=notify) it reports READY once the "

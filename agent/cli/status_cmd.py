@@ -10,13 +10,14 @@ import argparse
 import sys
 from typing import Any
 
-from agent.cli.output import add_json_flag, print_json
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json
 from agent.config import load_config
 from agent.daemon.reported import live_status
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("status", help="the live state of the agent running on this machine")
+    parser = sub.add_parser("status")
     add_json_flag(parser)
     parser.set_defaults(func=_run)
 

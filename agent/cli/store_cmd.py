@@ -8,7 +8,8 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag, require_action
+from agent.cli.output import print_json, print_table
 from agent.config import load_config
 from agent.errors import UsageError
 from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
@@ -19,7 +20,7 @@ from agent.store.artifacts import is_artifact_id, load_keep_list, store_for
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("store", help="the artifact store: pull, list, verify, gc")
+    parser = sub.add_parser("store")
     actions = parser.add_subparsers(dest="store_action", metavar="ACTION")
 
     pull = actions.add_parser("pull", help="fetch an artifact by id over MQTT (signature, blocks and sha256 checked)")
@@ -44,10 +45,7 @@ def register(sub: Any) -> None:
     add_json_flag(gc)
     gc.set_defaults(func=_gc)
 
-    def missing(_args: argparse.Namespace) -> int:
-        raise UsageError(f"choose an action:\n{parser.format_usage().strip()}")
-
-    parser.set_defaults(func=missing)
+    require_action(parser)
 
 
 def _config(args: argparse.Namespace) -> Any:

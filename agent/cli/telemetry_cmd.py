@@ -15,7 +15,8 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
 from agent.config import load_config
 from agent.errors import AgentError, UsageError
 from agent.telemetry.document import TelemetryCollector, from_compact
@@ -25,7 +26,6 @@ from agent.telemetry.tegrastats import parse_line
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "telemetry",
-        help="print the telemetry document, or parse a tegrastats log",
         description="Print the telemetry document this device would publish (system, Jetson, GPU sections), "
         "or parse a file of tegrastats lines.",
     )

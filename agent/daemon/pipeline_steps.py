@@ -21,6 +21,7 @@ from agent.calib.check import check_table
 from agent.calib.table import CalibError, read_table
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint, fingerprint
+from agent.device.target import Backend, Target, resolve_target, tensorrt_usable
 from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
 from agent.engine.cache import EngineCache
 from agent.engine.spec import BatchProfile, BuildSpec, Precision
@@ -59,18 +60,6 @@ RETRYABLE_FETCH_ERRORS = (
 GATE_KEYS = ("passed", "task", "frames", "seconds", "metrics", "gated", "failed", "notes", "fallback", "better_than_reference")
 
 
-def resolve_target(deployment_target: str, backend: str, have_tensorrt: bool) -> str:
-    """The build target: `auto` is the GPU where TensorRT is usable and the CPU (onnxruntime) elsewhere;
-    `engine.backend = onnxruntime` pins everything to the CPU."""
-    if backend == "onnxruntime":
-        return "cpu"
-    if deployment_target != "auto":
-        return deployment_target
-    if backend == "tensorrt" or have_tensorrt:
-        return "gpu"
-    return "cpu"
-
-
 class PackageSteps(Steps):
     def __init__(self, config: AgentConfig, link: MqttLink, topics: Topics, state_dir: Path, events: Optional[EventSink] = None) -> None:
         self.config = config
@@ -92,9 +81,8 @@ class PackageSteps(Steps):
             self._fingerprint = fingerprint()
         return self._fingerprint
 
-    def target(self, deployment: Deployment) -> str:
-        have_trt = bool(self.fingerprint.tensorrt) and try_import("tensorrt") is not None
-        return resolve_target(deployment.target, self.config.engine.backend, have_trt)
+    def target(self, deployment: Deployment) -> Target:
+        return resolve_target(deployment.target, self.config.engine.backend, tensorrt_usable(self.fingerprint))
 
     def _emit(self, name: str, **fields: Any) -> None:
         if self.events is not None:
@@ -122,7 +110,7 @@ class PackageSteps(Steps):
         try:
             table = read_table(artifacts["table"])
             model = _load_onnx(artifacts["model"])
-            report = check_table(table, model, None if target == "cpu" else self.fingerprint.tensorrt, target)
+            report = check_table(table, model, None if target.backend == Backend.ONNXRUNTIME else self.fingerprint.tensorrt, target)
         except CalibError as exc:
             raise StepFailed("check_table", str(exc)) from None
         errors = [f for f in report.findings if f.severity == "error"]
@@ -148,7 +136,7 @@ class PackageSteps(Steps):
             precision=Precision(deployment.precision),
             target=target,
             calib_sha256=deployment.table,
-            gpu_fallback=deployment.gpu_fallback if target.startswith("dla") else False,
+            gpu_fallback=deployment.gpu_fallback if target.is_dla else False,
             batch=BatchProfile(deployment.batch, deployment.batch, deployment.batch),
             workspace_mb=self.config.engine.workspace_mb,
             timing_cache=self.config.engine.timing_cache,
@@ -290,7 +278,7 @@ class PackageSteps(Steps):
     def _open(self, deployment: Deployment, engine: EngineInfo, step: str) -> Any:
         if not engine.path or not Path(engine.path).is_file():
             raise StepFailed(step, f"engine file missing: {engine.path or '(none recorded)'}")
-        dla_core = int(deployment.target.split(":")[1]) if engine.backend == "tensorrt" and deployment.target.startswith("dla:") else None
+        dla_core = self.target(deployment).dla_core if engine.backend == Backend.TENSORRT else None
         try:
             runner = open_runner(engine.backend or "auto", engine.path, threads=self.config.engine.threads, dla_core=dla_core, name=deployment.id)
             runner.activate()

@@ -36,6 +36,7 @@ import psutil
 
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend
 from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine import compat
 from agent.engine.build_job import RESULT_NAME, BuildJob
@@ -51,7 +52,7 @@ from agent.engine.manifest import (
 )
 from agent.engine.plugins import PluginError, resolve_plugins
 from agent.engine.report import policy_violations, precision_warnings
-from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
+from agent.engine.spec import BuildPolicy, BuildSpec, cache_key
 from agent.engine.trt_loader import trial_deserialize
 from agent.errors import AgentError
 from agent.lazy import module_version, require
@@ -202,11 +203,11 @@ def ensure_engine(
         emit("rejected", "rebuild forced", reasons=rebuilt_because)
 
     _check_target(spec, fp, key)
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         require("tensorrt", f"building for target {spec.target}")  # missing TensorRT is not a failed build
     cache.check_writable()
     model_path, calib_path = _resolve_inputs(spec, cache, model, calib)
-    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == BACKEND_TENSORRT else []
+    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == Backend.TENSORRT else []
     with cache.lock(options.lock_timeout_s):
         if not options.force:
             fresh = cache.lookup(key)
@@ -233,7 +234,7 @@ def ensure_engine(
 def _with_local_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
     """The onnxruntime that builds and loads the artifact is this interpreter's; fill it in when the fingerprint
     came from files alone (a --sysroot)."""
-    if backend == BACKEND_ONNXRUNTIME and not fp.onnxruntime:
+    if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
         return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
     return fp
 
@@ -261,7 +262,7 @@ def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, optio
         compat.check_manifest(entry.manifest, fp),
         compat.check_artifact(entry.path / entry.manifest.engine_file, entry.manifest, full_hash=options.verify_hash),
     )
-    if verdict.loadable and entry.manifest.backend == BACKEND_TENSORRT and options.trial_load:
+    if verdict.loadable and entry.manifest.backend == Backend.TENSORRT and options.trial_load:
         verdict = compat.merge(verdict, _trial_load(entry, options))
     if not verdict.loadable:
         emit(
@@ -347,7 +348,7 @@ def _memory_budget(model_path: Path, spec: BuildSpec, options: BuildOptions) -> 
     """Refuse to start a build the machine cannot hold; return the RSS limit (MB) for the child."""
     available_mb = int(psutil.virtual_memory().available / 2**20)
     model_mb = os.path.getsize(model_path) / 2**20
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         need_mb = int(300 + 4 * model_mb + spec.workspace_mb)
     else:
         need_mb = int(150 + 8 * model_mb)
@@ -389,7 +390,7 @@ def _build(
         out_dir=str(build_dir),
         engine_file=engine_file,
         calib=str(calib_path) if calib_path else None,
-        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == BACKEND_TENSORRT and spec.timing_cache else None,
+        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == Backend.TENSORRT and spec.timing_cache else None,
         plugins=[str(p) for p in plugin_paths],
         fingerprint=fp.to_dict(),
         threads=options.threads,

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from agent.device.target import Backend, TargetError
 from agent.engine.build_job import RESULT_NAME, BuildJob, Emit, WorkerError
 from agent.engine.ort_backend import build as build_onnxruntime
 from agent.engine.trt_builder import build as build_tensorrt
@@ -44,11 +45,13 @@ def _event_writer() -> Emit:
 
 
 def run(job: BuildJob, emit: Emit) -> Dict[str, Any]:
-    if job.backend == "onnxruntime":
+    try:
+        backend = Backend.parse(job.backend)
+    except TargetError as exc:
+        raise WorkerError(str(exc)) from None
+    if backend == Backend.ONNXRUNTIME:
         return build_onnxruntime(job, emit)
-    if job.backend == "tensorrt":
-        return build_tensorrt(job, emit)
-    raise WorkerError(f"unknown backend {job.backend!r}")
+    return build_tensorrt(job, emit)
 
 
 def main(argv: List[str]) -> int:

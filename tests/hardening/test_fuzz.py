@@ -365,8 +365,8 @@ def test_transfer_block_handling_never_corrupts_the_partial_file(sequence: List[
 def test_artifact_server_survives_any_request(topic: str, payload: bytes) -> None:
     """A hostile device writes whatever it likes on its own artifact-req topic; `fleet serve` must shrug."""
     from agent.config import BrokerConfig
-    from agent.operator.artifact_server import ArtifactServer
     from agent.fleet.link import MqttLink
+    from agent.operator.artifact_server import ArtifactServer
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / hashlib.sha256(ARTIFACT).hexdigest()).write_bytes(ARTIFACT)

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag, add_preprocess_option, add_target_option, json_or_name
+from agent.cli.output import print_json, print_table
 from agent.config import load_config
 from agent.errors import UsageError
 from agent.fleet.commands import COMMANDS, JobState, coerce_cli_args
@@ -40,12 +41,12 @@ def register_operator(actions: Any) -> None:
     deploy.add_argument("--validation", help="artifact id of the validation set (or the file)")
     deploy.add_argument("--labels", help="artifact id of a labels file (or the file)")
     deploy.add_argument("--precision", choices=("fp32", "fp16", "int8", "best"))
-    deploy.add_argument("--target", help="auto, gpu, cpu or dla:N")
+    add_target_option(deploy)
     deploy.add_argument("--batch", type=int)
     deploy.add_argument("--gpu-fallback", action="store_true", default=None, help="DLA: let unsupported layers run on the GPU")
     deploy.add_argument("--camera", action="append", default=None, help="camera URI (repeat for several)")
-    deploy.add_argument("--preprocess", help="a preset name or a JSON object")
-    deploy.add_argument("--postprocess", help="a type name or a JSON object")
+    add_preprocess_option(deploy)
+    deploy.add_argument("--postprocess", help="a plugin name (classification, blazeface, yolo), inline JSON, or a JSON file")
     deploy.add_argument("--accuracy", action="append", default=None, metavar="KEY=VALUE", help="accuracy gate threshold, e.g. top1_agreement=0.9")
     deploy.add_argument("--telemetry-interval", type=float, help="seconds between telemetry documents")
     deploy.add_argument("--clear", action="store_true", help="remove the retained desired state (devices keep serving what they have)")
@@ -94,18 +95,6 @@ def _artifact_ref(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def _json_or_name(value: Optional[str], what: str) -> Any:
-    if value is None:
-        return None
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"--{what}: not valid JSON: {exc}") from None
-    return text
-
-
 def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     data: Dict[str, Any] = {}
     if args.file:
@@ -128,8 +117,8 @@ def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         ("batch", args.batch),
         ("gpu_fallback", args.gpu_fallback),
         ("cameras", args.camera),
-        ("preprocess", _json_or_name(args.preprocess, "preprocess")),
-        ("postprocess", _json_or_name(args.postprocess, "postprocess")),
+        ("preprocess", json_or_name(args.preprocess, "--preprocess")),
+        ("postprocess", json_or_name(args.postprocess, "--postprocess")),
         ("telemetry_interval_s", args.telemetry_interval),
     ):
         if value is not None:
