@@ -19,8 +19,8 @@ from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json
 from agent.config import load_config
 from agent.errors import UsageError
-from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
-from agent.fleet.artifacts import describe_file, sign_manifest, validate_name
+from agent.fleet.artifact_protocol import KINDS as ARTIFACT_KINDS
+from agent.fleet.artifact_protocol import describe_file, sign_manifest, validate_name
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.signing import PRIVATE_KEY_NAME, generate_keys, load_private_key
 from agent.fleet.topics import Topics

@@ -12,7 +12,7 @@ from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json, print_table
 from agent.config import load_config
 from agent.errors import UsageError
-from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
+from agent.fleet.artifact_protocol import KINDS as ARTIFACT_KINDS
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.topics import Topics
 from agent.fleet.transfer import ArtifactPuller

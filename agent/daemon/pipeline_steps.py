@@ -26,7 +26,7 @@ from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
 from agent.engine.cache import EngineCache
 from agent.engine.spec import BatchProfile, BuildSpec, Precision
 from agent.errors import AgentError
-from agent.fleet.artifacts import ArtifactError
+from agent.fleet.artifact_protocol import ArtifactError
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink
 from agent.fleet.topics import Topics

@@ -26,7 +26,7 @@ from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
-# artifact kinds as the artifact publisher names them (agent/fleet/artifacts.py KINDS); None accepts any
+# artifact kinds as the artifact publisher names them (agent/fleet/artifact_protocol.py KINDS); None accepts any
 ROLE_KINDS: Dict[str, Optional[str]] = {"model": "model", "table": "calib", "validation": "validation", "labels": None}
 WARMUP_RUNS = 3
 

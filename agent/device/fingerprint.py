@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.device import sources as src
+from agent.device import identity as src
 from agent.device import tables, versions
 from agent.lazy import module_version, try_import
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.gate.box_decoders import Decoder, resolve_decoder
 from agent.gate.culprits import Culprit, scale_issues, table_scales
-from agent.gate.diagnose import Diagnosis, LayerDivergence, diagnose
+from agent.gate.divergence import Diagnosis, LayerDivergence, diagnose
 from agent.gate.metrics import (
     Detections,
     classification_agreement,

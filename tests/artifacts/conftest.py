@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ArtifactsConfig, BrokerConfig
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactManifest,
     decode_request,
     describe_file,

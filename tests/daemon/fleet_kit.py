@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from agent.config import BrokerConfig
-from agent.fleet.artifacts import describe_file, sign_manifest
+from agent.fleet.artifact_protocol import describe_file, sign_manifest
 from agent.fleet.deployment import Deployment, deployment_from_dict
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.local_broker import LocalBroker

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.config import BrokerConfig, load_config
-from agent.fleet.artifacts import ArtifactManifest, describe_file, sign_manifest
+from agent.fleet.artifact_protocol import ArtifactManifest, describe_file, sign_manifest
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.operator.artifact_server import ArtifactServer, add_to_folder, publish_manifest

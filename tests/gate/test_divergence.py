@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.gate.diagnose import diagnose, qdq_scales
+from agent.gate.divergence import diagnose, qdq_scales
 from agent.gate.gate import run_gate
 from agent.gate.onnx_reference import ReferenceSession, load_model, with_all_outputs
 from agent.gate.thresholds import GateThresholds
