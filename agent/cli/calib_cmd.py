@@ -98,7 +98,6 @@ def register(sub: Any) -> None:
 def _load_model(path: str) -> Any:
     import onnx  # heavy (protobuf): imported only where a model is read or written
 
-
     try:
         return onnx.load(path)
     except FileNotFoundError:

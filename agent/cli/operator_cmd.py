@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from agent.cli.options import add_json_flag, add_preprocess_option, add_target_option, json_or_name
@@ -27,7 +26,7 @@ from agent.fleet.commands import COMMANDS, JobState, coerce_cli_args
 from agent.fleet.deployment import DeploymentError, deployment_from_dict
 from agent.fleet.messages import MessageError
 from agent.operator.client import Operator, format_reply
-from agent.store.hashing import sha256_file
+from agent.operator.desired import deployment_document
 
 
 def register_operator(actions: Any) -> None:
@@ -53,7 +52,6 @@ def register_operator(actions: Any) -> None:
     deploy.add_argument("--dry-run", action="store_true", help="validate and print, do not publish")
     add_json_flag(deploy)
     deploy.set_defaults(func=_deploy)
-
 
     cmd = actions.add_parser("cmd", help="send a command to a device; --wait for its job to finish")
     cmd.add_argument("device")
@@ -85,58 +83,31 @@ def _operator(args: argparse.Namespace) -> Any:
     return Operator(config.broker, config.broker.topic_prefix).connect()
 
 
-def _artifact_ref(value: Optional[str]) -> Optional[str]:
-    """An artifact id, or the sha256 of a local file of that name (the one `fleet publish` sent)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if len(value) != 64 and path.is_file():
-        return sha256_file(path)
-    return value
+def _accuracy_pairs(pairs: Optional[List[str]]) -> Dict[str, Any]:
+    """--accuracy KEY=VALUE (repeated): numbers where they parse, text otherwise."""
+    accuracy: Dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
+        try:
+            accuracy[key.strip()] = float(text)
+        except ValueError:
+            accuracy[key.strip()] = text.strip()
+    return accuracy
 
 
 def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    data: Dict[str, Any] = {}
-    if args.file:
-        try:
-            data = json.loads(Path(args.file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--file {args.file}: {exc}") from None
-        if isinstance(data, dict) and "deployment" in data and isinstance(data["deployment"], dict):
-            data = data["deployment"]
-        if not isinstance(data, dict):
-            raise UsageError(f"--file {args.file}: a JSON object is needed")
-    for key, value in (
-        ("id", args.deployment_id),
-        ("model", _artifact_ref(args.model)),
-        ("table", _artifact_ref(args.table)),
-        ("validation", _artifact_ref(args.validation)),
-        ("labels", _artifact_ref(args.labels)),
-        ("precision", args.precision),
-        ("target", args.target),
-        ("batch", args.batch),
-        ("gpu_fallback", args.gpu_fallback),
-        ("cameras", args.camera),
-        ("preprocess", json_or_name(args.preprocess, "--preprocess")),
-        ("postprocess", json_or_name(args.postprocess, "--postprocess")),
-        ("telemetry_interval_s", args.telemetry_interval),
-    ):
-        if value is not None:
-            data[key] = value
-    if args.accuracy:
-        accuracy = dict(data.get("accuracy") or {})
-        for pair in args.accuracy:
-            key, sep, text = pair.partition("=")
-            if not sep:
-                raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
-            try:
-                accuracy[key.strip()] = float(text)
-            except ValueError:
-                accuracy[key.strip()] = text.strip()
-        data["accuracy"] = accuracy
-    if "id" not in data and data.get("model"):
-        data["id"] = f"{str(data['model'])[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    return data
+    base = json_or_name(args.file, "--file") if args.file else None
+    if base is not None and not isinstance(base, dict):
+        raise UsageError(f"--file {args.file}: a JSON object is needed")
+    fields = {
+        "id": args.deployment_id, "model": args.model, "table": args.table, "validation": args.validation, "labels": args.labels,
+        "precision": args.precision, "target": args.target, "batch": args.batch, "gpu_fallback": args.gpu_fallback,
+        "cameras": args.camera, "preprocess": json_or_name(args.preprocess, "--preprocess"),
+        "postprocess": json_or_name(args.postprocess, "--postprocess"), "telemetry_interval_s": args.telemetry_interval,
+    }
+    return deployment_document(base, fields, _accuracy_pairs(args.accuracy))
 
 
 def _deploy(args: argparse.Namespace) -> int:
