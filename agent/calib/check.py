@@ -1,7 +1,7 @@
 """Verdicts on a calibration table before it is deployed: its own scales, its fit to the ONNX model, and what the
 target TensorRT (or the CPU) will do with it. Findings carry a severity; any error blocks deployment.
 
-Why each verdict matters (tensorrt-facts.md 1.5, 2, 4.2):
+Why each verdict matters (calibtables/README.md, docs/engines.md):
 - A zero scale means the tensor was all zeros during calibration (a dead branch, or frames that never exercise
   it): INT8 would flush everything there to zero. inf/nan mean a broken calibration. Either wrecks accuracy
   silently, so they block where they touch the model (or where no model is given to prove they do not).

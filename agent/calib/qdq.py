@@ -1,5 +1,5 @@
 """A calibration table -> an explicitly quantized (QuantizeLinear/DequantizeLinear) ONNX model, in two flavours,
-because one file cannot be both (measured in ../shared/reference/qdq-evaluation.md):
+because one file cannot be both (`bench/qdq.py` measures both; calibtables/README.md):
 
 - "tensorrt": NVIDIA's placement, bit-identical to ModelOpt's (`--high_precision_dtype fp32 --dq_only`): int8, zero
   point 0, the table's scale on the activation inputs of Conv/Gemm/MatMul/pooling and on the skip input of residual
@@ -167,7 +167,7 @@ def _skipped_tensors(index: GraphIndex, scales: Dict[str, float], exclude: Itera
     return list(skipped)
 
 
-# --- the TensorRT flavour (qdq-evaluation.md, Candidate C) ---------------------------------------------
+# --- the TensorRT flavour (ModelOpt's placement) -------------------------------------------------------
 
 
 def weight_axis(node: onnx.NodeProto, position: int, ndim: int) -> Optional[int]:
@@ -298,7 +298,7 @@ def _drop_unused_initializers(model: onnx.ModelProto, added: List[onnx.TensorPro
         graph.value_info.extend(infos)
 
 
-# --- the onnxruntime flavour (qdq-evaluation.md, Candidate B "ortfast") ---------------------------------
+# --- the onnxruntime flavour (onnxruntime's own QDQ placement) -------------------------------------------
 
 
 def ort_flavor_supported(version: Optional[str]) -> bool:

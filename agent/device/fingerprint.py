@@ -8,7 +8,7 @@ note, never an exception. Where a field has several sources the most direct one 
 | field              | sources, best first |
 |--------------------|---------------------|
 | l4t                | /etc/nv_tegra_release, dpkg nvidia-l4t-core, jetson_release capture |
-| jetpack            | dpkg nvidia-jetpack, L4T -> JetPack table (facts 6.1), jetson_release capture |
+| jetpack            | dpkg nvidia-jetpack, L4T -> JetPack table (versions.py), jetson_release capture |
 | module             | part number (device-tree compatible / boardids / chosen ids) -> table, jetson_release, device-tree model |
 | soc                | device-tree compatible, jetson_release, module family |
 | tensorrt           | python `tensorrt.__version__` (live only), dpkg libnvinfer*, NvInferVersion.h, jetson_release |

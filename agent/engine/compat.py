@@ -2,7 +2,7 @@
 reason for each mismatch; then the artifact against its manifest (missing, truncated, corrupted).
 
 TensorRT plans load only on the TensorRT that built them (to the build number) and the compute capability they
-were built for (tensorrt-facts.md 3.1); TensorRT also warns against using a plan across device models. The
+were built for (TensorRT's developer guide, 'Version Compatibility'); TensorRT also warns against using a plan across device models. The
 onnxruntime backend follows the same rules (module, SoC, L4T, CPU architecture, and its own version), so the
 whole flow runs in CI.
 """

@@ -1,7 +1,7 @@
 """The thin TensorRT builder: ONNX -> serialized plan, one code path for TensorRT 8.5 to 11.
 
 It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_memory_pool_limit`,
-`num_io_tensors`, name-based tensors) and branches only where tensorrt-facts.md section 5.1 says it must:
+`num_io_tensors`, name-based tensors) and branches only where the API changed (docs/engines.md, per-TensorRT-version behaviour):
 
 - network creation: EXPLICIT_BATCH on 8.x, flags 0 from 10 (the enum value is gone in 11);
 - precision: BuilderFlag FP16/INT8 on 8.x and 10.x; none on 11 (strongly typed: types come from the ONNX);

@@ -1,7 +1,7 @@
 """Trial deserialization of a TensorRT plan in a child process, with TensorRT's log captured and classified.
 
 TensorRT has no compatibility preflight API: `deserialize_cuda_engine` returns None and says why only through
-its logger, and a corrupt plan can crash the process (tensorrt-facts.md 3.4). So a plan is first loaded in a
+its logger, and a corrupt plan can crash the process (docs/engines.md, 'Compatibility'). So a plan is first loaded in a
 throwaway child (`python -m agent.engine.trt_loader PLAN [--dla-core N] [--plugin LIB]...`), which prints one
 JSON line: {"ok": bool, "log": [lines], "io": [...]}. The parent classifies the log (agent.engine.diagnose).
 

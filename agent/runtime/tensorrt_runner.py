@@ -3,7 +3,7 @@
 Thin on purpose: every decision (which execution API, which numpy type, how shapes become specs) is a plain
 function above the class, tested without TensorRT. `tensorrt` and `pycuda` are imported lazily on activate().
 
-Two execution APIs (tensorrt-facts.md section 5.1):
+Two execution APIs (TensorRT's Python API reference, 8.5 and 10.0 release notes):
 - TensorRT >= 8.5: name-based tensors: `set_input_shape`, `set_tensor_address` for every I/O tensor, then
   `execute_async_v3(stream)`. The only API from 10.0 on.
 - TensorRT < 8.5: bindings by index: `set_binding_shape`, a list of device pointers, `execute_async_v2`.

@@ -19,7 +19,7 @@ def test_fp32_engine_agrees_with_its_reference(effnet_validation, effnet_path):
 def test_int8_build_from_the_good_table_passes_with_top1_agreement(effnet_validation, effnet_int8_good, effnet_table, effnet_path):
     result = run_gate(OnnxRuntimeRunner(effnet_int8_good), effnet_validation, table=effnet_table, reference_model=effnet_path)
     assert result.passed, result.summary()
-    # qdq-evaluation.md: 22/24 on the 24 photos, the misses being near-ties (ellipses.jpg, starry_night.jpg)
+    # bench/qdq.py: 22/24 on the 24 photos, the misses being near-ties (ellipses.jpg, starry_night.jpg)
     assert result.metrics["top1_agreement"] >= 14 / VALIDATION_FRAMES
     assert result.metrics["top5_containment"] == 1.0
     disagreements = result.details["classification"]["disagreements"]
