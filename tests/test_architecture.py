@@ -219,3 +219,9 @@ def test_no_module_loads_the_project_by_name() -> None:
             continue
         found += [f"{module_name(path)}:{line}" for line in dynamic_imports(path)]
     assert not found, "project modules loaded by name (import them; a missing module is a bug, not an option): " + ", ".join(found)
+
+
+def test_the_configuration_is_a_foundation_module() -> None:
+    """agent/config.py is read by every layer, so it imports only the error types and the document models."""
+    found = {target for target, _line, _inside in imports(AGENT / "config.py") if target.startswith("agent")}
+    assert found <= {"agent", "agent.errors", "agent.models"}, sorted(found)

@@ -9,7 +9,7 @@ It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_m
   cache-only calibrator (8.x, 10.x), explicit Q/DQ (11+, via agent.calib.qdq flavour "tensorrt");
 - the progress monitor exists from 10.0.
 
-DLA only where `agent.calib.routes.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
+DLA only where `agent.device.versions.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
 spec allows it (a strict DLA build lists the layers DLA cannot run before building). The timing cache is
 loaded and saved around the build. Plugin libraries come only from the paths the parent resolved (configured
 folder, sha256 checked). The report comes from the engine inspector (ProfilingVerbosity.DETAILED) and the log.
