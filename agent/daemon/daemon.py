@@ -31,14 +31,19 @@ from agent.fleet.messages import encode
 from agent.fleet.topics import Topics
 from agent.store.atomic import atomic_move
 from agent.store.state import StateStore
+from agent.telemetry.document import TelemetryCollector
 
+from .doctor import run_checks, summarize
 from .failpoints import Failpoints
 from .jobs import JobHandler, JobRunner, Pending
+from .pipeline_steps import PackageSteps, camera_pipeline_factory
 from .reconcile import Reconciler
 from .reported import device_fingerprint, encode_status, offline_payload, status_document, write_status_file
+from .results_publisher import publish_snapshot
 from .sdnotify import Notifier
 from .serving import PipelineFactory, Serving
 from .steps import Steps
+from .telemetry_publisher import TelemetryPublisher, agent_provider
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +90,10 @@ class Daemon:
         self.failpoints = Failpoints(self.env)
         self.events_published = 0
         self._progress: Optional[Dict[str, Any]] = None
-        if steps is None or pipeline_factory is None:
-            from .pipeline_steps import PackageSteps, camera_pipeline_factory
-
-            if steps is None:
-                steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._step_event)
-            if pipeline_factory is None:
-                pipeline_factory = camera_pipeline_factory(config, self._publish_result)
+        if steps is None:
+            steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._step_event)
+        if pipeline_factory is None:
+            pipeline_factory = camera_pipeline_factory(config, self.link, self.topics)
         self.steps = steps
         self.serving = Serving(pipeline_factory)
         self.reconciler = Reconciler(
@@ -227,10 +229,6 @@ class Daemon:
             return
         self.event(name, {k: v for k, v in event.items() if k != "event"})
 
-    def _publish_result(self, payload: bytes) -> None:
-        """Per-frame results: stale once the broker returns, so never queued."""
-        self.link.publish(self.topics.results, payload, qos=0, keep_if_offline=False)
-
     def mark_changed(self) -> None:
         self._changed.set()
 
@@ -343,12 +341,6 @@ class Daemon:
 
     # telemetry -------------------------------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
-        try:
-            from agent.telemetry.document import TelemetryCollector
-            from agent.telemetry.publisher import TelemetryPublisher, agent_provider
-        except ImportError as exc:
-            log.warning("telemetry unavailable: %s", exc)
-            return
         providers = {
             "pipeline": self._pipeline_section,
             "engine": self._engine_section,
@@ -421,7 +413,7 @@ class Daemon:
     def _job_snapshot(self, job: Job) -> Dict[str, Any]:
         camera = int(job.command.args.get("camera", 0))
         image, result = self.serving.snapshot(camera)
-        self.link.publish(self.topics.snapshot, image, qos=1, keep_if_offline=False)
+        publish_snapshot(self.link, self.topics, image)
         return {"topic": self.topics.snapshot, "bytes": len(image), "camera": camera, "result": result}
 
     def _job_telemetry(self, job: Job) -> Dict[str, Any]:
@@ -433,8 +425,6 @@ class Daemon:
         return {"topic": self.topics.telemetry, "bytes": self.telemetry.last_payload_bytes}
 
     def _job_diagnostics(self, job: Job) -> Dict[str, Any]:
-        from .doctor import run_checks, summarize
-
         checks = run_checks(self.config, live=self.live(), include_broker=False, include_cameras=False)
         return {"summary": summarize(checks), "checks": [c.to_dict() for c in checks]}
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,10 +36,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from agent.calib.routes import VersionError, dla_support, parse_version
+import psutil
+
+from agent.calib.table import read_table, without_entries, write_table_file
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend
+from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine import compat
+from agent.engine.build_job import RESULT_NAME, BuildJob
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
 from agent.engine.diagnose import Problem
 from agent.engine.manifest import (
@@ -50,18 +56,11 @@ from agent.engine.manifest import (
     now_utc,
     write_manifest,
 )
-from agent.engine.plugins import resolve_plugins
+from agent.engine.plugins import PluginError, resolve_plugins
 from agent.engine.remedy import Decision, decide, smaller_workspace
 from agent.engine.report import policy_violations, precision_warnings
-from agent.engine.spec import (
-    BACKEND_ONNXRUNTIME,
-    BACKEND_TENSORRT,
-    BuildPolicy,
-    BuildSpec,
-    Precision,
-    cache_key,
-)
-from agent.engine.worker import RESULT_NAME, Job
+from agent.engine.spec import BuildPolicy, BuildSpec, Precision, cache_key
+from agent.engine.trt_loader import trial_deserialize
 from agent.errors import AgentError
 from agent.lazy import module_version, require
 from agent.store.atomic import atomic_write_json
@@ -230,11 +229,11 @@ def ensure_engine(
         emit("rejected", "rebuild forced", reasons=rebuilt_because)
 
     _check_target(spec, fp, key)
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         require("tensorrt", f"building for target {spec.target}")  # missing TensorRT is not a failed build
     cache.check_writable()
     model_path, calib_path = _resolve_inputs(spec, cache, model, calib)
-    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == BACKEND_TENSORRT else []
+    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == Backend.TENSORRT else []
     with cache.lock(options.lock_timeout_s):
         if not options.force:
             fresh = cache.lookup(key)
@@ -277,7 +276,7 @@ def ensure_engine(
 def _with_local_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
     """The onnxruntime that builds and loads the artifact is this interpreter's; fill it in when the fingerprint
     came from files alone (a --sysroot)."""
-    if backend == BACKEND_ONNXRUNTIME and not fp.onnxruntime:
+    if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
         return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
     return fp
 
@@ -305,7 +304,7 @@ def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, optio
         compat.check_manifest(entry.manifest, fp),
         compat.check_artifact(entry.path / entry.manifest.engine_file, entry.manifest, full_hash=options.verify_hash),
     )
-    if verdict.loadable and entry.manifest.backend == BACKEND_TENSORRT and options.trial_load:
+    if verdict.loadable and entry.manifest.backend == Backend.TENSORRT and options.trial_load:
         verdict = compat.merge(verdict, _trial_load(entry, options))
     if not verdict.loadable and verdict.problems:
         trial = decide([Problem.from_dict(p) for p in verdict.problems], allow_fp16=not options.policy.require_int8)
@@ -358,9 +357,6 @@ def _limit_raised(failure: Dict[str, Any], options: BuildOptions) -> bool:
 
 
 def _trial_load(entry: CacheEntry, options: BuildOptions) -> compat.Verdict:
-    from agent.engine.plugins import PluginError
-    from agent.engine.trt_loader import trial_deserialize
-
     assert entry.manifest is not None
     try:
         plugins = resolve_plugins(entry.manifest.spec.plugins, options.plugin_dir)
@@ -398,11 +394,9 @@ def _resolve_inputs(spec: BuildSpec, cache: EngineCache, model: Optional[Path], 
 
 def _memory_budget(model_path: Path, spec: BuildSpec, options: BuildOptions) -> int:
     """Refuse to start a build the machine cannot hold; return the RSS limit (MB) for the child."""
-    import psutil
-
     available_mb = int(psutil.virtual_memory().available / 2**20)
     model_mb = os.path.getsize(model_path) / 2**20
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         need_mb = int(300 + 4 * model_mb + spec.workspace_mb)
     else:
         need_mb = int(150 + 8 * model_mb)
@@ -438,14 +432,14 @@ def _build(
     limit_mb = _memory_budget(model_path, spec, options)
     build_dir = cache.new_build_dir(key)
     engine_file = ENGINE_FILES[spec.backend]
-    job = Job(
+    job = BuildJob(
         backend=spec.backend,
         spec=spec.to_dict(),
         model=str(model_path),
         out_dir=str(build_dir),
         engine_file=engine_file,
         calib=str(calib_path) if calib_path else None,
-        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == BACKEND_TENSORRT and spec.timing_cache else None,
+        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == Backend.TENSORRT and spec.timing_cache else None,
         plugins=[str(p) for p in plugin_paths],
         fingerprint=fp.to_dict(),
         threads=options.threads,
@@ -486,8 +480,6 @@ def _build(
         return manifest, path
     finally:
         if build_dir.exists():
-            import shutil
-
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -533,8 +525,6 @@ def _run_worker(
     job_path: Path, log_path: Path, options: BuildOptions, limit_mb: int, emit: Callable[..., None], cancel: Optional[threading.Event]
 ) -> str:
     """Run the worker; return 'exited', 'timeout', 'memory' or 'canceled'. Progress lines become events."""
-    import psutil
-
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -605,8 +595,6 @@ def _drain(lines: queue.Queue[str], emit: Callable[..., None]) -> bool:
 
 
 def _rss_mb(process: Any) -> float:
-    import psutil
-
     total = 0
     try:
         total += process.memory_info().rss
@@ -659,8 +647,6 @@ def _failure_message(message: str, decision: Decision) -> str:
 def _memory_note(count: int = 3) -> str:
     """On Jetson the GPU shares RAM with the CPU: the free RAM now and the processes holding most of it."""
     try:
-        import psutil
-
         free_mb = int(psutil.virtual_memory().available / 2**20)
         sizes = []
         for proc in psutil.process_iter(["name", "memory_info"]):
@@ -677,11 +663,9 @@ def _remedy_spec(exc: BuildError, spec: BuildSpec, cache: EngineCache, calib_pat
     """(the spec to build once more, its calibration table, what changed) for a failed TensorRT build whose
     remedy is a retry; None when there is none (refuse, report, already retried, or not a TensorRT build)."""
     decision = exc.decision
-    if decision is None or spec.backend != BACKEND_TENSORRT or not exc.failure:
+    if decision is None or spec.backend != Backend.TENSORRT or not exc.failure:
         return None
     if decision.action == "retry_smaller":
-        import psutil
-
         workspace = smaller_workspace(spec.workspace_mb, int(psutil.virtual_memory().available / 2**20))
         if spec.workspace_mb and workspace >= spec.workspace_mb:
             return None
@@ -691,8 +675,6 @@ def _remedy_spec(exc: BuildError, spec: BuildSpec, cache: EngineCache, calib_pat
     if spec.effective_precision() != Precision.INT8:  # already FP16 (or FP32): building it so again changes nothing
         return None
     if decision.names and calib_path is not None and spec.calib_sha256:
-        from agent.calib.table import read_table, without_entries, write_table_file
-
         table = without_entries(read_table(calib_path), decision.names)
         derived = cache.root / ".tmp-remedy-table"
         write_table_file(derived, table)

@@ -11,7 +11,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
-from agent.calib.routes import BuildPrecision, Int8Route, Version, format_version
+from agent.calib.routes import BuildPrecision, Int8Route
+from agent.device.versions import Version, format_version
 from agent.engine.diagnose import diagnose_log
 from agent.engine.manifest import BuildReport
 from agent.engine.remedy import blocking_names

@@ -5,7 +5,7 @@ goes straight to REJECTED with the reason.
 
 This module is plain data and rules: decoding a command strictly, the argument schema of each type, the
 legal state transitions, and the reply message. The daemon runs the jobs (agent/daemon/jobs.py); the
-operator uses the same schema to build and coerce commands (agent/fleet/operator.py).
+operator uses the same schema to build and coerce commands (agent/operator/client.py).
 """
 
 from __future__ import annotations

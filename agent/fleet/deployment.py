@@ -19,7 +19,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from agent.errors import AgentError
 from agent.fleet.messages import MessageError, decode, encode
+from agent.gate.thresholds import GateError, GateThresholds
+from agent.vision.config_schema import from_mapping
+from agent.vision.postprocess import PostprocessError, registry
+from agent.vision.preprocess import PreprocessError, spec_from
+from agent.vision.results import ResultsConfig
+from agent.vision.sources import SourceOptions
 
 KIND = "desired"
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)
@@ -127,8 +134,6 @@ def _camera_options(value: Any) -> Dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise DeploymentError(f"deployment.camera_options: must be an object, got {type(value).__name__}")
-    from agent.errors import AgentError
-    from agent.vision.sources import SourceOptions
 
     try:
         SourceOptions.from_dict(value).validate()
@@ -142,8 +147,6 @@ def _results(value: Any) -> Dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise DeploymentError(f"deployment.results: must be an object, got {type(value).__name__}")
-    from agent.errors import AgentError
-    from agent.vision.results import ResultsConfig
 
     try:
         ResultsConfig.from_dict(value).validate()
@@ -157,7 +160,6 @@ def _preprocess(value: Any) -> PreprocessValue:
         return None
     if not isinstance(value, (str, dict)):
         raise DeploymentError(f"deployment.preprocess: a preset name or an object, got {type(value).__name__}")
-    from agent.vision.preprocess import PreprocessError, spec_from
 
     try:
         spec_from(value)
@@ -178,9 +180,6 @@ def _postprocess(value: Any) -> Dict[str, Any]:
     kind = value.get("type")
     if not isinstance(kind, str) or not kind:
         raise DeploymentError(f"deployment.postprocess.type: required, a plugin name, got {kind!r}")
-    from agent.errors import AgentError
-    from agent.vision.config_schema import from_mapping
-    from agent.vision.postprocess import PostprocessError, registry
 
     plugins = registry()
     if kind not in plugins:
@@ -202,7 +201,6 @@ def _accuracy(value: Any) -> Dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise DeploymentError(f"deployment.accuracy: must be an object of thresholds, got {type(value).__name__}")
-    from agent.gate.thresholds import GateError, GateThresholds
 
     try:
         GateThresholds.from_dict(value)

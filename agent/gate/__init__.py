@@ -5,9 +5,8 @@ metrics.py     agreement metrics by task (pure numpy)
 thresholds.py  GateThresholds, the deployment's `accuracy` block
 gate.py        run_gate(runner, validation, thresholds, table) -> GateResult
 culprits.py    suspicious table scales and saturated tensors
-diagnose.py    the layer-by-layer FP32 vs Q/DQ comparison on onnxruntime
-decoders.py    finding the box decoder a detection set names
-frames.py      reading frames from image folders and videos for make-validation
+divergence.py  the layer-by-layer FP32 vs Q/DQ comparison on onnxruntime (a failed INT8 gate, explained)
+box_decoders.py  the box decoder a detection set names (the postprocessing plugins, normalised)
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from agent.vision.capture import Capture, Frame
 from agent.vision.metrics import PipelineMetrics
 from agent.vision.postprocess.base import Findings, Postprocessor
 from agent.vision.preprocess import FrameGeometry, PreprocessSpec, prepare, spec_from
+from agent.vision.sources import SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -486,13 +487,18 @@ def build_pipeline(
     batch: int = 1,
     source_options: Optional[Mapping[str, Any]] = None,
     name: str = "camera",
+    capture_names: Optional[Sequence[str]] = None,
 ) -> Pipeline:
     """A pipeline over `uris` (one Capture each, the same options for all), not started. Source URIs and
-    options are checked here, so a bad deployment fails before anything runs."""
-    from agent.vision.sources import SourceOptions
-
+    options are checked here, so a bad deployment fails before anything runs. `capture_names` name the
+    sources in results and metrics (default: their URIs)."""
     options = SourceOptions.from_dict(source_options)
-    # one camera fills a batch with its own consecutive frames; several cameras batch their newest frame each
-    depth = max(1, batch) if len(uris) == 1 else 1
-    captures = [Capture(uri, options, depth=depth) for uri in uris]
+    names = list(capture_names) if capture_names is not None else list(uris)
+    captures = [Capture(uri, options, depth=capture_depth(len(uris), batch), name=names[i]) for i, uri in enumerate(uris)]
     return Pipeline(captures, runner, preprocess, postprocess, on_result, batch=batch, name=name)
+
+
+def capture_depth(sources: int, batch: int) -> int:
+    """How many frames each capture keeps: one camera fills a batch with its own consecutive frames; several
+    cameras batch their newest frame each."""
+    return max(1, batch) if sources == 1 else 1

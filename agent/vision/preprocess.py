@@ -121,7 +121,7 @@ def _resize(cv2: Any, image: np.ndarray, width: int, height: int, interpolation:
 
 def prepare(frame_bgr: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, FrameGeometry]:
     """One BGR uint8 frame -> one model input tensor without the batch axis ([C,H,W] or [H,W,C]) and its geometry."""
-    import cv2
+    import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
 
     if frame_bgr is None or frame_bgr.ndim not in (2, 3) or frame_bgr.size == 0:
         raise PreprocessError(f"frame is empty or not an image (shape {getattr(frame_bgr, 'shape', None)})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -27,6 +28,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from agent.errors import AgentError
+from agent.lazy import require
 from agent.vision.config_schema import from_mapping
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -101,7 +103,7 @@ def opencv_has_gstreamer(build_information: Optional[str] = None) -> bool:
     """Whether OpenCV was built with GStreamer (from cv2.getBuildInformation(), or the text given)."""
     if build_information is None:
         try:
-            import cv2
+            import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
         except ImportError:
             return False
         build_information = str(cv2.getBuildInformation())
@@ -337,8 +339,6 @@ class _Pacer:
 
 
 def _cv2() -> Any:
-    from agent.lazy import require
-
     return require("cv2", "camera sources")
 
 
@@ -474,8 +474,6 @@ def network_diagnosis(url: str, timeout: float) -> str:
     """Why a network stream may not have opened, from one TCP connection to its host and port: the name does not
     resolve, nothing listens (refused), no answer in time, or it accepts connections (then the path, the
     credentials or the codec is wrong, or the camera has no stream to give yet)."""
-    import socket
-
     parsed = urlparse(url)
     host = parsed.hostname or ""
     default_port = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}.get(parsed.scheme.lower(), 0)

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.fleet.artifact_server import publish_manifest
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactManifest,
     ArtifactTooLargeError,
     ArtifactUnavailableError,
@@ -38,6 +37,7 @@ from agent.fleet.artifacts import (
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import GeneratedKeys, load_private_key
 from agent.fleet.transfer import pull_artifacts
+from agent.operator.artifact_server import publish_manifest
 from agent.store.hashing import sha256_file
 from tests.artifacts.conftest import Device, DeviceFactory, Operator, RogueServer, store_snapshot
 from tests.helpers import EFFNET_TABLE

@@ -1,4 +1,4 @@
-"""`edge-agent fleet deploy | cmd | status | watch` (agent/cli/operator_cli.py) against a running agent."""
+"""`edge-agent fleet deploy | cmd | status | watch` (agent/cli/operator_cmd.py) against a running agent."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterator, List
 
 import pytest
 
-from agent.cli.operator_cli import register_operator
+from agent.cli.operator_cmd import register_operator
 from agent.daemon.daemon import Daemon
 from agent.errors import UsageError
 from agent.fleet.local_broker import LocalBroker

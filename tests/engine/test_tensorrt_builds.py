@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 
-from agent.calib.routes import Int8Method, choose_int8_route, dla_support, parse_version
+from agent.calib.routes import Int8Method, choose_int8_route
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.versions import dla_support, parse_version
 from agent.engine.build import BuildError, ensure_engine
+from agent.engine.build_job import BuildJob
 from agent.engine.cache import EngineCache
 from agent.engine.spec import BatchProfile, BuildSpec, Precision
 from agent.engine.trt_loader import trial_deserialize
-from agent.engine.worker import Job
 from agent.store.hashing import sha256_file
 from tests import helpers
 
@@ -65,7 +66,7 @@ def _build_in_process(tmp_path: Path, model: Path, spec: BuildSpec, here: Device
     """trt_builder.build as the worker runs it, in this process (so that a test can pin the route inputs)."""
     from agent.engine import trt_builder
 
-    job = Job(
+    job = BuildJob(
         backend="tensorrt",
         spec=spec.to_dict(),
         model=str(model),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
 
 from agent.calib import qdq as qdq_module
 from agent.calib import table as table_module
+from agent.gate.box_decoders import resolve_decoder
 from agent.gate.validation import ValidationSet, make_validation
 from tests.helpers import EFFNET_TABLE, drawn_frames, testdata, tiny_classifier_onnx
 
@@ -20,15 +21,8 @@ ZEROED = ("conv_11", "relu6_17", "conv_14")  # set to 0 in the corrupted table (
 
 
 def blazeface_decoder() -> Any:
-    """The postprocessing package's BlazeFace decoder for the gate if it has one, else the tests' own."""
-    from agent.gate.decoders import _from_postprocess
-
-    theirs = _from_postprocess("blazeface", {"kind": "blazeface", "score_threshold": 0.5})
-    if theirs is not None:
-        return theirs
-    from tests.gate.blazeface_decoder import decode_blazeface
-
-    return decode_blazeface
+    """The agent's BlazeFace box decoder for the gate (the postprocessing plugin, normalised)."""
+    return resolve_decoder({"kind": "blazeface", "score_threshold": 0.5})
 
 
 # tiny model -------------------------------------------------------------------------------------------------
@@ -153,7 +147,7 @@ def blazeface_path() -> Path:
 
 
 BLAZEFACE_PREPROCESS = {"preset": "blazeface", "size": [192, 192]}
-BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_iou": 0.3}
+BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_threshold": 0.3}
 
 
 @pytest.fixture(scope="session")
@@ -175,16 +169,3 @@ def blazeface_validation(blazeface_path: Path, blazeface_frames: List[Tuple[str,
         decoder_config=BLAZEFACE_DECODER,
         frame_names=[n for n, _ in blazeface_frames],
     )
-
-
-@pytest.fixture()
-def registered_blazeface() -> Iterator[None]:
-    """Make {'kind': 'blazeface'} resolvable for code that looks decoders up by name (the CLI, run_gate)."""
-    from agent.gate import decoders
-
-    before = dict(decoders._REGISTRY)
-    decoder = blazeface_decoder()
-    decoders.register_decoder("blazeface", lambda config: decoder)
-    yield
-    decoders._REGISTRY.clear()
-    decoders._REGISTRY.update(before)

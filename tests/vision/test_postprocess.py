@@ -12,7 +12,6 @@ import pytest
 from agent.vision import postprocess
 from agent.vision.postprocess.base import Findings, PostprocessError
 from agent.vision.postprocess.blazeface import anchors
-from agent.vision.postprocess.gate_adapter import gate_decoder
 from agent.vision.postprocess.nms import nms
 from agent.vision.preprocess import EFFICIENTNET_LITE, FrameGeometry, prepare, spec_from
 from tests.helpers import testdata as data_file
@@ -142,17 +141,3 @@ def test_registry_by_key_and_clear_config_errors() -> None:
         postprocess.create({"type": "classification", "top_k": 0})
     with pytest.raises(PostprocessError, match="labels"):
         postprocess.create({"type": "classification", "labels": "/nonexistent/labels.txt"})
-
-
-def test_gate_decoder_gives_normalised_boxes_for_blazeface() -> None:
-    from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-    decode = gate_decoder({"kind": "blazeface", "score_threshold": 0.5})
-    assert decode is not None and gate_decoder({"kind": "classification"}) is None
-    image = cv2.imread(str(data_file("images", "astronaut.png")))
-    tensor, _ = prepare(image, spec_from({"preset": "blazeface", "size": [192, 192]}))
-    with OnnxRuntimeRunner(data_file("models", "blazeface_full_range.onnx")) as runner:
-        outputs = {k: v[0] for k, v in runner.infer({"input": tensor[None]}).items()}
-    detections = decode(outputs, 0.5)
-    assert len(detections) == 1
-    np.testing.assert_allclose(detections.boxes[0], np.array([173, 68, 107, 107]) / 512, atol=0.01)

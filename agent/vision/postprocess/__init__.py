@@ -1,15 +1,15 @@
 """Postprocessing plugins, found by key: `create({"type": "classification", "top_k": 5, "labels": "..."})`.
 
 Each plugin is one module here with `KEY`, its config dataclass and its Postprocessor, exported as
-`PLUGIN = (KEY, Config, Postprocessor)`. Adding one is adding its module name to PLUGIN_MODULES.
+`PLUGIN = (KEY, Config, Postprocessor)`. Adding one is adding its module to PLUGIN_MODULES.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict, Mapping, Tuple, Type, Union
 
 from agent.vision.config_schema import from_mapping
+from agent.vision.postprocess import blazeface, classification, yolo
 from agent.vision.postprocess.base import (
     Classification,
     Detection,
@@ -17,18 +17,16 @@ from agent.vision.postprocess.base import (
     PostprocessError,
     Postprocessor,
 )
-from agent.vision.postprocess.gate_adapter import gate_decoder
 
-PLUGIN_MODULES = ("classification", "blazeface", "yolo")
+PLUGIN_MODULES = (classification, blazeface, yolo)
 
-__all__ = ["Classification", "Detection", "Findings", "PostprocessError", "Postprocessor", "create", "gate_decoder", "registry"]
+__all__ = ["Classification", "Detection", "Findings", "PostprocessError", "Postprocessor", "create", "registry"]
 
 
 def registry() -> Dict[str, Tuple[Type[Any], Type[Postprocessor]]]:
     """KEY -> (config class, postprocessor class) for every plugin module."""
     found: Dict[str, Tuple[Type[Any], Type[Postprocessor]]] = {}
-    for module_name in PLUGIN_MODULES:
-        module = importlib.import_module(f"agent.vision.postprocess.{module_name}")
+    for module in PLUGIN_MODULES:
         key, config_cls, plugin_cls = module.PLUGIN
         found[key] = (config_cls, plugin_cls)
     return found

@@ -7,7 +7,7 @@ outputs and the frame geometry: they are tested with real models or with tensors
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
@@ -137,8 +137,6 @@ class Postprocessor:
         raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
-        from dataclasses import asdict, is_dataclass
-
         config = asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
         return {"type": self.KEY, **config}
 

@@ -28,6 +28,7 @@ from agent.fleet.deployment import Deployment, encode_desired
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import Topics, all_devices, device_of
+from agent.telemetry.document import from_compact
 
 
 class OperatorError(AgentError):
@@ -306,8 +307,6 @@ class Operator:
 
     def watch(self, *, interval_s: float = 1.0, duration_s: Optional[float] = None, device: Optional[str] = None) -> Iterator[List[DeviceRow]]:
         """Yield the fleet table every `interval_s` (status and telemetry of every device, or of one)."""
-        from agent.telemetry.document import from_compact
-
         rows: Dict[str, DeviceRow] = {}
         lock = threading.Lock()
 

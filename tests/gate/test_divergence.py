@@ -10,7 +10,7 @@ import pytest
 
 from agent.calib import qdq
 from agent.calib import table as table_module
-from agent.gate.diagnose import diagnose, qdq_scales
+from agent.gate.divergence import diagnose, qdq_scales
 from agent.gate.gate import run_gate
 from agent.gate.onnx_reference import ReferenceSession, load_model, with_all_outputs
 from agent.gate.thresholds import GateThresholds
