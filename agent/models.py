@@ -7,9 +7,11 @@ receives typed objects.
 
     parse(BrokerConfig, {"port": "x"})  ->  ConfigError("port: expected int, got str 'x'")
 
-Models subclass `Model` (unknown keys refused) and say `kw_only=True` themselves (msgspec applies it to the
-fields a class defines, not to its subclasses'); a tagged union's members pass `tag_field`/`tag` as well. A check that spans fields goes in `__post_init__` and raises ValueError; a message
-that starts with a field name (`"cert_file: ..."`) is reported at that field. Error messages name the key path
+Models subclass `Model`, or `FrozenModel` for a document that must not change once parsed, and repeat
+`kw_only=True` (and `frozen=True`) in their own class line: msgspec applies those to the fields a class defines
+and type checkers read them there. A tagged union's members pass `tag_field`/`tag` as well. A check that spans
+fields goes in `__post_init__` and raises ValueError; a message that starts with a field name
+(`"cert_file: ..."`, `"cameras[2]: ..."`) is reported at that field. Error messages name the key path
 (`broker.port: ...`), the value given, and for Literal/Enum fields and tagged unions the allowed values.
 """
 
@@ -31,14 +33,18 @@ if sys.version_info >= (3, 9):
 else:  # pragma: no cover - Python 3.8
     from typing_extensions import Annotated
 
-__all__ = ["Annotated", "Meta", "Model", "dump", "dump_json", "parse", "struct_fields"]
+__all__ = ["Annotated", "FrozenModel", "Meta", "Model", "dump", "dump_json", "parse", "struct_fields"]
 
 T = TypeVar("T")
 
 
-class Model(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The base of the project's documents: unknown keys refused. A document that must not change
-    after parsing adds `frozen=True` (`class Deployment(Model, frozen=True)`)."""
+class Model(msgspec.Struct, forbid_unknown_fields=True):
+    """The base of the project's documents: unknown keys refused."""
+
+
+class FrozenModel(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A document that must not change once parsed (hashable; change a copy with msgspec.structs.replace).
+    Subclasses say `frozen=True` again, for type checkers."""
 
 
 def parse(
@@ -221,9 +227,9 @@ def explain(model_type: Any, data: Any, raw: str, root: str = "") -> str:
             message += f" (one of {_show(allowed)})"
         return f"{_join(root, segments) or root or 'document'}: {message}"
     # a check of our own (__post_init__): a leading 'field: ' is a key under the path
-    own = re.match(r"^([A-Za-z_][A-Za-z0-9_]*): (.*)$", text, re.DOTALL)
+    own = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*): (.*)$", text, re.DOTALL)
     if own and isinstance(struct, mi.StructType) and own.group(1) in {f.encode_name for f in struct.fields}:
-        return f"{_join(root, [*segments, own.group(1)])}: {own.group(2)}"
+        return f"{_join(root, [*segments, own.group(1)])}{own.group(2)}: {own.group(3)}"
     where = _join(root, segments)
     return f"{where}: {text}" if where else text
 

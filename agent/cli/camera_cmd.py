@@ -60,9 +60,11 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> Any:
-    from agent.vision.sources import SourceOptions
+    from agent.models import parse
+    from agent.vision.sources import SourceError, SourceOptions
 
-    return SourceOptions.from_dict(
+    return parse(
+        SourceOptions,
         {
             "width": args.width,
             "height": args.height,
@@ -71,7 +73,9 @@ def _source_options(args: argparse.Namespace) -> Any:
             "loop": args.loop,
             "realtime": args.realtime,
             "backend": args.source_backend,
-        }
+        },
+        error=SourceError,
+        root="source options",
     )
 
 

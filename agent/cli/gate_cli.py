@@ -202,7 +202,7 @@ def _read_table(path: Optional[str]) -> Any:
 
 def validate_command(args: argparse.Namespace) -> int:
     from agent.gate.gate import run_gate
-    from agent.gate.thresholds import GateThresholds
+    from agent.gate.thresholds import parse_thresholds
     from agent.gate.validation import load_validation
 
     block = _json_or_name(args.thresholds, "--thresholds")
@@ -212,7 +212,7 @@ def validate_command(args: argparse.Namespace) -> int:
         block = block["accuracy"]  # a whole deployment's block
     if args.fallback:
         block = dict(block or {}, fallback=args.fallback)
-    thresholds = GateThresholds.from_dict(block)
+    thresholds = parse_thresholds(block)
     validation = load_validation(Path(args.validation))
     table = _read_table(args.table)
     runner, manifest = _open_runner(args.engine)

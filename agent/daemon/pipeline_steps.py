@@ -235,7 +235,7 @@ class PackageSteps(Steps):
 
     def _gate(self, deployment: Deployment, artifacts: Dict[str, Path], runner: Any) -> Dict[str, Any]:
         if "validation" not in artifacts:
-            if deployment.accuracy:
+            if deployment.accuracy is not None:
                 raise StepFailed("validate", "accuracy thresholds are set but the deployment names no validation set")
             return {"skipped": True, "reason": "the deployment names no validation set"}
         from agent.calib.table import CalibError, read_table
@@ -249,7 +249,7 @@ class PackageSteps(Steps):
             result = run_gate(
                 runner,
                 validation,
-                GateThresholds.from_dict(deployment.accuracy or None),
+                deployment.accuracy or GateThresholds(),
                 table,
                 reference_model=str(artifacts["model"]),
                 model_sha256=deployment.model,
@@ -345,18 +345,20 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
     artifacts_root = Path(config.state_dir) / "artifacts"
 
     def make(deployment: Deployment, runner: Any) -> Any:
+        import msgspec
+
         from agent.vision.capture import Capture
         from agent.vision.pipeline import FrameResult, Pipeline
-        from agent.vision.results import ResultGate, ResultsConfig, result_message
-        from agent.vision.sources import SourceOptions
+        from agent.vision.postprocess import parse_config
+        from agent.vision.postprocess.classification import ClassificationConfig
+        from agent.vision.results import ResultGate, result_message
 
-        options = SourceOptions.from_dict(deployment.camera_options or None)
-        captures = [Capture(uri, options, name=f"camera{i}") for i, uri in enumerate(deployment.cameras)]
-        post: Dict[str, Any] = dict(deployment.postprocess or {"type": "classification"})
-        if deployment.labels and post.get("type") == "classification" and not post.get("labels"):
-            post["labels"] = str(artifacts_root / deployment.labels)
+        captures = [Capture(uri, deployment.camera_options, name=f"camera{i}") for i, uri in enumerate(deployment.cameras)]
+        post = deployment.postprocess or parse_config("classification")
+        if deployment.labels and isinstance(post, ClassificationConfig) and not post.labels:
+            post = msgspec.structs.replace(post, labels=str(artifacts_root / deployment.labels))
 
-        results_config = ResultsConfig.from_dict(deployment.results or None)
+        results_config = deployment.results
         admission = ResultGate(results_config)  # rate limit and on-change, as the deployment asks
 
         def on_result(result: FrameResult) -> None:
@@ -364,7 +366,7 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
             if admitted:
                 publish_result(encode("result", {"deployment_id": deployment.id, **result_message(result, results_config)}))
 
-        pipeline = Pipeline(captures, runner, deployment.preprocess, post, on_result, batch=deployment.batch, name=deployment.id)
+        pipeline = Pipeline(captures, runner, deployment.preprocess_spec, post, on_result, batch=deployment.batch, name=deployment.id)
         try:
             return pipeline.start()
         except BaseException:

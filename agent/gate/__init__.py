@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from agent.gate.gate import Failure, GateResult, run_gate
 from agent.gate.metrics import Detections
-from agent.gate.thresholds import FALLBACK_POLICIES, GateError, GateThresholds
+from agent.gate.thresholds import FALLBACK_POLICIES, GateError, GateThresholds, parse_thresholds
 from agent.gate.validation import ValidationFileError, ValidationSet, load_validation, make_validation
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "ValidationSet",
     "load_validation",
     "make_validation",
+    "parse_thresholds",
     "run_gate",
 ]

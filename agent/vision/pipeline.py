@@ -35,6 +35,7 @@ from agent.vision.capture import Capture, Frame
 from agent.vision.metrics import PipelineMetrics
 from agent.vision.postprocess.base import Findings, Postprocessor
 from agent.vision.preprocess import FrameGeometry, PreprocessSpec, prepare, spec_from
+from agent.vision.sources import SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -484,14 +485,12 @@ def build_pipeline(
     on_result: Optional[ResultCallback] = None,
     *,
     batch: int = 1,
-    source_options: Optional[Mapping[str, Any]] = None,
+    source_options: Optional[SourceOptions] = None,
     name: str = "camera",
 ) -> Pipeline:
-    """A pipeline over `uris` (one Capture each, the same options for all), not started. Source URIs and
-    options are checked here, so a bad deployment fails before anything runs."""
-    from agent.vision.sources import SourceOptions
-
-    options = SourceOptions.from_dict(source_options)
+    """A pipeline over `uris` (one Capture each, the same options for all), not started. Source URIs are
+    checked here, so a bad deployment fails before anything runs."""
+    options = source_options or SourceOptions()
     # one camera fills a batch with its own consecutive frames; several cameras batch their newest frame each
     depth = max(1, batch) if len(uris) == 1 else 1
     captures = [Capture(uri, options, depth=depth) for uri in uris]

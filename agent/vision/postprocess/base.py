@@ -137,8 +137,6 @@ class Postprocessor:
         raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
-        from dataclasses import asdict, is_dataclass
-
-        config = asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
-        return {"type": self.KEY, **config}
+        fields = getattr(self.config, "__struct_fields__", ())
+        return {"type": self.KEY, **{name: getattr(self.config, name) for name in fields}}
 

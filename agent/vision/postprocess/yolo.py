@@ -8,11 +8,11 @@ Boxes are in model-input pixels (or 0..1 with `normalized`) and come back in fra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Literal
 
 import numpy as np
 
+from agent.models import Annotated, FrozenModel, Meta
 from agent.vision.postprocess.base import (
     Detection,
     Findings,
@@ -29,11 +29,10 @@ from agent.vision.preprocess import FrameGeometry
 KEY = "yolo"
 
 
-@dataclass(frozen=True)
-class YoloConfig:
-    layout: str = "auto"  # auto | v5 | v8
-    score_threshold: float = 0.25
-    nms_threshold: float = 0.45
+class YoloConfig(FrozenModel, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=KEY):
+    layout: Literal["auto", "v5", "v8"] = "auto"
+    score_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.25
+    nms_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.45
     max_detections: int = 100
     labels: str = ""
     short_labels: bool = True
@@ -41,12 +40,6 @@ class YoloConfig:
     classes: int = 0  # number of classes, to tell layouts apart (0: from the labels file, else guessed)
     class_agnostic: bool = False  # one NMS over all classes instead of one per class
     normalized: bool = False  # boxes in 0..1 of the input instead of input pixels
-
-    def validate(self) -> None:
-        if self.layout not in ("auto", "v5", "v8"):
-            raise PostprocessError(f"yolo.layout: auto, v5 or v8, got {self.layout!r}")
-        if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
-            raise PostprocessError("yolo thresholds must be between 0 and 1")
 
 
 def rows_of(output: np.ndarray, layout: str, classes: int) -> tuple:
