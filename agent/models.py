@@ -33,7 +33,7 @@ if sys.version_info >= (3, 9):
 else:  # pragma: no cover - Python 3.8
     from typing_extensions import Annotated
 
-__all__ = ["Annotated", "FrozenModel", "Meta", "Model", "dump", "dump_json", "parse", "struct_fields"]
+__all__ = ["Annotated", "FrozenModel", "Meta", "Model", "dump", "dump_json", "explain", "parse", "struct_fields"]
 
 T = TypeVar("T")
 
