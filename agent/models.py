@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, List, Tuple, Type, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
@@ -33,7 +33,7 @@ if sys.version_info >= (3, 9):
 else:  # pragma: no cover - Python 3.8
     from typing_extensions import Annotated
 
-__all__ = ["Annotated", "FrozenModel", "Meta", "Model", "dump", "dump_json", "explain", "parse", "struct_fields"]
+__all__ = ["Annotated", "FrozenModel", "Meta", "Model", "dump", "explain", "parse"]
 
 T = TypeVar("T")
 
@@ -63,23 +63,16 @@ def parse(
     try:
         return msgspec.convert(data, model_type, strict=strict)
     except msgspec.ValidationError as exc:
-        message = explain(model_type, data, str(exc), root)
+        try:
+            message = explain(model_type, data, str(exc), root)
+        except Exception:  # explaining must never hide the error itself
+            message = f"{root}: {exc}" if root else str(exc)
         raise error(f"{message} ({origin})" if origin else message) from None
 
 
 def dump(obj: Any) -> Any:
     """A Struct (or anything holding Structs) as plain dicts, lists and scalars, ready for JSON."""
     return msgspec.to_builtins(obj)
-
-
-def dump_json(obj: Any) -> bytes:
-    return msgspec.json.encode(obj)
-
-
-def struct_fields(model_type: Type[Any]) -> Tuple[str, ...]:
-    """The keys a Struct takes (encoded names)."""
-    info = mi.type_info(model_type)
-    return tuple(f.encode_name for f in info.fields) if isinstance(info, mi.StructType) else ()
 
 
 # error messages --------------------------------------------------------------------------------------------
@@ -232,14 +225,3 @@ def explain(model_type: Any, data: Any, raw: str, root: str = "") -> str:
         return f"{_join(root, [*segments, own.group(1)])}{own.group(2)}: {own.group(3)}"
     where = _join(root, segments)
     return f"{where}: {text}" if where else text
-
-
-def allowed_values(model_type: Any, *path: str) -> Optional[List[Any]]:
-    """The allowed values of a Literal/Enum field at `path` (for help texts), or None."""
-    _parent, node, _value = _walk(model_type, _MISSING, list(path))
-    return _allowed(node) or None
-
-
-def schema_of(model_type: Any) -> Dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a model."""
-    return msgspec.json.schema(model_type)

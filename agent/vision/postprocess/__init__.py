@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Mapping, Tuple, Type, Union
 
+from agent.errors import AgentError
 from agent.models import parse
 from agent.vision.postprocess.base import (
     Classification,
@@ -54,10 +55,10 @@ def registry() -> Dict[str, Tuple[Type[Any], Type[Postprocessor]]]:
 PostprocessConfig: Any = Union[tuple(config for config, _plugin in registry().values())]
 
 
-def parse_config(data: Union[str, Mapping[str, Any]], *, error: Type[Exception] = PostprocessError, root: str = "postprocess") -> Any:
+def parse_config(data: Union[str, Mapping[str, Any]], *, error: Type[AgentError] = PostprocessError, root: str = "postprocess") -> Any:
     """A plugin key or a `{"type": KEY, ...options}` document -> that plugin's config Struct; `error` names the key."""
     document = {"type": data} if isinstance(data, str) else data
-    return parse(PostprocessConfig, document, error=error, root=root)  # type: ignore[arg-type]
+    return parse(PostprocessConfig, document, error=error, root=root)
 
 
 def create(spec: Union[str, Mapping[str, Any], Postprocessor, Any]) -> Postprocessor:
