@@ -138,16 +138,16 @@ def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         if value is not None:
             data[key] = value
     if args.accuracy:
+        from agent.gate.thresholds import GateThresholds
+        from agent.models import dump, parse
+
         accuracy = dict(data.get("accuracy") or {})
         for pair in args.accuracy:
             key, sep, text = pair.partition("=")
             if not sep:
                 raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
-            try:
-                accuracy[key.strip()] = float(text)
-            except ValueError:
-                accuracy[key.strip()] = text.strip()
-        data["accuracy"] = accuracy
+            accuracy[key.strip()] = text.strip()
+        data["accuracy"] = dump(parse(GateThresholds, accuracy, error=UsageError, root="accuracy", strict=False))
     if "id" not in data and data.get("model"):
         data["id"] = f"{str(data['model'])[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return data
