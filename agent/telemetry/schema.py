@@ -534,15 +534,21 @@ def json_schema_text() -> str:
     return _pretty(json_schema(), 0) + "\n"
 
 
-def _whole(value: Any) -> Any:
-    """1.0 -> 1: typing caches `Annotated[float, Meta(ge=0)]` and `Meta(ge=0.0)` as one type (they compare
-    equal), so which spelling a bound has depends on import order; the text must not."""
+def _canonical(value: Any) -> Any:
+    """The same text from every msgspec version and import order: 1.0 -> 1 (typing caches
+    `Annotated[float, Meta(ge=0)]` and `Meta(ge=0.0)` as one type, they compare equal), and `anyOf` members in
+    one order, null last (msgspec versions list them differently)."""
+    import json
+
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {key: _whole(item) for key, item in value.items()}
+        out = {key: _canonical(item) for key, item in value.items()}
+        if isinstance(out.get("anyOf"), list):
+            out["anyOf"] = sorted(out["anyOf"], key=lambda item: (item == {"type": "null"}, json.dumps(item, sort_keys=True)))
+        return out
     if isinstance(value, list):
-        return [_whole(item) for item in value]
+        return [_canonical(item) for item in value]
     return value
 
 
@@ -551,7 +557,7 @@ def _pretty(value: Any, depth: int) -> str:
     import json
 
     if not isinstance(value, dict) or not value or depth >= 4:
-        return json.dumps(_whole(value), sort_keys=True, ensure_ascii=False)
+        return json.dumps(_canonical(value), sort_keys=True, ensure_ascii=False)
     pad = "  " * (depth + 1)
     items = [f"{pad}{json.dumps(key)}: {_pretty(value[key], depth + 1)}" for key in sorted(value)]
     return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
