@@ -348,9 +348,8 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
         import msgspec
 
         from agent.vision.capture import Capture
+        from agent.vision.options import ClassificationConfig, parse_config
         from agent.vision.pipeline import FrameResult, Pipeline
-        from agent.vision.postprocess import parse_config
-        from agent.vision.postprocess.classification import ClassificationConfig
         from agent.vision.results import ResultGate, result_message
 
         captures = [Capture(uri, deployment.camera_options, name=f"camera{i}") for i, uri in enumerate(deployment.cameras)]

@@ -23,9 +23,7 @@ from agent.errors import AgentError
 from agent.fleet.messages import MessageError, decode, encode
 from agent.gate.thresholds import GateThresholds
 from agent.models import Annotated, FrozenModel, Meta, dump, parse
-from agent.vision.postprocess import PostprocessConfig
-from agent.vision.preprocess import PRESETS, PreprocessSpec, spec_from
-from agent.vision.sources import SourceOptions
+from agent.vision.options import PRESETS, PostprocessConfig, PreprocessSpec, SourceOptions, spec_from
 
 KIND = "desired"
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)

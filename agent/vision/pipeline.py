@@ -33,6 +33,7 @@ from agent.vision import postprocess as postprocess_plugins
 from agent.vision.annotate import draw_findings, encode_jpeg
 from agent.vision.capture import Capture, Frame
 from agent.vision.metrics import PipelineMetrics
+from agent.vision.options import PostprocessConfig
 from agent.vision.postprocess.base import Findings, Postprocessor
 from agent.vision.preprocess import FrameGeometry, PreprocessSpec, prepare, spec_from
 from agent.vision.sources import SourceOptions
@@ -132,7 +133,7 @@ class Pipeline:
         sources: Union[Capture, Sequence[Capture]],
         runner: Runner,
         preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None],
-        postprocess: Union[str, Mapping[str, Any], Postprocessor],
+        postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig],
         on_result: Optional[ResultCallback] = None,
         *,
         batch: int = 1,
@@ -243,7 +244,7 @@ class Pipeline:
         new_runner: Runner,
         *,
         preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None] = None,
-        postprocess: Union[str, Mapping[str, Any], Postprocessor, None] = None,
+        postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig, None] = None,
     ) -> Runner:
         """Put `new_runner` in service between two batches and return the old one (the caller deactivates it).
         The cameras keep running. If the new engine does not fit, PipelineError and nothing changes. Swapping in
@@ -481,7 +482,7 @@ def build_pipeline(
     uris: Sequence[str],
     runner: Runner,
     preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None],
-    postprocess: Union[str, Mapping[str, Any], Postprocessor],
+    postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig],
     on_result: Optional[ResultCallback] = None,
     *,
     batch: int = 1,

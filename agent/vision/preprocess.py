@@ -8,51 +8,31 @@ BlazeFace:          {"size": [128, 128], "resize": "letterbox", "color": "rgb", 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
-from msgspec.structs import astuple
 
-from agent.errors import AgentError
-from agent.models import FrozenModel, parse
+from agent.vision.options import (
+    BLAZEFACE,
+    EFFICIENTNET_LITE,
+    PRESETS,
+    PreprocessError,
+    PreprocessSpec,
+    spec_from,
+)
 
-
-class PreprocessError(AgentError):
-    """The preprocessing spec is invalid or a frame cannot be prepared."""
-
-
-class PreprocessSpec(FrozenModel, frozen=True, kw_only=True, omit_defaults=True):
-    """The deployment's `preprocess` object (or a preset's). Build one from a document with `spec_from()`."""
-
-    size: Tuple[int, int] = (224, 224)  # (height, width) the model takes; a single number in a document is square
-    resize: Literal["stretch", "letterbox", "shorter_crop"] = "stretch"
-    short_side: int = 0  # for shorter_crop: resize the shorter side to this, then centre-crop `size` (0: max(size))
-    interpolation: Literal["nearest", "linear", "cubic", "area"] = "linear"
-    color: Literal["rgb", "bgr", "gray"] = "rgb"
-    mean: Tuple[float, ...] = ()  # per channel on 0..255 values: (x - mean) / std; when empty, scale/offset apply
-    std: Tuple[float, ...] = ()
-    scale: float = 1.0 / 255.0  # used when mean/std are empty: x * scale + offset
-    offset: float = 0.0
-    layout: Literal["nchw", "nhwc"] = "nchw"
-    dtype: Literal["float32", "float16", "uint8"] = "float32"
-    pad_value: int = 0
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Every field, defaults included (a preset's full description)."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in zip(self.__struct_fields__, astuple(self))}
-
-    def __post_init__(self) -> None:
-        if min(self.size) <= 0 or max(self.size) > 8192:
-            raise ValueError(f"size: positive and at most 8192, got {list(self.size)}")
-        channels = 1 if self.color == "gray" else 3
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if values and len(values) not in (1, channels):
-                raise ValueError(f"{key}: 1 or {channels} values, got {len(values)}")
-        if bool(self.mean) != bool(self.std):
-            raise ValueError("mean: give preprocess.mean and preprocess.std both or neither")
-        if self.std and any(s == 0 for s in self.std):
-            raise ValueError("std: must not contain 0")
+__all__ = [
+    "BLAZEFACE",
+    "EFFICIENTNET_LITE",
+    "PRESETS",
+    "FrameGeometry",
+    "PreprocessError",
+    "PreprocessSpec",
+    "normalise",
+    "prepare",
+    "prepare_batch",
+    "spec_from",
+]
 
 
 @dataclass
@@ -143,32 +123,3 @@ def prepare_batch(frames: List[np.ndarray], spec: PreprocessSpec) -> Tuple[np.nd
         tensors.append(tensor)
         geometries.append(geometry)
     return np.stack(tensors), geometries
-
-
-EFFICIENTNET_LITE = PreprocessSpec(
-    size=(224, 224), resize="shorter_crop", short_side=256, interpolation="cubic", color="rgb", scale=1.0 / 128.0, offset=-127.0 / 128.0
-)
-BLAZEFACE = PreprocessSpec(size=(128, 128), resize="letterbox", color="rgb", scale=1.0 / 127.5, offset=-1.0)
-PRESETS: Dict[str, PreprocessSpec] = {"efficientnet_lite": EFFICIENTNET_LITE, "blazeface": BLAZEFACE}
-
-
-def spec_from(value: Optional[Any]) -> PreprocessSpec:
-    """A spec from a preset name, a document (`{"preset": "blazeface", "size": 192}`: a preset with changes, or
-    the fields themselves), or None (the default spec). Raises PreprocessError naming the key."""
-    if value is None:
-        return PreprocessSpec()
-    if isinstance(value, PreprocessSpec):
-        return value
-    if isinstance(value, str):
-        if value not in PRESETS:
-            raise PreprocessError(f"preprocess: preset {value!r} unknown (known: {', '.join(sorted(PRESETS))})")
-        return PRESETS[value]
-    if not isinstance(value, Mapping):
-        raise PreprocessError(f"preprocess: a preset name or an object, got {type(value).__name__}")
-    data: Dict[str, Any] = dict(value)
-    preset = data.pop("preset", None)
-    if preset is not None:
-        data = {**spec_from(str(preset)).to_dict(), **data}
-    if isinstance(data.get("size"), int) and not isinstance(data["size"], bool):
-        data["size"] = [data["size"], data["size"]]  # one number: a square input
-    return parse(PreprocessSpec, data, error=PreprocessError, root="preprocess")

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, List, Literal, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from agent.errors import AgentError
-from agent.models import Annotated, FrozenModel, Meta
+from agent.vision.options import SourceOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKENDS = ("auto", "gstreamer", "ffmpeg", "v4l2", "any")
@@ -35,31 +35,6 @@ APPSINK = "appsink drop=true max-buffers=1 sync=false"
 
 class SourceError(AgentError):
     """A source URI or option is invalid, or a source could not be opened (the message lists what was tried)."""
-
-
-class SourceOptions(FrozenModel, frozen=True, kw_only=True, omit_defaults=True):
-    """What a deployment may say about a source; every field has a default that works. Parse a document with
-    `agent.models.parse(SourceOptions, data, error=SourceError, root="camera_options")`."""
-
-    width: Annotated[int, Meta(ge=0)] = 0  # 0: the source's own
-    height: Annotated[int, Meta(ge=0)] = 0
-    fps: Annotated[float, Meta(ge=0)] = 0.0  # cameras: requested rate; file/images with realtime: pacing rate (0: the file's own)
-    format: str = ""  # v4l2 FOURCC such as MJPG, YUYV, H264
-    loop: bool = True  # file/images: start again at the end
-    realtime: bool = False  # file/images: pace like a camera (and drop frames); else as fast as possible
-    sensor_mode: int = -1  # csi: nvarguscamerasrc sensor-mode (-1: automatic)
-    flip: Annotated[int, Meta(ge=0, le=7)] = 0  # csi: nvvidconv flip-method (0..7)
-    transport: Literal["tcp", "udp"] = "tcp"  # rtsp
-    latency_ms: int = 0  # rtsp: jitter buffer; 0 keeps latency low
-    codec: Literal["auto", "h264", "h265"] = "auto"  # rtsp with GStreamer: auto (decodebin)
-    hw_decode: bool = False  # rtsp with GStreamer and a codec: Jetson's nvv4l2decoder
-    backend: Literal["auto", "gstreamer", "ffmpeg", "v4l2", "any"] = "auto"  # force one OpenCV backend (BACKENDS)
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.format and len(self.format) != 4:
-            raise ValueError(f"format: a 4-character FOURCC such as MJPG or YUYV, got {self.format!r}")
 
 
 @dataclass(frozen=True)

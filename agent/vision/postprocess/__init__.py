@@ -1,12 +1,14 @@
 """Postprocessing plugins, found by key: `create({"type": "classification", "top_k": 5, "labels": "..."})`.
 
-Each plugin is one module here with `KEY`, its config Struct (agent.models.Model tagged with `type` = KEY, so
-its options are typed and checked by the Struct itself) and its Postprocessor, exported as
-`PLUGIN = (KEY, Config, Postprocessor)`. Adding one is adding its module name to PLUGIN_MODULES.
+Each plugin is one module here with `KEY` and its Postprocessor, exported with its config Struct (in
+agent.vision.options, tagged with `type` = KEY, so its options are typed and checked by the Struct itself) as
+`PLUGIN = (KEY, Config, Postprocessor)`. Adding one is adding its module name to PLUGIN_MODULES and its config
+to agent.vision.options.PostprocessConfig.
 
-A deployment's `postprocess` object is parsed once, by `parse_config()`, into one of the config Structs
-(`PostprocessConfig`, the union tagged on `type`); `create()` takes that (or, for tools and tests, a key or a
-document) and makes the plugin.
+A deployment's `postprocess` object is parsed once, by `parse_config()` (agent.vision.options, where the
+config Structs live so that parsing needs no numpy), into one of the config Structs (`PostprocessConfig`, the
+union tagged on `type`); `create()` takes that (or, for tools and tests, a key or a document) and makes the
+plugin.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Mapping, Tuple, Type, Union
 
-from agent.errors import AgentError
-from agent.models import parse
+from agent.vision.options import PostprocessConfig, parse_config
 from agent.vision.postprocess.base import (
     Classification,
     Detection,
@@ -49,16 +50,6 @@ def registry() -> Dict[str, Tuple[Type[Any], Type[Postprocessor]]]:
         key, config_cls, plugin_cls = module.PLUGIN
         found[key] = (config_cls, plugin_cls)
     return found
-
-
-# Every plugin's config Struct, tagged on "type": the type of a deployment's `postprocess`.
-PostprocessConfig: Any = Union[tuple(config for config, _plugin in registry().values())]
-
-
-def parse_config(data: Union[str, Mapping[str, Any]], *, error: Type[AgentError] = PostprocessError, root: str = "postprocess") -> Any:
-    """A plugin key or a `{"type": KEY, ...options}` document -> that plugin's config Struct; `error` names the key."""
-    document = {"type": data} if isinstance(data, str) else data
-    return parse(PostprocessConfig, document, error=error, root=root)
 
 
 def create(spec: Union[str, Mapping[str, Any], Postprocessor, Any]) -> Postprocessor:

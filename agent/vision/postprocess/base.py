@@ -13,12 +13,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from agent.errors import AgentError
+from agent.vision.options import PostprocessError
 from agent.vision.preprocess import FrameGeometry
-
-
-class PostprocessError(AgentError):
-    """A postprocessing config is invalid or the model's outputs do not fit the plugin."""
 
 
 @dataclass

@@ -9,11 +9,11 @@ Boxes come out in frame pixels through the letterbox geometry of preprocessing.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Literal, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-from agent.models import Annotated, FrozenModel, Meta
+from agent.vision.options import BlazeFaceConfig
 from agent.vision.postprocess.base import (
     Detection,
     Findings,
@@ -32,17 +32,6 @@ VARIANTS: Dict[str, Tuple[int, Tuple[Tuple[int, int], ...]]] = {
     "short": (128, ((8, 2), (16, 6))),
     "full": (192, ((4, 1),)),
 }
-
-
-class BlazeFaceConfig(FrozenModel, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=KEY):
-    variant: Literal["auto", "short", "full"] = "auto"  # auto: by anchor count; else a key of VARIANTS
-    score_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
-    nms_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.3
-    max_detections: int = 50
-    label: str = "face"
-    regressors: str = ""  # output names; "" finds them by shape ([.., 16] and [.., 1])
-    scores: str = ""
-    keypoints: bool = False  # report the 6 keypoints (eyes, nose, mouth, ears)
 
 
 @functools.lru_cache(maxsize=4)

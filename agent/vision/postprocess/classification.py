@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal
+from typing import Dict, List
 
 import numpy as np
 
-from agent.models import Annotated, FrozenModel, Meta
+from agent.vision.options import ClassificationConfig
 from agent.vision.postprocess.base import (
     Classification,
     Findings,
@@ -18,16 +18,6 @@ from agent.vision.postprocess.base import (
 from agent.vision.preprocess import FrameGeometry
 
 KEY = "classification"
-
-
-class ClassificationConfig(FrozenModel, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=KEY):
-    top_k: Annotated[int, Meta(ge=1)] = 5
-    labels: str = ""  # labels file, one a line ("" -> class indices as labels)
-    short_labels: bool = True  # 'tabby, tabby cat' -> 'tabby'
-    output: str = ""  # output tensor ("" -> the first)
-    softmax: Literal["auto", "yes", "no"] = "auto"  # auto: unless the output already is a distribution
-    min_score: float = 0.0
-    label_offset: int = 0  # 1 for models with a background class at index 0 (1001 outputs)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -8,11 +8,11 @@ Boxes are in model-input pixels (or 0..1 with `normalized`) and come back in fra
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal
+from typing import Dict, List
 
 import numpy as np
 
-from agent.models import Annotated, FrozenModel, Meta
+from agent.vision.options import YoloConfig
 from agent.vision.postprocess.base import (
     Detection,
     Findings,
@@ -27,19 +27,6 @@ from agent.vision.postprocess.nms import nms
 from agent.vision.preprocess import FrameGeometry
 
 KEY = "yolo"
-
-
-class YoloConfig(FrozenModel, frozen=True, kw_only=True, omit_defaults=True, tag_field="type", tag=KEY):
-    layout: Literal["auto", "v5", "v8"] = "auto"
-    score_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.25
-    nms_threshold: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.45
-    max_detections: int = 100
-    labels: str = ""
-    short_labels: bool = True
-    output: str = ""  # "" -> the first output
-    classes: int = 0  # number of classes, to tell layouts apart (0: from the labels file, else guessed)
-    class_agnostic: bool = False  # one NMS over all classes instead of one per class
-    normalized: bool = False  # boxes in 0..1 of the input instead of input pixels
 
 
 def rows_of(output: np.ndarray, layout: str, classes: int) -> tuple:
