@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, get_args
 
 from agent.errors import AgentError
 from agent.fleet.messages import MessageError, decode, encode
@@ -26,7 +26,8 @@ from agent.models import Annotated, FrozenModel, Meta, dump, parse
 from agent.vision.options import PRESETS, PostprocessConfig, PreprocessSpec, SourceOptions, spec_from
 
 KIND = "desired"
-PRECISIONS = ("fp32", "fp16", "int8", "best")  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)
+Precision = Literal["fp32", "fp16", "int8", "best"]  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)
+PRECISIONS: Tuple[str, ...] = get_args(Precision)
 TARGET_PATTERN = re.compile(r"^(auto|gpu|cpu|dla:[0-9])$")
 ARTIFACT_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 DEPLOYMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -57,7 +58,7 @@ class Deployment(FrozenModel, frozen=True, kw_only=True):
     table: Optional[str] = None
     validation: Optional[str] = None
     labels: Optional[str] = None
-    precision: Literal["fp32", "fp16", "int8", "best"] = "best"
+    precision: Precision = "best"
     target: str = "auto"  # auto | gpu | cpu | dla:N
     gpu_fallback: bool = False  # DLA: allow layers DLA cannot run to fall back to the GPU
     batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = 1

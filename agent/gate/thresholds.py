@@ -9,14 +9,15 @@ what the gate recommends when an INT8 build fails; the engine layer applies it a
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 
 from msgspec.structs import astuple
 
 from agent.errors import AgentError
 from agent.models import Annotated, FrozenModel, Meta, parse
 
-FALLBACK_POLICIES = ("none", "fp16_layers", "fp16_engine")
+FallbackPolicy = Literal["none", "fp16_layers", "fp16_engine"]
+FALLBACK_POLICIES: Tuple[str, ...] = get_args(FallbackPolicy)
 TASKS = ("classification", "detection", "generic")
 
 
@@ -38,7 +39,7 @@ class GateThresholds(FrozenModel, frozen=True, kw_only=True, omit_defaults=True)
     det_recall: Share = 0.8  # detection: matched reference boxes / reference boxes
     iou: Share = 0.5  # detection: a box matches at this IoU or more ...
     score_tolerance: Share = 0.1  # ... with scores this close (also the borderline band at the threshold)
-    fallback: Literal["none", "fp16_layers", "fp16_engine"] = "none"  # recommendation recorded when an INT8 build fails
+    fallback: FallbackPolicy = "none"  # recommendation recorded when an INT8 build fails
     # exclude: top-1 agreement is judged on the frames the reference is sure about (top-1 minus top-2 probability
     # >= 0.1); a near-tie flips under any precision change, so counting it rejects good engines at random. Those
     # frames still count in top-5 containment. count: every frame counts for top-1.

@@ -35,7 +35,7 @@ class SourceOptions(FrozenModel, frozen=True, kw_only=True, omit_defaults=True):
     latency_ms: int = 0  # rtsp: jitter buffer; 0 keeps latency low
     codec: Literal["auto", "h264", "h265"] = "auto"  # rtsp with GStreamer: auto (decodebin)
     hw_decode: bool = False  # rtsp with GStreamer and a codec: Jetson's nvv4l2decoder
-    backend: Literal["auto", "gstreamer", "ffmpeg", "v4l2", "any"] = "auto"  # force one OpenCV backend (BACKENDS)
+    backend: Literal["auto", "gstreamer", "ffmpeg", "v4l2", "any"] = "auto"  # force one OpenCV backend
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
 

@@ -52,7 +52,7 @@ def registry() -> Dict[str, Tuple[Type[Any], Type[Postprocessor]]]:
     return found
 
 
-def create(spec: Union[str, Mapping[str, Any], Postprocessor, Any]) -> Postprocessor:
+def create(spec: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig]) -> Postprocessor:
     """A postprocessor from a parsed config Struct, a key ('classification'), a document with 'type' and the
     plugin's options, or one already made."""
     if isinstance(spec, Postprocessor):
