@@ -46,7 +46,7 @@ from agent.cli.options import (
 from agent.cli.output import print_json, print_table
 from agent.errors import UsageError
 from agent.gate.autocalib import choose_table, require_same_model
-from agent.gate.thresholds import GateThresholds
+from agent.gate.thresholds import parse_thresholds
 from agent.gate.validation import load_validation
 from agent.store.atomic import atomic_write_bytes
 from agent.store.hashing import sha256_file
@@ -365,7 +365,7 @@ def _thresholds(value: Optional[str]) -> Any:
         raise UsageError("--thresholds: a JSON object, e.g. '{\"top1_agreement\": 0.9}'")
     if isinstance(block, dict) and isinstance(block.get("accuracy"), dict):
         block = block["accuracy"]  # a whole deployment's block
-    return GateThresholds.from_dict(block)
+    return parse_thresholds(block)
 
 
 def _command(args: argparse.Namespace) -> List[str]:

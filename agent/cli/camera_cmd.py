@@ -15,10 +15,11 @@ from typing import Any, Dict
 from agent.cli.options import add_json_flag, add_preprocess_option, json_or_name, require_action
 from agent.cli.output import print_json, print_table
 from agent.errors import UsageError
+from agent.models import parse
 from agent.runtime.factory import open_runner
 from agent.vision.capture import Capture
 from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import SourceOptions, probe_source
+from agent.vision.sources import SourceError, SourceOptions, probe_source
 
 
 def register(sub: Any) -> None:
@@ -58,7 +59,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> Any:
-    return SourceOptions.from_dict(
+    return parse(
+        SourceOptions,
         {
             "width": args.width,
             "height": args.height,
@@ -67,7 +69,9 @@ def _source_options(args: argparse.Namespace) -> Any:
             "loop": args.loop,
             "realtime": args.realtime,
             "backend": args.source_backend,
-        }
+        },
+        error=SourceError,
+        root="source options",
     )
 
 

@@ -21,7 +21,7 @@ from agent.engine.manifest import Manifest, read_manifest
 from agent.engine.spec import Precision
 from agent.errors import AgentError, UsageError
 from agent.gate.gate import run_gate
-from agent.gate.thresholds import GateThresholds
+from agent.gate.thresholds import parse_thresholds
 from agent.gate.validation import load_validation, make_validation
 from agent.runtime.base import Runner
 from agent.runtime.factory import open_runner
@@ -167,7 +167,7 @@ def validate_command(args: argparse.Namespace) -> int:
         block = block["accuracy"]  # a whole deployment's block
     if args.fallback:
         block = dict(block or {}, fallback=args.fallback)
-    thresholds = GateThresholds.from_dict(block)
+    thresholds = parse_thresholds(block)
     validation = load_validation(Path(args.validation))
     table = _read_table(args.table)
     runner, manifest = _open_runner(args.engine)

@@ -84,16 +84,13 @@ def _operator(args: argparse.Namespace) -> Any:
 
 
 def _accuracy_pairs(pairs: Optional[List[str]]) -> Dict[str, Any]:
-    """--accuracy KEY=VALUE (repeated): numbers where they parse, text otherwise."""
+    """--accuracy KEY=VALUE (repeated), as text: the GateThresholds model converts each value to its field's type."""
     accuracy: Dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep:
             raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
-        try:
-            accuracy[key.strip()] = float(text)
-        except ValueError:
-            accuracy[key.strip()] = text.strip()
+        accuracy[key.strip()] = text.strip()
     return accuracy
 
 

@@ -411,7 +411,7 @@ class Daemon:
         self.jobs.complete(job_id, JobState(state), detail, result)
 
     def _job_snapshot(self, job: Job) -> Dict[str, Any]:
-        camera = int(job.command.args.get("camera", 0))
+        camera = job.command.args.camera  # SnapshotArgs
         image, result = self.serving.snapshot(camera)
         publish_snapshot(self.link, self.topics, image)
         return {"topic": self.topics.snapshot, "bytes": len(image), "camera": camera, "result": result}
@@ -429,8 +429,8 @@ class Daemon:
         return {"summary": summarize(checks), "checks": [c.to_dict() for c in checks]}
 
     def _job_log_level(self, job: Job) -> Dict[str, Any]:
-        level = str(job.command.args["level"])
-        name = str(job.command.args.get("logger") or "")
+        level = job.command.args.level.upper()  # SetLogLevelArgs
+        name = job.command.args.logger
         target = logging.getLogger(name) if name else logging.getLogger()
         previous = logging.getLevelName(target.level)
         target.setLevel(level)

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import msgspec
+
 from agent.calib.check import check_table
 from agent.calib.table import CalibError, read_table
 from agent.config import AgentConfig
@@ -37,8 +39,8 @@ from agent.gate.validation import load_validation
 from agent.lazy import try_import
 from agent.runtime.factory import open_runner
 from agent.store.artifacts import ArtifactStore
+from agent.vision.options import ClassificationConfig, parse_config
 from agent.vision.pipeline import build_pipeline
-from agent.vision.results import ResultsConfig
 from agent.vision.sources import SourceOptions, probe_source
 
 from .results_publisher import ResultsPublisher
@@ -224,7 +226,7 @@ class PackageSteps(Steps):
 
     def _gate(self, deployment: Deployment, artifacts: Dict[str, Path], runner: Any) -> Dict[str, Any]:
         if "validation" not in artifacts:
-            if deployment.accuracy:
+            if deployment.accuracy is not None:
                 raise StepFailed("validate", "accuracy thresholds are set but the deployment names no validation set")
             return {"skipped": True, "reason": "the deployment names no validation set"}
 
@@ -234,7 +236,7 @@ class PackageSteps(Steps):
             result = run_gate(
                 runner,
                 validation,
-                GateThresholds.from_dict(deployment.accuracy or None),
+                deployment.accuracy or GateThresholds(),
                 table,
                 reference_model=str(artifacts["model"]),
                 model_sha256=deployment.model,
@@ -325,14 +327,14 @@ def camera_pipeline_factory(config: AgentConfig, link: MqttLink, topics: Topics)
     artifacts_root = Path(config.state_dir) / "artifacts"
 
     def make(deployment: Deployment, runner: Any) -> Any:
-        post: Dict[str, Any] = dict(deployment.postprocess or {"type": "classification"})
-        if deployment.labels and post.get("type") == "classification" and not post.get("labels"):
-            post["labels"] = str(artifacts_root / deployment.labels)
-        publisher = ResultsPublisher(link, topics, ResultsConfig.from_dict(deployment.results or None), deployment_id=deployment.id)
+        post = deployment.postprocess or parse_config("classification")
+        if deployment.labels and isinstance(post, ClassificationConfig) and not post.labels:
+            post = msgspec.structs.replace(post, labels=str(artifacts_root / deployment.labels))
+        publisher = ResultsPublisher(link, topics, deployment.results, deployment_id=deployment.id)
         cameras = list(deployment.cameras)
         pipeline = build_pipeline(
-            cameras, runner, deployment.preprocess, post, publisher, batch=deployment.batch, name=deployment.id,
-            source_options=deployment.camera_options or None, capture_names=[f"camera{i}" for i in range(len(cameras))],
+            cameras, runner, deployment.preprocess_spec, post, publisher, batch=deployment.batch, name=deployment.id,
+            source_options=deployment.camera_options, capture_names=[f"camera{i}" for i in range(len(cameras))],
         )
         try:
             return pipeline.start()

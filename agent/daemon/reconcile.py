@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
+from agent.fleet.commands import RebuildArgs
 from agent.fleet.deployment import (
     Deployment,
     DeploymentError,
@@ -53,7 +54,7 @@ CompleteFn = Callable[[str, str, str, Optional[Dict[str, Any]]], None]  # job id
 class Request:
     action: str  # "rebuild" | "rollback" | "restart-pipeline"
     job_id: str
-    args: Dict[str, Any] = field(default_factory=dict)
+    args: Any = None  # the command's arguments Struct (agent.fleet.commands), None when none
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -128,8 +129,8 @@ class Reconciler:
         self._inputs.put((source, payload))
         self._wake.set()
 
-    def request(self, action: str, job_id: str, args: Optional[Dict[str, Any]] = None) -> Request:
-        request = Request(action, job_id, dict(args or {}))
+    def request(self, action: str, job_id: str, args: Any = None) -> Request:
+        request = Request(action, job_id, args)
         self._requests.put(request)
         self._wake.set()
         return request
@@ -316,7 +317,7 @@ class Reconciler:
         with self.store.mutate() as saved:
             saved.blocked.pop(digest, None)
         self._retry_at.pop(digest, None)
-        cold = bool(request.args.get("cold", False))
+        cold = isinstance(request.args, RebuildArgs) and request.args.cold
         engine = self._apply(target, cold=cold, request=request)
         return {"deployment_id": target.id, "digest": digest, "cold": cold, "cache_hit": engine.cache_hit if engine else None}
 

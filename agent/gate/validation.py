@@ -22,10 +22,11 @@ import datetime
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+import msgspec
 import numpy as np
 
 from agent.gate.box_decoders import Decoder, resolve_decoder
@@ -83,7 +84,7 @@ class ValidationSet:
     @property
     def preprocess(self) -> Optional[PreprocessSpec]:
         data = self.meta.get("preprocess")
-        return PreprocessSpec.from_dict(data) if data else None
+        return spec_from(data) if data else None
 
     @property
     def decoder_config(self) -> Optional[Dict[str, Any]]:
@@ -179,7 +180,7 @@ def model_tensor(image_hwc: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def resized_image(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The uint8 [H, W, C] image `prepare` builds before it normalises (colour, resize, crop, letterbox)."""
-    image, _ = prepare(frame_bgr, replace(spec, dtype="uint8", layout="nhwc"))
+    image, _ = prepare(frame_bgr, msgspec.structs.replace(spec, dtype="uint8", layout="nhwc"))
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from agent.errors import UsageError
+from agent.gate.thresholds import GateThresholds
+from agent.models import dump, parse
 from agent.store.hashing import sha256_file
 
 ARTIFACT_FIELDS = ("model", "table", "validation", "labels")
@@ -35,8 +38,9 @@ def deployment_document(base: Optional[Mapping[str, Any]], fields: Mapping[str, 
     for key, value in fields.items():
         if value is not None:
             data[key] = artifact_ref(value) if key in ARTIFACT_FIELDS else value
-    if accuracy:
-        data["accuracy"] = {**dict(data.get("accuracy") or {}), **accuracy}
+    if accuracy:  # values from the command line are text: the model converts them and names a bad key
+        merged = {**dict(data.get("accuracy") or {}), **accuracy}
+        data["accuracy"] = dump(parse(GateThresholds, merged, error=UsageError, root="accuracy", strict=False))
     if "id" not in data and data.get("model"):
         data["id"] = f"{str(data['model'])[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return data

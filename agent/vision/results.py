@@ -6,31 +6,10 @@ Transport-free: the daemon's ResultsPublisher (agent/daemon/results_publisher.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-from agent.errors import ConfigError
-from agent.vision.config_schema import from_mapping
+from agent.vision.options import ResultsConfig
 from agent.vision.pipeline import FrameResult
-
-
-@dataclass(frozen=True)
-class ResultsConfig:
-    min_interval_s: float = 0.0  # at most one result per source per interval (0: every frame)
-    on_change: bool = False  # publish only when the top class or the set of detected labels changes
-    heartbeat_s: float = 0.0  # with on_change: publish at least this often even without a change (0: never)
-    max_detections: int = 50  # cap the message size
-    max_classes: int = 5
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> ResultsConfig:
-        return from_mapping(cls, data, "results")
-
-    def validate(self) -> None:
-        if self.min_interval_s < 0 or self.heartbeat_s < 0:
-            raise ConfigError("results.min_interval_s and results.heartbeat_s must not be negative")
-        if self.max_detections < 0 or self.max_classes < 0:
-            raise ConfigError("results.max_detections and results.max_classes must not be negative")
 
 
 class ResultThrottle:

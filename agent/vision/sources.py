@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from agent.errors import AgentError
 from agent.lazy import require
-from agent.vision.config_schema import from_mapping
+from agent.vision.options import SourceOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKENDS = ("auto", "gstreamer", "ffmpeg", "v4l2", "any")
@@ -40,45 +40,6 @@ log = logging.getLogger(__name__)
 
 class SourceError(AgentError):
     """A source URI or option is invalid, or a source could not be opened (the message lists what was tried)."""
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """What a deployment may say about a source; every field has a default that works."""
-
-    width: int = 0  # 0: the source's own
-    height: int = 0
-    fps: float = 0.0  # cameras: requested rate; file/images with realtime: pacing rate (0: the file's own)
-    format: str = ""  # v4l2 FOURCC such as MJPG, YUYV, H264
-    loop: bool = True  # file/images: start again at the end
-    realtime: bool = False  # file/images: pace like a camera (and drop frames); else as fast as possible
-    sensor_mode: int = -1  # csi: nvarguscamerasrc sensor-mode (-1: automatic)
-    flip: int = 0  # csi: nvvidconv flip-method (0..7)
-    transport: str = "tcp"  # rtsp: tcp | udp
-    latency_ms: int = 0  # rtsp: jitter buffer; 0 keeps latency low
-    codec: str = "auto"  # rtsp with GStreamer: auto (decodebin) | h264 | h265
-    hw_decode: bool = False  # rtsp with GStreamer and a codec: Jetson's nvv4l2decoder
-    backend: str = "auto"  # force one OpenCV backend: auto | gstreamer | ffmpeg | v4l2 | any
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> SourceOptions:
-        return from_mapping(cls, data, "source options", SourceError)
-
-    def validate(self) -> None:
-        if self.width < 0 or self.height < 0 or self.fps < 0:
-            raise SourceError("source options width, height and fps must not be negative")
-        if self.transport not in ("tcp", "udp"):
-            raise SourceError(f"source option transport: tcp or udp, got {self.transport!r}")
-        if self.codec not in ("auto", "h264", "h265"):
-            raise SourceError(f"source option codec: auto, h264 or h265, got {self.codec!r}")
-        if self.backend not in BACKENDS:
-            raise SourceError(f"source option backend: one of {BACKENDS}, got {self.backend!r}")
-        if self.format and len(self.format) != 4:
-            raise SourceError(f"source option format: a 4-character FOURCC such as MJPG or YUYV, got {self.format!r}")
-        if not 0 <= self.flip <= 7:
-            raise SourceError(f"source option flip: 0 to 7 (nvvidconv flip-method), got {self.flip}")
 
 
 @dataclass(frozen=True)
@@ -158,7 +119,6 @@ def split_uri(uri: str) -> Tuple[str, str]:
 def plan_source(uri: str, options: Optional[SourceOptions] = None, *, have_gstreamer: bool) -> List[OpenPlan]:
     """The ordered list of ways to open `uri`. Pure: no camera, no file access beyond telling folders apart."""
     options = options or SourceOptions()
-    options.validate()
     kind, rest = split_uri(uri)
     if kind == "v4l2":
         return _plan_v4l2(rest, options)

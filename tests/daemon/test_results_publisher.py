@@ -52,11 +52,12 @@ def test_on_change_with_a_heartbeat() -> None:
 
 def test_results_config_errors() -> None:
     from agent.errors import ConfigError
+    from agent.models import parse
 
-    with pytest.raises(ConfigError, match="unknown keys"):
-        ResultsConfig.from_dict({"every": 3})
-    with pytest.raises(ConfigError, match="negative"):
-        ResultsConfig.from_dict({"min_interval_s": -1})
+    with pytest.raises(ConfigError, match=r"results\.every: unknown key"):
+        parse(ResultsConfig, {"every": 3}, root="results")
+    with pytest.raises(ConfigError, match=r"results\.min_interval_s: expected float >= 0"):
+        parse(ResultsConfig, {"min_interval_s": -1}, root="results")
 
 
 def test_results_arrive_on_a_real_broker(broker: Any, tiny_onnx: Path, short_video: Path) -> None:

@@ -99,7 +99,7 @@ def test_validate_a_cached_engine_folder(cli_validation, tiny_model_path, tmp_pa
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--thresholds", '{"top1": 0.9}'], "unknown keys"),
+        (["--thresholds", '{"top1": 0.9}'], "accuracy.top1: unknown key"),
         (["--thresholds", "{not json"], "not valid JSON"),
     ],
 )

@@ -172,7 +172,7 @@ def test_two_cameras_share_one_pipeline_and_batch(tiny_runner: OnnxRuntimeRunner
     results: List[FrameResult] = []
     pipeline = build_pipeline(
         [f"file://{short_video}", f"images://{stills}"], tiny_runner, TINY_PREPROCESS, "classification", results.append,
-        batch=2, source_options={"realtime": True, "fps": 50},
+        batch=2, source_options=SourceOptions(realtime=True, fps=50),
     )
     try:
         pipeline.start()

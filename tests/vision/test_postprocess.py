@@ -133,11 +133,11 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 def test_registry_by_key_and_clear_config_errors() -> None:
     assert set(postprocess.registry()) >= {"classification", "blazeface", "yolo"}
-    with pytest.raises(PostprocessError, match="unknown"):
+    with pytest.raises(PostprocessError, match=r"postprocess\.type: one of classification, blazeface, yolo, got 'segmentation'"):
         postprocess.create({"type": "segmentation"})
-    with pytest.raises(PostprocessError, match="unknown keys"):
+    with pytest.raises(PostprocessError, match=r"postprocess\.iou: unknown key \(known: type, layout"):
         postprocess.create({"type": "yolo", "iou": 0.5})
-    with pytest.raises(PostprocessError, match="top_k"):
+    with pytest.raises(PostprocessError, match=r"postprocess\.top_k: expected int >= 1, got 0"):
         postprocess.create({"type": "classification", "top_k": 0})
     with pytest.raises(PostprocessError, match="labels"):
         postprocess.create({"type": "classification", "labels": "/nonexistent/labels.txt"})
