@@ -1,21 +1,23 @@
 """Configuration: one TOML file, environment overrides `EDGE_AGENT_<SECTION>_<KEY>`, validated at start.
 
-Every error names the key and the problem (`broker.port: must be an integer from 1 to 65535, got 'abc'`).
+Every error names the key and the problem (`broker.port: expected int <= 65535, got 70000`); the document is
+the AgentConfig model (agent.models), parsed once here.
 Defaults run on a laptop: a broker on localhost, state under ~/.local/state/edge-agent (or /var/lib/edge-agent
 under systemd or as root).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
+
+import msgspec
 
 from agent.errors import ConfigError
+from agent.models import Annotated, Meta, Model, dump, parse
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,52 +26,68 @@ else:  # pragma: no cover - exercised on 3.8 in CI
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 ENV_PREFIX = "EDGE_AGENT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TOPIC_CHARS = "/+#"
 
 
-@dataclass
-class DeviceConfig:
-    id: str = ""
-    groups: List[str] = field(default_factory=list)
+class DeviceConfig(Model, kw_only=True):
+    id: str = ""  # empty: default_device_id()
+    groups: List[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if any(ch in self.id for ch in _TOPIC_CHARS):
+            raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
+        for group in self.groups:
+            if not group or any(ch in group for ch in _TOPIC_CHARS):
+                raise ValueError(f"groups: a group name has '/', '+' or '#' or is empty: {group!r}")
 
 
-@dataclass
-class BrokerConfig:
-    host: str = "localhost"
-    port: int = 1883
+class BrokerConfig(Model, kw_only=True):
+    host: Annotated[str, Meta(min_length=1)] = "localhost"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 1883
     tls: bool = False
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
     username: str = ""
-    password: str = field(default="", repr=False)
-    protocol: str = "5"  # "5" or "3.1.1"
-    keepalive_s: int = 30
+    password: str = ""
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Meta(ge=5)] = 30
     topic_prefix: str = "edge"
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        prefix = self.topic_prefix
+        if "/" in prefix.strip("/") or "+" in prefix or "#" in prefix:
+            raise ValueError(f"topic_prefix: one topic level without wildcards, got {prefix!r}")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file: set cert_file and key_file both for a client certificate, or neither")
 
-@dataclass
-class StateConfig:
+    def __repr__(self) -> str:  # the password never reaches a log line
+        shown = ", ".join(f"{name}={'***' if name == 'password' and value else repr(value)}" for name, value in _items(self))
+        return f"BrokerConfig({shown})"
+
+
+class StateConfig(Model, kw_only=True):
     dir: str = ""  # empty: chosen by default_state_dir()
     min_free_mb: int = 200
     outbox_max_messages: int = 10000
 
 
-@dataclass
-class ArtifactsConfig:
-    public_keys: List[str] = field(default_factory=list)  # paths to ed25519 public keys (PEM) or raw hex
-    key_kinds: List[str] = field(default_factory=list)  # "KEY=kind,kind": which keys may sign which kinds (agent.fleet.artifact_trust)
+class ArtifactsConfig(Model, kw_only=True):
+    public_keys: List[str] = msgspec.field(default_factory=list)  # paths to ed25519 public keys (PEM) or raw hex
+    # "KEY=kind[,kind]": which keys may sign which kinds; engine plans only from keys named for them (agent.fleet.artifact_trust)
+    key_kinds: List[str] = msgspec.field(default_factory=list)
     allow_unsigned: bool = False
     max_bytes: int = 2 * 1024**3
-    chunk_bytes: int = 256 * 1024
-    window: int = 8
+    chunk_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
+    window: Annotated[int, Meta(ge=1)] = 8
     block_timeout_s: float = 10.0
 
 
-@dataclass
-class EngineConfig:
-    backend: str = "auto"  # auto | tensorrt | onnxruntime
+class EngineConfig(Model, kw_only=True):
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
     plugin_dir: str = ""  # plugin libraries load only from here
     build_timeout_s: float = 3600.0
     build_memory_limit_mb: int = 0  # 0: no limit beyond the free-memory check
@@ -78,29 +96,30 @@ class EngineConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0: library default
 
 
-@dataclass
-class TelemetryConfig:
-    interval_s: float = 10.0
+class TelemetryConfig(Model, kw_only=True):
+    interval_s: Annotated[float, Meta(gt=0)] = 10.0
     compact: bool = False
     tegrastats: bool = True
     nvml: bool = True
 
 
-@dataclass
-class LogConfig:
-    level: str = "INFO"
+class LogConfig(Model, kw_only=True):
+    level: str = "INFO"  # any case
+
+    def __post_init__(self) -> None:
+        if self.level.upper() not in LOG_LEVELS:
+            raise ValueError(f"level: must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {self.level!r}")
 
 
-@dataclass
-class AgentConfig:
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
-    state: StateConfig = field(default_factory=StateConfig)
-    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    source: str = ""  # where the file came from, for messages
+class AgentConfig(Model, kw_only=True):
+    device: DeviceConfig = msgspec.field(default_factory=DeviceConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+    artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    source: str = ""  # where the file came from, for messages (not a key of the file: sections are tables)
 
     @property
     def state_dir(self) -> Path:
@@ -108,13 +127,13 @@ class AgentConfig:
 
     def redacted(self) -> Dict[str, Any]:
         """The configuration as a dict with secrets masked, for logs, doctor and telemetry."""
-        data = dataclasses.asdict(self)
+        data: Dict[str, Any] = dump(self)
         if data["broker"].get("password"):
             data["broker"]["password"] = "***"
         return data
 
 
-SECTIONS: Dict[str, type] = {
+SECTIONS: Dict[str, Type[Model]] = {
     "device": DeviceConfig,
     "broker": BrokerConfig,
     "state": StateConfig,
@@ -123,6 +142,10 @@ SECTIONS: Dict[str, type] = {
     "telemetry": TelemetryConfig,
     "log": LogConfig,
 }
+
+
+def _items(obj: Model) -> List[Tuple[str, Any]]:
+    return [(name, getattr(obj, name)) for name in obj.__struct_fields__]
 
 
 def default_state_dir() -> Path:
@@ -146,94 +169,25 @@ def default_device_id(machine_id_path: Path = Path("/etc/machine-id")) -> str:
     return socket.gethostname() or "edge-device"
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Convert `value` (TOML or an environment string) to the type of `default`, or raise ConfigError."""
-    from_env = isinstance(value, str) and not isinstance(default, str)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if from_env and value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if from_env and value.strip().lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
-    if isinstance(default, int):
-        try:
-            if isinstance(value, (bool, float)):
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}") from None
-    if isinstance(default, float):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: must be a number, got {value!r}") from None
-    if isinstance(default, list):
-        if from_env:
-            return [item.strip() for item in value.split(",") if item.strip()]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
-        return list(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported value {value!r}")  # pragma: no cover
-
-
-def _apply_section(section: str, obj: Any, values: Mapping[str, Any], origin: str) -> None:
-    known = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown key in {origin} (known: {', '.join(sorted(known))})")
-        setattr(obj, key, _coerce(f"{section}.{key}", value, getattr(obj, key)))
-
-
-def _validate(config: AgentConfig) -> None:
+def _check(config: AgentConfig) -> None:
+    """What the document's types cannot say: files that must exist, a device id after defaults."""
     broker = config.broker
-    if not 1 <= broker.port <= 65535:
-        raise ConfigError(f"broker.port: must be from 1 to 65535, got {broker.port}")
-    if broker.protocol not in ("5", "3.1.1"):
-        raise ConfigError(f"broker.protocol: must be '5' or '3.1.1', got {broker.protocol!r}")
-    if not broker.host:
-        raise ConfigError("broker.host: must not be empty")
-    if broker.keepalive_s < 5:
-        raise ConfigError(f"broker.keepalive_s: must be at least 5, got {broker.keepalive_s}")
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(broker, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"broker.{key}: file not found: {path}")
-    if bool(broker.cert_file) != bool(broker.key_file):
-        raise ConfigError("broker.cert_file and broker.key_file: set both for a client certificate, or neither")
-    if "/" in broker.topic_prefix.strip("/") or "+" in broker.topic_prefix or "#" in broker.topic_prefix:
-        raise ConfigError(f"broker.topic_prefix: one topic level without wildcards, got {broker.topic_prefix!r}")
-    device_id = config.device.id
-    if any(ch in device_id for ch in "/+#") or not device_id:
-        raise ConfigError(f"device.id: must be non-empty without '/', '+' or '#', got {device_id!r}")
-    for group in config.device.groups:
-        if not group or any(ch in group for ch in "/+#"):
-            raise ConfigError(f"device.groups: a group name has '/', '+' or '#' or is empty: {group!r}")
-    if config.engine.backend not in ("auto", "tensorrt", "onnxruntime"):
-        raise ConfigError(f"engine.backend: must be auto, tensorrt or onnxruntime, got {config.engine.backend!r}")
-    if config.telemetry.interval_s <= 0:
-        raise ConfigError(f"telemetry.interval_s: must be positive, got {config.telemetry.interval_s}")
-    if config.artifacts.window < 1 or config.artifacts.chunk_bytes < 1024:
-        raise ConfigError("artifacts.window must be >= 1 and artifacts.chunk_bytes >= 1024")
-    if config.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log.level: must be DEBUG, INFO, WARNING or ERROR, got {config.log.level!r}")
+    if not config.device.id:
+        raise ConfigError("device.id: must be non-empty without '/', '+' or '#', got ''")
 
 
 def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> AgentConfig:
     """Read the TOML file (explicit path, $EDGE_AGENT_CONFIG, or /etc/edge-agent/agent.toml if present),
     apply environment overrides, fill defaults, validate."""
     environ = os.environ if env is None else env
-    config = AgentConfig()
     chosen = path or environ.get(ENV_PREFIX + "CONFIG") or ""
     if not chosen and DEFAULT_CONFIG_PATH.is_file():
         chosen = str(DEFAULT_CONFIG_PATH)
+    data: Dict[str, Any] = {}
     if chosen:
         try:
             with open(chosen, "rb") as handle:
@@ -247,18 +201,29 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
                 raise ConfigError(f"{section}: unknown section in {chosen} (known: {', '.join(SECTIONS)})")
             if not isinstance(values, dict):
                 raise ConfigError(f"{section}: must be a table ([{section}]) in {chosen}")
-            _apply_section(section, getattr(config, section), values, chosen)
-        config.source = chosen
+        parse(AgentConfig, data, origin=f"in {chosen}")  # the file's own values, strictly typed
+        data = {section: dict(values) for section, values in data.items()}
+        data["source"] = chosen
+    from_env: Dict[str, str] = {}  # "broker.port" -> the variable that set it, for messages
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
-        section, key = _split_env_name(name[len(ENV_PREFIX) :])
-        if section is None:
+        where, key = _split_env_name(name[len(ENV_PREFIX) :])
+        if where is None:
             continue
-        _apply_section(section, getattr(config, section), {key: value}, f"environment variable {name}")
-    if not config.device.id:
-        config.device.id = default_device_id()
-    _validate(config)
+        text = value.strip()
+        is_list = isinstance(getattr(SECTIONS[where](), key, None), list)  # a comma-separated list
+        data.setdefault(where, {})[key] = [item.strip() for item in text.split(",") if item.strip()] if is_list else text
+        from_env[f"{where}.{key}"] = name
+    device = data.setdefault("device", {})
+    if not device.get("id"):
+        device["id"] = default_device_id()
+    try:  # environment values are strings: converted, not strictly typed (the file's were checked above)
+        config = parse(AgentConfig, data, strict=False)
+    except ConfigError as exc:
+        variable = from_env.get(str(exc).split(":", 1)[0])
+        raise ConfigError(f"{exc} (environment variable {variable})" if variable else str(exc)) from None
+    _check(config)
     return config
 
 

@@ -5,7 +5,7 @@
 Each size runs in a fresh child process (`--one N`) against a fresh broker, so memory figures do not carry over:
 
 - the operator: `edge-agent fleet publish` (signed manifests) and `edge-agent fleet serve` as real CLI processes;
-  the deployment itself through agent.fleet.operator.Operator, the code behind `edge-agent fleet deploy --group`;
+  the deployment itself through agent.operator.client.Operator, the code behind `edge-agent fleet deploy --group`;
 - N devices in threads of the child process, each the agent's own fleet-protocol code without cameras or
   engines: an MqttLink (reconnect, last will, outbox), the retained group desired state decoded by
   agent.fleet.deployment, the table pulled by agent.fleet.transfer.ArtifactPuller (signed manifest verified,
@@ -280,8 +280,8 @@ def run_one(devices: int, per_worker: int, broker_nofile: int = 0) -> Dict[str, 
     import psutil
 
     from agent.fleet.deployment import Deployment
-    from agent.fleet.operator import Operator
     from agent.fleet.signing import generate_keys
+    from agent.operator.client import Operator
 
     fd_limit = raise_fd_limit(devices)  # before mosquitto starts: it inherits the limit
     if fd_limit < devices + 256:

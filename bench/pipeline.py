@@ -144,12 +144,12 @@ def pipeline_fps(runner: Any, batch: int, frames: int) -> Tuple[float, int, Dict
 def added_latency(runner: Any, seconds: float, fps: float) -> Dict[str, Any]:
     """Paced like a camera, batch 1, published to a real broker: the agent's share of each frame's latency."""
     from agent.config import BrokerConfig
+    from agent.daemon.results_publisher import ResultsPublisher
     from agent.fleet.link import MqttLink, unique_client_id
     from agent.fleet.local_broker import LocalBroker
     from agent.fleet.topics import Topics
     from agent.vision.capture import Capture
     from agent.vision.pipeline import Pipeline
-    from agent.vision.results import ResultsPublisher
     from agent.vision.sources import SourceOptions
 
     with LocalBroker() as broker:

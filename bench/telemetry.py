@@ -53,8 +53,8 @@ def child(mode: str, port: int, interval_s: float, device: str) -> int:
         return 1
     publisher = None
     if mode == "on":
+        from agent.daemon.telemetry_publisher import TelemetryPublisher, agent_provider
         from agent.telemetry.document import TelemetryCollector
-        from agent.telemetry.publisher import TelemetryPublisher, agent_provider
 
         state = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
         collector = TelemetryCollector(

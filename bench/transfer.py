@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.config import ArtifactsConfig, BrokerConfig  # noqa: E402
-from agent.fleet.artifact_server import add_to_folder, publish_manifest  # noqa: E402
-from agent.fleet.artifacts import ArtifactManifest, describe_file, sign_manifest  # noqa: E402
+from agent.fleet.artifact_protocol import ArtifactManifest, describe_file, sign_manifest  # noqa: E402
 from agent.fleet.link import MqttLink, unique_client_id  # noqa: E402
 from agent.fleet.local_broker import LocalBroker  # noqa: E402
 from agent.fleet.signing import generate_keys, load_private_key  # noqa: E402
 from agent.fleet.topics import Topics  # noqa: E402
 from agent.fleet.transfer import ArtifactPuller  # noqa: E402
+from agent.operator.artifact_server import add_to_folder, publish_manifest  # noqa: E402
 from agent.store.artifacts import ArtifactStore  # noqa: E402
 
 PUBLISHER = r"""

@@ -1,17 +1,70 @@
-"""Fixtures every test package uses: a real mosquitto per session (plain and TLS), the shared test data
-with clean skips, a tiny ONNX model, and an isolated agent configuration."""
+"""Fixtures every test package uses: a real mosquitto per session (plain and TLS), a tiny ONNX model, and an
+isolated agent configuration; the markers `tensorrt` and `gpu`; and the rule that a test may skip only for
+what this machine cannot have (ALLOWED_SKIP_REASONS)."""
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
 from agent.fleet.local_broker import LocalBroker, find_mosquitto
-from tests.helpers import shared_dir, tiny_classifier_onnx
+from tests.helpers import REAL_DATA_SKIP, tiny_classifier_onnx
+
+# A skip must name what this machine cannot have: TensorRT, an NVIDIA GPU, a Jetson, root, a file of real data
+# kept beside the repository, or (for tests that branch on the installed onnxruntime) the onnxruntime version the
+# branch needs, written "onnxruntime >= 1.20" or "onnxruntime < 1.20". Anything else (a tool, a package or one of
+# the project's own modules missing) fails the run: a suite that passes by skipping proves nothing. A missing
+# third-party package that tests/run.sh installs counts as such a failure too (pytest.importorskip included).
+ALLOWED_SKIP_REASONS = (
+    re.compile(r"\bTensorRT\b"),
+    re.compile(r"\bGPU\b"),
+    re.compile(r"\bJetson\b"),
+    re.compile(r"\broot\b"),
+    re.compile("^" + re.escape(REAL_DATA_SKIP)),
+    re.compile(r"\bonnxruntime [<>]=? ?\d"),
+)
+_unexplained_skips: List[str] = []
+
+
+def skip_reason(report: Any) -> Optional[str]:
+    """The reason of a skipped test or collector report (None when it did not skip, or is an xfail)."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return None
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
+
+
+def _check_skip(report: Any) -> None:
+    reason = skip_reason(report)
+    if reason is not None and not any(pattern.search(reason) for pattern in ALLOWED_SKIP_REASONS):
+        _unexplained_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _check_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _check_skip(report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _unexplained_skips:
+        terminalreporter.section("skips for a reason outside ALLOWED_SKIP_REASONS (tests/conftest.py): the run fails")
+        for line in _unexplained_skips:
+            terminalreporter.line(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unexplained_skips and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -30,7 +83,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 @pytest.fixture(scope="session")
 def mosquitto_available() -> None:
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto; tests/run.sh installs it)")
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +158,6 @@ def tls_broker(mosquitto_available: None, tmp_path_factory: pytest.TempPathFacto
     pki = make_test_pki(tmp_path_factory.mktemp("pki"))
     with LocalBroker(tls_cert=str(pki["server.crt"]), tls_key=str(pki["server.key"]), tls_ca=str(pki["ca"])) as local:
         yield {"broker": local, **pki}
-
-
-@pytest.fixture(scope="session")
-def shared_testdata() -> Path:
-    base = shared_dir()
-    if base is None:
-        pytest.skip("shared test data (../shared/testdata) is not present in this checkout")
-    return base / "testdata"
 
 
 @pytest.fixture()

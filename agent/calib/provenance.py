@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from agent.calib.table import CalibTable, table_stats
+from agent.lazy import try_import
 from agent.store.atomic import atomic_write_json
 from agent.store.hashing import sha256_bytes, sha256_file
 
@@ -44,8 +45,6 @@ def source_digest(source: PathLike) -> Optional[str]:
 
 def library_versions() -> Dict[str, str]:
     """The versions that decide the table's last bits: onnxruntime, OpenCV (frame decoding and resizing), numpy."""
-    from agent.lazy import try_import
-
     found = {"python": platform.python_version()}
     for label, module_name in (("onnxruntime", "onnxruntime"), ("opencv", "cv2"), ("numpy", "numpy")):
         module = try_import(module_name)

@@ -1,5 +1,5 @@
 """A calibration table -> an explicitly quantized (QuantizeLinear/DequantizeLinear) ONNX model, in two flavours,
-because one file cannot be both (measured in ../shared/reference/qdq-evaluation.md):
+because one file cannot be both (`bench/qdq.py` measures both; calibtables/README.md):
 
 - "tensorrt": NVIDIA's placement, bit-identical to ModelOpt's (`--high_precision_dtype fp32 --dq_only`): int8, zero
   point 0, the table's scale on the activation inputs of Conv/Gemm/MatMul/pooling and on the skip input of residual
@@ -35,6 +35,7 @@ from agent.calib.graph import (
     require_plain_float_model,
 )
 from agent.calib.table import CalibError, CalibTable, is_usable_scale
+from agent.lazy import require
 
 if TYPE_CHECKING:
     import onnx
@@ -60,7 +61,7 @@ def to_qdq(model: onnx.ModelProto, table: CalibTable, flavor: str, exclude_op_ty
     ops float (ModelOpt leaves a batch-1 Gemm float: pass ("Gemm",) for an identical file)."""
     if flavor not in FLAVORS:
         raise CalibError(f"unknown Q/DQ flavour {flavor!r}: use {' or '.join(FLAVORS)}")
-    import onnx
+    import onnx  # heavy (protobuf): imported only where a model is read or written
 
     require_plain_float_model(model, "to-qdq")
     work = onnx.ModelProto()
@@ -94,8 +95,8 @@ def _tensor_names(model: onnx.ModelProto) -> Set[str]:
 def _prepare(model: onnx.ModelProto) -> List[str]:
     """In place: opset >= 13, Constant nodes as initializers (so weights and Clip bounds are found one way), and
     every node named (onnxruntime's quantizer selects nodes by name)."""
-    import onnx
-    from onnx import numpy_helper
+    import onnx  # heavy (protobuf): imported only where a model is read or written
+    from onnx import numpy_helper  # heavy (protobuf): imported only where a model is read or written
 
     notes = []
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
@@ -166,7 +167,7 @@ def _skipped_tensors(index: GraphIndex, scales: Dict[str, float], exclude: Itera
     return list(skipped)
 
 
-# --- the TensorRT flavour (qdq-evaluation.md, Candidate C) ---------------------------------------------
+# --- the TensorRT flavour (ModelOpt's placement) -------------------------------------------------------
 
 
 def weight_axis(node: onnx.NodeProto, position: int, ndim: int) -> Optional[int]:
@@ -201,7 +202,7 @@ def quantize_weight(weights: np.ndarray, axis: Optional[int]) -> Tuple[np.ndarra
 
 
 def _tensorrt_flavor(model: onnx.ModelProto, scales: Dict[str, float], exclude: frozenset) -> QdqResult:
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # heavy (protobuf): imported only where a model is read or written
 
     model = infer_types(model)
     index = index_graph(model, infer=False)
@@ -297,7 +298,7 @@ def _drop_unused_initializers(model: onnx.ModelProto, added: List[onnx.TensorPro
         graph.value_info.extend(infos)
 
 
-# --- the onnxruntime flavour (qdq-evaluation.md, Candidate B "ortfast") ---------------------------------
+# --- the onnxruntime flavour (onnxruntime's own QDQ placement) -------------------------------------------
 
 
 def ort_flavor_supported(version: Optional[str]) -> bool:
@@ -321,7 +322,7 @@ def require_ort_flavor(version: Optional[str]) -> None:
 
 def relu_clip_lower_bounds(model: onnx.ModelProto) -> Dict[str, float]:
     """Output tensor -> lower bound for Relu (0) and Clip (its min, from the attribute or the initializer input)."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # heavy (protobuf): imported only where a model is read or written
 
     initializers = {init.name: init for init in model.graph.initializer}
     bounds: Dict[str, float] = {}
@@ -350,10 +351,9 @@ def _slow_int8_conv(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
 
 
 def _onnxruntime_flavor(model: onnx.ModelProto, scales: Dict[str, float], exclude: frozenset) -> QdqResult:
-    from agent.lazy import require
-
     ort = require("onnxruntime", "the onnxruntime Q/DQ flavour")
     require_ort_flavor(getattr(ort, "__version__", None))
+    # optional (cpu extra): onnxruntime's Q/DQ placement, imported only when that flavour is asked for
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer

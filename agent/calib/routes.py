@@ -1,59 +1,26 @@
-"""What the device's TensorRT version decides about applying a calibration table, and about DLA.
+"""How a calibration table becomes INT8 on the device: the route its TensorRT version (or onnxruntime) allows,
+and how a build gets its precision there.
 
-Facts (../shared/reference/tensorrt-facts.md sections 1.2, 2.1, 4.1):
-- Calibration-cache header versions: 4 digits up to TensorRT 8 (8601 = 8.6.1), 6 digits from 10 (100300 = 10.3.0).
-- Implicit INT8 (calibrators, per-tensor dynamic ranges) works on 8.x and 10.x (deprecated from 10.1) and is
-  removed in 11.0: there the table must become explicit Q/DQ in the ONNX.
-- Deprecated on the device's TensorRT (the real bindings of every version, docs/hardware/trt-api-matrix.md):
-  implicit INT8 (calibrators, `set_dynamic_range`) from 10.1, `BuilderFlag.FP16`/`INT8` from 10.12. Where a
-  non-deprecated route exists (explicit Q/DQ on 10.1+, a strongly typed network on 10.12+) and the model allows
-  it, `choose_int8_route` and `builder_flags` prefer it and say which was chosen.
-- DLA: present where the module has it; unavailable on TensorRT 10.8 to 11.4.0 packages; 11.4.1+ brings it back
-  on AGX Orin with strongly typed (Q/DQ) networks only.
+The version facts themselves (implicit INT8 removed in TensorRT 11.0, what is deprecated from which release,
+DLA by version) live in agent/device/versions.py. Where a non-deprecated route exists (explicit Q/DQ on 10.1+, a
+strongly typed network on 10.12+) and the model allows it, `choose_int8_route` and `builder_flags` prefer it and
+say which was chosen (the real bindings of every version: docs/hardware/trt-api-matrix.md).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
-from agent.errors import AgentError
-
-Version = Tuple[int, int, int]
-
-
-class VersionError(AgentError):
-    """A TensorRT version string or header code could not be read."""
-
-
-def parse_version(text: str) -> Version:
-    """'10.3.0.30' or '8.6.1' or '10.3' -> (major, minor, patch). The build number is dropped."""
-    match = re.match(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", text or "")
-    if not match:
-        raise VersionError(f"not a TensorRT version: {text!r}")
-    return int(match.group(1)), int(match.group(2) or 0), int(match.group(3) or 0)
-
-
-def format_version(version: Version) -> str:
-    return f"{version[0]}.{version[1]}.{version[2]}"
-
-
-def decode_header_version(code: int) -> Version:
-    """The number in `TRT-<code>-<algorithm>`: >= 100000 is M*10000+m*100+p (TensorRT 10+), else M*1000+m*100+p."""
-    if code < 0:
-        raise VersionError(f"negative TensorRT version code {code}")
-    if code >= 100000:
-        return code // 10000, (code // 100) % 100, code % 100
-    return code // 1000, (code // 100) % 10, code % 100
-
-
-def encode_header_version(version: Version) -> int:
-    major, minor, patch = version
-    if major >= 10:
-        return major * 10000 + minor * 100 + patch
-    return major * 1000 + minor * 100 + patch
+from agent.device.target import Backend, Target
+from agent.device.versions import (
+    IMPLICIT_INT8_DEPRECATED,
+    PRECISION_FLAGS_DEPRECATED,
+    Version,
+    format_version,
+    implicit_int8_supported,
+)
 
 
 class Int8Method(str, enum.Enum):
@@ -72,15 +39,9 @@ class Int8Route:
     deprecated: bool = False
 
 
-def implicit_int8_supported(trt: Version) -> bool:
-    return trt[0] < 11
-
-
-IMPLICIT_INT8_DEPRECATED: Version = (10, 1, 0)  # calibrators and ITensor.set_dynamic_range: [DEPRECATED] from 10.1
-PRECISION_FLAGS_DEPRECATED: Version = (10, 12, 0)  # BuilderFlag.FP16 / INT8: [DEPRECATED] from 10.12
-
-
-def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool = False, qdq_allowed: bool = False) -> Int8Route:
+def choose_int8_route(
+    trt: Optional[Version], target: Union[str, Target], table_portable: bool = False, qdq_allowed: bool = False
+) -> Int8Route:
     """The route a table takes to INT8 on this device. `trt` is None for the onnxruntime CPU backend.
     `qdq_allowed`: the model can take the explicit Q/DQ rewrite here (onnx is installed and the model is not
     quantized already); it decides between a deprecated and a non-deprecated route on 10.1+.
@@ -91,17 +52,18 @@ def choose_int8_route(trt: Optional[Version], target: str, table_portable: bool 
     then also applies its own calibration bookkeeping). DLA on 8.x/10.x: the cache calibrator, since DLA wants
     EntropyCalibration2 scales through the calibrator path and does not take Q/DQ before 11.4.1.
     """
-    if trt is None or target == "cpu":
+    placement = Target(target)
+    if trt is None or placement.backend == Backend.ONNXRUNTIME:
         return Int8Route(Int8Method.QDQ_ONNXRUNTIME, "onnxruntime runs explicit Q/DQ; the table becomes QuantizeLinear/DequantizeLinear")
     if not implicit_int8_supported(trt):
         return Int8Route(Int8Method.QDQ_TENSORRT, f"TensorRT {format_version(trt)} removed implicit INT8 (11.0): explicit Q/DQ only")
     deprecated = trt >= IMPLICIT_INT8_DEPRECATED
-    if deprecated and not target.startswith("dla") and qdq_allowed:
+    if deprecated and not placement.is_dla and qdq_allowed:
         return Int8Route(
             Int8Method.QDQ_TENSORRT,
             f"implicit INT8 is deprecated on TensorRT {format_version(trt)} (since 10.1): explicit Q/DQ chosen, the non-deprecated route",
         )
-    if target.startswith("dla"):
+    if placement.is_dla:
         return Int8Route(Int8Method.CACHE_CALIBRATOR, "DLA takes INT8 scales through an EntropyCalibration2 cache on TensorRT 8.x/10.x", deprecated)
     unavailable = "; explicit Q/DQ, the non-deprecated route, is not possible: the model cannot take the rewrite here (onnx missing or the model already quantized)" if deprecated else ""
     if table_portable:
@@ -162,26 +124,3 @@ def builder_flags(trt: Version, precision: str, int8_method: Optional[Int8Method
         why = f"the model is {model_float}: a strongly typed network would run the layers without INT8 in FP32, not FP16"
     deprecated.extend(f"BuilderFlag.{flag} (deprecated since TensorRT 10.12)" for flag in flags)
     return BuildPrecision(NetworkTyping.WEAK, flags, f"builder flags {' + '.join(flags)} kept: {why}", tuple(deprecated))
-
-
-@dataclass(frozen=True)
-class DlaSupport:
-    available: bool
-    reason: str
-    qdq_only: bool = False
-
-
-def dla_support(trt: Optional[Version], dla_cores: Optional[int], module: Optional[str] = None) -> DlaSupport:
-    """Can this device build for DLA at all? `dla_cores` from the fingerprint (None: unknown)."""
-    where = f" ({module})" if module else ""
-    if trt is None:
-        return DlaSupport(False, "no TensorRT on this device: DLA needs TensorRT")
-    if dla_cores is not None and dla_cores <= 0:
-        return DlaSupport(False, f"this module has no DLA cores{where}")
-    if (10, 8, 0) <= trt < (11, 4, 1):
-        return DlaSupport(False, f"TensorRT {format_version(trt)} has no DLA support (10.8 to 11.4.0); JetPack 6 ships 10.3 with DLA")
-    if trt >= (11, 4, 1):
-        if module is not None and "agx orin" not in module.lower():
-            return DlaSupport(False, f"TensorRT {format_version(trt)} supports DLA on AGX Orin only{where}")
-        return DlaSupport(True, "TensorRT 11.4.1+ on AGX Orin: DLA with strongly typed (Q/DQ) networks only", qdq_only=True)
-    return DlaSupport(True, "DLA available")

@@ -1,7 +1,7 @@
 """The calibration table as data: parse every kind seen in the wild, write it back byte for byte, and count
 what is wrong with its scales.
 
-TensorRT's cache (tensorrt-facts.md 1.1-1.4):
+TensorRT's cache (calibtables/README.md, 'The format'):
     TRT-<version code>-<Algorithm>          version code: 8601 = 8.6.1, 100300 = 10.3.0
     <tensor name>: <hex>                    big-endian float32 bit pattern of scale = amax / 127
 
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from agent.calib.routes import (
+from agent.device.versions import (
     Version,
     VersionError,
     decode_header_version,
@@ -37,6 +37,7 @@ from agent.calib.routes import (
     parse_version,
 )
 from agent.errors import AgentError
+from agent.store.atomic import atomic_write_bytes
 
 
 class CalibError(AgentError):
@@ -55,7 +56,7 @@ FORMATS = (FORMAT_TENSORRT, FORMAT_TENSORRT_HEADERLESS, FORMAT_ORT_TEXT, FORMAT_
 
 ENTROPY2 = "EntropyCalibration2"
 MINMAX = "MinMaxCalibration"
-# Only these two are verified in files; the other two are plausible by analogy (tensorrt-facts.md 1.3).
+# Only these two are verified in files; the other two are plausible by analogy.
 KNOWN_ALGORITHMS = (ENTROPY2, MINMAX, "EntropyCalibration", "LegacyCalibration")
 
 HEADER_RE = re.compile(r"^TRT-(\d{1,9})-([A-Za-z0-9_]+)$", re.ASCII)
@@ -127,7 +128,7 @@ def scale_from_bits(bits: int) -> float:
 
 
 def scale_hex(scale: float) -> str:
-    """Canonical spelling: 8 lowercase hex digits, zero padded (tensorrt-facts.md 1.4 recommendation)."""
+    """Canonical spelling: 8 lowercase hex digits, zero padded (as TensorRT writes it)."""
     return f"{scale_bits(scale):08x}"
 
 
@@ -348,8 +349,6 @@ def _entry_line(table: CalibTable, name: str, scale: float) -> str:
 
 
 def write_table_file(path: Union[str, Path], table: CalibTable) -> None:
-    from agent.store.atomic import atomic_write_bytes
-
     atomic_write_bytes(path, write_table(table))
 
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
-from agent.errors import AgentError, UsageError
+from agent.calib.qdq import to_qdq
+from agent.calib.table import read_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
+from agent.device.target import Backend
+from agent.errors import UsageError
+from agent.runtime.bench import bench_runner
+from agent.runtime.factory import open_runner
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="engine throughput and latency per batch size")
+    parser = sub.add_parser("bench")
     parser.add_argument("--model", required=True, help="ONNX model (onnxruntime) or TensorRT plan")
     parser.add_argument("--backend", default="auto", help="onnxruntime | tensorrt | auto (by suffix, default)")
     parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
@@ -43,70 +48,11 @@ def parse_batches(text: str) -> List[int]:
     return sorted(set(values))
 
 
-def bench_runner(runner: Any, batches: List[int], seconds: float, warmup: int) -> List[Dict[str, Any]]:
-    """Time `runner` (activated) on random inputs for each batch size; one row of figures per size."""
-    import numpy as np
-
-    from agent.runtime.base import batch_size_of
-
-    spec = runner.first_input()
-    fixed = batch_size_of(spec)
-    largest = getattr(runner, "max_batch", None)
-    rng = np.random.default_rng(0)
-    rows: List[Dict[str, Any]] = []
-    for batch in batches:
-        if (fixed is not None and batch != fixed) or (largest is not None and batch > largest):
-            limit = f"fixed batch {fixed}" if fixed is not None else f"at most {largest}"
-            rows.append({"batch": batch, "skipped": f"the engine takes {limit}"})
-            continue
-        dims = [batch] + [d if isinstance(d, int) and d > 0 else None for d in spec.shape[1:]]
-        if any(d is None for d in dims):
-            raise AgentError(f"input '{spec.name}' has dynamic dimensions {spec.shape} besides the batch; bench needs fixed ones")
-        feed = {s.name: _random_input(rng, [batch] + [int(d) for d in s.shape[1:]], s.dtype) for s in runner.inputs}
-        for _ in range(max(0, warmup)):
-            runner.infer(feed)
-        times: List[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(times) < 5:
-            started = time.perf_counter()
-            runner.infer(feed)
-            times.append((time.perf_counter() - started) * 1000.0)
-        values = np.asarray(times)
-        total_s = float(values.sum()) / 1000.0
-        rows.append(
-            {
-                "batch": batch,
-                "runs": len(times),
-                "throughput": round(batch * len(times) / total_s, 2),
-                "latency_p50_ms": round(float(np.percentile(values, 50)), 3),
-                "latency_p95_ms": round(float(np.percentile(values, 95)), 3),
-                "latency_p99_ms": round(float(np.percentile(values, 99)), 3),
-                "ms_per_item": round(float(values.mean()) / batch, 3),
-            }
-        )
-    return rows
-
-
-def _random_input(rng: Any, shape: List[int], dtype: str) -> Any:
-
-    if dtype.startswith("float"):
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype == "bool":
-        return rng.integers(0, 2, shape).astype(bool)
-    return rng.integers(0, 100, shape).astype(dtype)
-
-
 def _int8_model(model: Path, table: str, workdir: str) -> Path:
     """The model with the calibration table applied as onnxruntime-flavoured Q/DQ (agent.calib)."""
     if not table:
         raise UsageError("--precision int8 needs --table (a TensorRT-format calibration table)")
-    try:
-        import onnx
-
-        from agent.calib.qdq import to_qdq
-        from agent.calib.table import read_table
-    except ImportError as exc:
-        raise AgentError(f"--precision int8 needs agent.calib (Q/DQ conversion), which is not available here: {exc}") from None
+    import onnx  # heavy (protobuf): imported only when a Q/DQ model is made
     quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime").model
     out = Path(workdir) / f"{model.stem}.int8.onnx"
     onnx.save(quantized, str(out))
@@ -114,16 +60,14 @@ def _int8_model(model: Path, table: str, workdir: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.runtime.factory import backend_for, open_runner
-
     batches = parse_batches(args.batch)
     if args.seconds <= 0:
         raise UsageError("--seconds must be positive")
     model = Path(args.model)
-    backend = backend_for(args.backend, model)
+    backend = Backend.for_file(args.backend, model)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
         if args.precision == "int8":
-            if backend != "onnxruntime":
+            if backend != Backend.ONNXRUNTIME:
                 raise UsageError("--precision int8 applies to ONNX models on onnxruntime; a TensorRT plan has its precision built in")
             model = _int8_model(model, args.table, workdir)
         runner = open_runner(backend, model, threads=args.threads, dla_core=args.dla_core, spin=args.spin)
@@ -131,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
             rows = bench_runner(runner, batches, args.seconds, args.warmup)
     report: Dict[str, Any] = {
         "model": str(args.model),
-        "backend": backend,
+        "backend": backend.value,
         "precision": args.precision,
         "threads": args.threads,
         "results": rows,

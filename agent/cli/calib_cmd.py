@@ -17,19 +17,46 @@ Exit 0 when the command did its job, 1 when a check blocks deployment or an inpu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.calib.check import check_table
+from agent.calib.diff import diff_tables
+from agent.calib.make import Candidate, auto_candidates, make_tables
+from agent.calib.provenance import table_provenance, write_provenance
+from agent.calib.qdq import describe, to_qdq
+from agent.calib.table import (
+    DEGENERATE_KINDS,
+    CalibError,
+    json_float,
+    printable,
+    read_table,
+    table_stats,
+    write_table,
+)
+from agent.cli.options import (
+    add_json_flag,
+    add_preprocess_option,
+    add_target_option,
+    json_or_name,
+    require_action,
+)
+from agent.cli.output import print_json, print_table
 from agent.errors import UsageError
+from agent.gate.autocalib import choose_table, require_same_model
+from agent.gate.thresholds import parse_thresholds
+from agent.gate.validation import load_validation
+from agent.store.atomic import atomic_write_bytes
+from agent.store.hashing import sha256_file
+from agent.vision.framesets import iter_sources
+from agent.vision.preprocess import prepare, spec_from
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("calib", help="inspect, check, diff, make and convert INT8 calibration tables")
-    parser.set_defaults(func=_no_subcommand, calib_parser=parser)
+    parser = sub.add_parser("calib")
+    require_action(parser)
     calib = parser.add_subparsers(dest="calib_command", metavar="ACTION")
 
     inspect = calib.add_parser("inspect", help="format, header and degenerate scales of a table")
@@ -41,7 +68,7 @@ def register(sub: Any) -> None:
     check.add_argument("table")
     check.add_argument("--model", help="the ONNX model the table will be applied to")
     check.add_argument("--trt-version", help="TensorRT version on the target, e.g. 10.3.0 (JetPack 6.1/6.2)")
-    check.add_argument("--target", default="gpu", help="gpu, dla (or dla:N) or cpu (default gpu)")
+    add_target_option(check, default="gpu", help="gpu, dla (or dla:N) or cpu (default gpu)")
     check.add_argument("--portable", action="store_true", help="the table is declared portable (cache calibrator route on GPU)")
     add_json_flag(check)
     check.set_defaults(func=_check)
@@ -57,7 +84,7 @@ def register(sub: Any) -> None:
     make = calib.add_parser("make", help="compute a TensorRT-format table on the CPU with onnxruntime")
     make.add_argument("--model", required=True, help="float ONNX model")
     make.add_argument("--frames", required=True, nargs="+", help="folder(s) of images, image files or video files")
-    make.add_argument("--preprocess", help="preset name (efficientnet_lite, blazeface), JSON object, or a JSON file")
+    add_preprocess_option(make)
     make.add_argument(
         "--method",
         default="entropy",
@@ -87,15 +114,8 @@ def register(sub: Any) -> None:
     qdq.set_defaults(func=_to_qdq)
 
 
-def _no_subcommand(args: argparse.Namespace) -> int:
-    args.calib_parser.print_help(sys.stderr)
-    raise UsageError("choose an action: inspect, check, diff, make or to-qdq")
-
-
 def _load_model(path: str) -> Any:
-    import onnx
-
-    from agent.calib.table import CalibError
+    import onnx  # heavy (protobuf): imported only where a model is read or written
 
     try:
         return onnx.load(path)
@@ -106,8 +126,6 @@ def _load_model(path: str) -> Any:
 
 
 def _float(value: Optional[float]) -> Any:
-    from agent.calib.table import json_float
-
     return json_float(value)
 
 
@@ -115,9 +133,6 @@ def _float(value: Optional[float]) -> Any:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from agent.calib.table import DEGENERATE_KINDS, printable, read_table, table_stats
-    from agent.store.hashing import sha256_file
-
     table = read_table(args.table)
     stats = table_stats(table)
     report: Dict[str, Any] = {
@@ -166,9 +181,6 @@ def _fmt(value: Any) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.calib.check import check_table
-    from agent.calib.table import read_table
-
     table = read_table(args.table)
     model = _load_model(args.model) if args.model else None
     report = check_table(table, model, args.trt_version, args.target, portable=args.portable)
@@ -209,9 +221,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from agent.calib.diff import diff_tables
-    from agent.calib.table import printable, read_table
-
     first, second = read_table(args.a), read_table(args.b)
     result = diff_tables(first, second, args.rel_tol)
     if args.json:
@@ -250,31 +259,7 @@ def _diff(args: argparse.Namespace) -> int:
 # --- make ----------------------------------------------------------------------------------------------
 
 
-def preprocess_spec(value: Optional[str]) -> Any:
-    """--preprocess: a preset name, a JSON object, or the path of a JSON file."""
-    from agent.vision.preprocess import PreprocessError, spec_from
-
-    if value is None:
-        return spec_from(None)
-    text = value.strip()
-    if not text.startswith("{") and Path(text).is_file():
-        text = Path(text).read_text(encoding="utf-8")
-    if text.startswith("{"):
-        try:
-            return spec_from(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise PreprocessError(f"--preprocess: not valid JSON ({exc})") from None
-    return spec_from(text)
-
-
 def _make(args: argparse.Namespace) -> int:
-    from agent.calib.make import Candidate, auto_candidates, make_tables
-    from agent.calib.provenance import table_provenance, write_provenance
-    from agent.calib.table import table_stats, write_table
-    from agent.store.atomic import atomic_write_bytes
-    from agent.vision.framesets import iter_sources
-    from agent.vision.preprocess import prepare
-
     if args.count <= 0:
         raise UsageError("-n must be at least 1")
     auto = args.method == "auto"
@@ -282,12 +267,9 @@ def _make(args: argparse.Namespace) -> int:
         raise UsageError("--method auto needs --validation SET (from `edge-agent fleet make-validation` on this model)")
     if not auto and (args.validation or args.thresholds):
         raise UsageError("--validation and --thresholds apply to --method auto only")
-    spec = preprocess_spec(args.preprocess)
+    spec = spec_from(json_or_name(args.preprocess, "--preprocess"))
     validation = thresholds = None
     if auto:  # read and check the set before the minutes of calibration, not after
-        from agent.gate.autocalib import require_same_model
-        from agent.gate.validation import load_validation
-
         validation = load_validation(Path(args.validation))
         require_same_model(validation, args.model)
         thresholds = _thresholds(args.thresholds)
@@ -311,8 +293,6 @@ def _make(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     selection = None
     if auto:
-        from agent.gate.autocalib import choose_table
-
         def measured(outcome: Any) -> None:
             if not args.json and sys.stderr.isatty():
                 sys.stderr.write(f"measured {outcome.label} ({outcome.seconds:.1f} s)\n")
@@ -380,15 +360,12 @@ def _percentiles(text: str) -> List[float]:
 
 
 def _thresholds(value: Optional[str]) -> Any:
-    from agent.cli.gate_cli import _json_or_name
-    from agent.gate.thresholds import GateThresholds
-
-    block = _json_or_name(value, "--thresholds")
+    block = json_or_name(value, "--thresholds")
     if block is not None and not isinstance(block, dict):
         raise UsageError("--thresholds: a JSON object, e.g. '{\"top1_agreement\": 0.9}'")
     if isinstance(block, dict) and isinstance(block.get("accuracy"), dict):
         block = block["accuracy"]  # a whole deployment's block
-    return GateThresholds.from_dict(block)
+    return parse_thresholds(block)
 
 
 def _command(args: argparse.Namespace) -> List[str]:
@@ -414,10 +391,6 @@ def _command(args: argparse.Namespace) -> List[str]:
 
 
 def _to_qdq(args: argparse.Namespace) -> int:
-    from agent.calib.qdq import describe, to_qdq
-    from agent.calib.table import CalibError, read_table
-    from agent.store.atomic import atomic_write_bytes
-
     table = read_table(args.table)
     model = _load_model(args.model)
     result = to_qdq(model, table, args.flavor, exclude_op_types=args.exclude_op)

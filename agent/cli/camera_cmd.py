@@ -12,41 +12,40 @@ import sys
 import time
 from typing import Any, Dict
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag, add_preprocess_option, json_or_name, require_action
+from agent.cli.output import print_json, print_table
 from agent.errors import UsageError
+from agent.models import parse
+from agent.runtime.factory import open_runner
+from agent.vision.capture import Capture
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.sources import SourceError, SourceOptions, probe_source
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("camera", help="probe camera sources, run the camera pipeline locally")
+    parser = sub.add_parser("camera")
     camera_sub = parser.add_subparsers(dest="camera_command", metavar="ACTION")
+    require_action(parser)
 
     probe = camera_sub.add_parser("probe", help="open a source, read N frames, print resolution, fps and decode time")
     probe.add_argument("uri", help="v4l2:///dev/video0, csi://0, rtsp://..., file:///path.mp4, images:///folder")
     probe.add_argument("-n", "--frames", type=int, default=30, help="frames to read (default 30)")
     _add_source_options(probe)
     add_json_flag(probe)
-    probe.set_defaults(camera_func=_probe)
+    probe.set_defaults(func=_probe)
 
     run = camera_sub.add_parser("run", help="run the pipeline on a source with a model, print results as JSON lines")
     run.add_argument("uri")
     run.add_argument("--model", required=True, help="ONNX model (onnxruntime) or TensorRT plan")
-    run.add_argument("--backend", default="auto", help="onnxruntime | tensorrt | auto (by suffix)")
-    run.add_argument("--preprocess", default="efficientnet_lite", help="preset name or JSON object")
-    run.add_argument("--postprocess", default="classification", help="plugin name or JSON object")
+    run.add_argument("--backend", default="auto", help="onnxruntime | tensorrt | auto (by the model's suffix)")
+    add_preprocess_option(run, default="efficientnet_lite")
+    run.add_argument("--postprocess", default="classification", help="a plugin name (classification, blazeface, yolo), inline JSON, or a JSON file")
     run.add_argument("--batch", type=int, default=1)
     run.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: library default)")
     run.add_argument("--seconds", type=float, default=10.0, help="stop after this long (default 10)")
     run.add_argument("--stop-at-end", action="store_true", help="files: stop at the end instead of reopening")
     _add_source_options(run)
-    run.set_defaults(camera_func=_run)
-
-    parser.set_defaults(func=_dispatch, camera_func=None)
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.camera_func is None:
-        raise UsageError("say what to do: edge-agent camera probe URI | edge-agent camera run URI --model M")
-    return int(args.camera_func(args))
+    run.set_defaults(func=_run)
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +59,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _source_options(args: argparse.Namespace) -> Any:
-    from agent.vision.sources import SourceOptions
-
-    return SourceOptions.from_dict(
+    return parse(
+        SourceOptions,
         {
             "width": args.width,
             "height": args.height,
@@ -71,13 +69,13 @@ def _source_options(args: argparse.Namespace) -> Any:
             "loop": args.loop,
             "realtime": args.realtime,
             "backend": args.source_backend,
-        }
+        },
+        error=SourceError,
+        root="source options",
     )
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from agent.vision.sources import probe_source
-
     if args.frames < 1:
         raise UsageError("-n must be at least 1")
     report = probe_source(args.uri, args.frames, _source_options(args))
@@ -98,28 +96,14 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if report.frames >= 1 else 1
 
 
-def _json_or_name(text: str) -> Any:
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"not valid JSON: {exc}") from None
-    return text
-
-
 def _run(args: argparse.Namespace) -> int:
-    from agent.runtime.factory import open_runner
-    from agent.vision.capture import Capture
-    from agent.vision.pipeline import FrameResult, Pipeline
-
     runner = open_runner(args.backend, args.model, threads=args.threads)
     capture = Capture(args.uri, _source_options(args), stop_at_end=args.stop_at_end, depth=max(1, args.batch))
 
     def emit(result: FrameResult) -> None:
         sys.stdout.write(json.dumps(result.to_dict(), separators=(",", ":")) + "\n")
 
-    pipeline = Pipeline(capture, runner, _json_or_name(args.preprocess), _json_or_name(args.postprocess), emit, batch=args.batch)
+    pipeline = Pipeline(capture, runner, json_or_name(args.preprocess, "--preprocess"), json_or_name(args.postprocess, "--postprocess"), emit, batch=args.batch)
     try:
         pipeline.start()
         deadline = time.monotonic() + args.seconds

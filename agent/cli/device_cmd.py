@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
+from agent.device.fingerprint import fingerprint
+from agent.engine.hardware_class import device_classes
 from agent.errors import UsageError
 
 # Printed first, in this order; the JSON always has them, null where unknown.
@@ -17,7 +20,6 @@ MAIN_FIELDS = ("l4t", "jetpack", "module", "soc", "tensorrt", "cuda", "compute_c
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "device",
-        help="fingerprint this device: module, L4T/JetPack, TensorRT, CUDA, compute capability, DLA cores",
         description="Read the device's identity from /etc/nv_tegra_release, the device tree, dpkg, CUDA and TensorRT "
         "files. --sysroot reads the same files under another folder (a copy of a device's files).",
     )
@@ -28,13 +30,9 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-
     root = Path(args.sysroot) if args.sysroot else Path("/")
     if args.sysroot and not root.is_dir():
         raise UsageError(f"--sysroot {args.sysroot}: not a folder")
-    from agent.engine.hardware_class import device_classes
-
     fp = fingerprint(root, probe_libraries=not args.no_probe)
     data = fp.to_dict()
     classes = device_classes(fp)  # the plan-sharing class per usable target (docs/engines.md)

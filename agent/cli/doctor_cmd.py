@@ -6,14 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
 from agent.config import load_config
+from agent.daemon.doctor import FAIL, run_checks, summarize
 
 MARKS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "-"}
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("doctor", help="check the machine, the configuration, the broker and the service; print fixes")
+    parser = sub.add_parser("doctor")
     parser.add_argument("--no-broker", action="store_true", help="skip the broker checks (offline diagnosis)")
     parser.add_argument("--no-cameras", action="store_true", help="skip opening the configured cameras")
     add_json_flag(parser)
@@ -21,8 +23,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.daemon.doctor import FAIL, run_checks, summarize
-
     config = load_config(args.config)
     checks = run_checks(config, include_broker=not args.no_broker, include_cameras=not args.no_cameras)
     counts = summarize(checks)

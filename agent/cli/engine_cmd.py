@@ -16,25 +16,37 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.cli import gate_cli
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli import gate_cmd
+from agent.cli.options import add_json_flag, add_target_option, require_action
+from agent.cli.output import print_json, print_table
+from agent.config import load_config
+from agent.device.fingerprint import fingerprint
+from agent.device.target import Backend, resolve_target, tensorrt_usable
+from agent.engine.build import BuildOptions, ensure_engine
+from agent.engine.cache import BUILD_LOG, EngineCache, keys_in_state_file
+from agent.engine.diagnose import diagnose_log
+from agent.engine.hardware_class import manifest_class
+from agent.engine.remedy import decide
+from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision, SpecError
+from agent.engine.verify import verify_engine_file
 from agent.errors import AgentError, UsageError
+from agent.lazy import module_version, try_import
+from agent.store.hashing import sha256_file
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "engine",
-        help="build, check, inspect, list and clean engines; classify TensorRT logs",
         description="Engines are built per device and cached under <state>/engines/<key>/ with a manifest beside them.",
     )
     esub = parser.add_subparsers(dest="engine_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    require_action(parser)
 
     build = esub.add_parser("build", help="build an engine, or reuse the cached one when it is compatible")
     build.add_argument("model", help="the ONNX model")
     build.add_argument("--calib", help="calibration table (TensorRT cache format or onnxruntime's) for int8/best")
     build.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "best"))
-    build.add_argument("--target", default=None, help="gpu, dla:N or cpu (default from engine.backend: TensorRT present -> gpu, else cpu)")
+    add_target_option(build, help="auto, gpu, dla:N or cpu (default auto: from engine.backend, gpu where TensorRT is usable, else cpu)")
     build.add_argument("--gpu-fallback", action="store_true", help="DLA: let layers DLA cannot run fall back to the GPU")
     build.add_argument("--batch", default="1", help="N, or MIN:OPT:MAX for a dynamic batch (GPU/CPU)")
     build.add_argument("--workspace-mb", type=int, default=None, help="TensorRT workspace limit (default engine.workspace_mb)")
@@ -75,23 +87,14 @@ def register(sub: Any) -> None:
     add_json_flag(diagnose)
     diagnose.set_defaults(func=_diagnose)
 
-    gate_cli.register_engine(esub)  # engine validate: the accuracy gate by hand
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    gate_cmd.register_engine(esub)  # engine validate: the accuracy gate by hand
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
     return load_config(getattr(args, "config", None))
 
 
 def _cache(args: argparse.Namespace) -> Any:
-    from agent.engine.cache import EngineCache
-
     return EngineCache.for_state(_config(args).state_dir)
 
 
@@ -123,13 +126,6 @@ class _Progress:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.engine.build import BuildOptions, ensure_engine
-    from agent.engine.cache import EngineCache
-    from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision
-    from agent.lazy import try_import
-    from agent.store.hashing import sha256_file
-
     config = _config(args)
     model = Path(args.model)
     if not model.is_file():
@@ -137,11 +133,8 @@ def _build(args: argparse.Namespace) -> int:
     calib = Path(args.calib) if args.calib else None
     if calib is not None and not calib.is_file():
         raise UsageError(f"calibration table not found: {calib}")
-    target = args.target
-    if target is None:
-        backend = config.engine.backend
-        has_trt = try_import("tensorrt") is not None
-        target = "gpu" if backend == "tensorrt" or (backend == "auto" and has_trt) else "cpu"
+    device = fingerprint()
+    target = resolve_target(args.target, config.engine.backend, tensorrt_usable(device))
     spec = BuildSpec(
         model_sha256=sha256_file(model),
         precision=Precision(args.precision),
@@ -160,10 +153,10 @@ def _build(args: argparse.Namespace) -> int:
         overrides["timeout_s"] = args.timeout
     options = BuildOptions.from_config(config, policy, **overrides)
     spec = spec.validate()  # an impossible request is reported before a missing TensorRT
-    if spec.backend == "tensorrt" and try_import("tensorrt") is None:
+    if spec.backend == Backend.TENSORRT and try_import("tensorrt") is None:
         raise AgentError(f"target {target} needs TensorRT, which this machine lacks (it comes with JetPack); use --target cpu for onnxruntime")
     result = ensure_engine(
-        spec, EngineCache.for_state(config.state_dir), fingerprint(), model=model, calib=calib, options=options, on_event=_Progress()
+        spec, EngineCache.for_state(config.state_dir), device, model=model, calib=calib, options=options, on_event=_Progress()
     )
     if args.json:
         print_json({"key": result.key, "cache_hit": result.cache_hit, "path": str(result.path), "rebuilt_because": result.rebuilt_because,
@@ -181,95 +174,11 @@ def _build(args: argparse.Namespace) -> int:
 # --- check -----------------------------------------------------------------------------------------------------
 
 
-def check_path(path: Path, fp: Any, trial: bool = True) -> Dict[str, Any]:
-    """The verdict on an engine file or cache folder, as plain data (`loadable`, `reasons`, `hints`, ...)."""
-    from agent.engine import compat
-    from agent.engine.diagnose import sniff_plan
-    from agent.engine.manifest import ManifestError, read_manifest
-
-    if not path.exists():
-        raise UsageError(f"not found: {path}")
-    manifest = None
-    manifest_error = ""
-    try:
-        manifest = read_manifest(path)
-    except ManifestError as exc:
-        manifest_error = str(exc)
-    engine_path = path
-    if manifest is not None:
-        engine_path = (path if path.is_dir() else path.parent) / manifest.engine_file
-        verdict = compat.merge(compat.check_manifest(manifest, fp), compat.check_artifact(engine_path, manifest))
-        if verdict.loadable and manifest.backend == "tensorrt" and trial:
-            verdict = compat.merge(verdict, _trial(engine_path, manifest.spec.dla_core))
-    else:
-        if path.is_dir():
-            raise UsageError(f"{path}: a folder without a readable manifest ({manifest_error})")
-        verdict = compat.Verdict(loadable=False)
-        verdict.hints.append(f"no manifest beside it ({manifest_error}): a foreign engine, judged by loading it")
-        if path.suffix.lower() == ".onnx":
-            verdict = compat.merge(verdict, _try_onnxruntime(path))
-            verdict.loadable = not verdict.reasons
-        else:
-            with open(path, "rb") as handle:
-                head = handle.read(64)
-            sniff = sniff_plan(head, path.stat().st_size)
-            verdict.hints.extend(f"header: {hint}" for hint in sniff.hints)
-            if trial and fp.tensorrt:
-                trial_verdict = _trial(path, None)
-                verdict = compat.merge(verdict, trial_verdict)
-                verdict.loadable = trial_verdict.loadable
-            else:
-                verdict.add("no manifest and no TensorRT here to try it: cannot show that it loads")
-    return {
-        "path": str(engine_path),
-        "loadable": verdict.loadable,
-        "reasons": verdict.reasons,
-        "mismatches": compat.mismatch_dicts(verdict),
-        "hints": verdict.hints,
-        "problems": verdict.problems,
-        "key": manifest.key if manifest else None,
-        "manifest": manifest.to_dict() if manifest else None,
-        "device": {k: getattr(fp, k) for k in ("module", "soc", "l4t", "jetpack", "tensorrt", "cuda", "compute_capability", "dla_cores", "onnxruntime")},
-    }
-
-
-def _trial(path: Path, dla_core: Optional[int]) -> Any:
-    from agent.engine import compat
-    from agent.engine.trt_loader import trial_deserialize
-
-    trial = trial_deserialize(path, dla_core)
-    verdict = compat.Verdict(loadable=trial.ok, problems=trial.problems)
-    if not trial.ok:
-        verdict.reasons.append("trial deserialization failed: " + trial.summary())
-    return verdict
-
-
-def _try_onnxruntime(path: Path) -> Any:
-    from agent.engine import compat
-    from agent.lazy import try_import
-
-    verdict = compat.Verdict(loadable=True)
-    ort = try_import("onnxruntime")
-    if ort is None:
-        verdict.add("onnxruntime is not installed here")
-        return verdict
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        verdict.add(f"onnxruntime cannot load it: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}")
-    return verdict
-
-
 def _check(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.lazy import module_version
-
     fp = fingerprint(Path(args.sysroot)) if args.sysroot else fingerprint()
     if not fp.onnxruntime:
         fp.onnxruntime = module_version("onnxruntime")
-    result = check_path(Path(args.path), fp, trial=not args.no_trial)
+    result = verify_engine_file(Path(args.path), fp, trial=not args.no_trial)
     if args.json:
         print_json(result)
     else:
@@ -285,10 +194,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from agent.device.fingerprint import fingerprint
-    from agent.engine.cache import BUILD_LOG
-    from agent.lazy import module_version
-
     cache = _cache(args)
     entry = cache.find(args.engine)
     fp = fingerprint()
@@ -327,9 +232,6 @@ def _built_for(manifest: Any) -> Optional[Dict[str, Any]]:
     """The hardware class the engine was built for (agent.engine.hardware_class), from its manifest."""
     if manifest is None:
         return None
-    from agent.engine.hardware_class import manifest_class
-    from agent.engine.spec import SpecError
-
     try:
         return manifest_class(manifest).to_dict()
     except SpecError:
@@ -351,10 +253,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from agent.engine.cache import keys_in_state_file
-
     config = _config(args)
-    from agent.engine.cache import EngineCache
 
     cache = EngineCache.for_state(config.state_dir)
     keep = set(args.keep) | keys_in_state_file(config.state_dir / "state.json")
@@ -376,8 +275,6 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from agent.engine.diagnose import diagnose_log
-
     if args.log == "-":
         text = sys.stdin.read()
     else:
@@ -394,4 +291,6 @@ def _diagnose(args: argparse.Namespace) -> int:
         sys.stdout.write("no known TensorRT problem in this log\n")
         return 0
     print_table(("kind", "runtime", "plan", "what it means"), [(p.kind, p.runtime or "", p.plan or "", p.detail or p.line[:80]) for p in problems])
+    decision = decide(problems)
+    sys.stdout.write(f"verdict: {decision.reason}\nthe agent would: {decision.action}\n")
     return 0

@@ -1,5 +1,5 @@
 """`edge-agent fleet`: the operator's side. `keys generate`, `publish`, `serve` here; `make-validation` from
-`gate_cli`; `deploy`, `cmd`, `status`, `watch` from `operator_cli`.
+`gate_cmd`; `deploy`, `cmd`, `status`, `watch` from `operator_cmd`.
 
 Operator commands read the same `--config` file as the agent (its [broker] section, and [state] for the default
 folders), so one TOML serves a laptop that both publishes and pulls.
@@ -12,16 +12,19 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any
 
-from agent.cli import gate_cli, operator_cli, plans_cmd
-from agent.cli.output import add_json_flag, print_json
-from agent.errors import UsageError
-from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
+from agent.cli import gate_cmd, operator_cmd, plans_cmd
+from agent.cli.options import add_json_flag, require_action
+from agent.cli.output import print_json
+from agent.config import load_config
+from agent.fleet.artifact_protocol import KINDS as ARTIFACT_KINDS
+from agent.fleet.signing import generate_keys
+from agent.operator.publish import artifacts_folder, keys_folder, publish_artifact, serve_artifacts
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("fleet", help="operator side: signing keys, publishing and serving artifacts")
+    parser = sub.add_parser("fleet")
     actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION")
 
     keys = actions.add_parser("keys", help="signing keys")
@@ -31,7 +34,7 @@ def register(sub: Any) -> None:
     generate.add_argument("--force", action="store_true", help="replace an existing key pair")
     add_json_flag(generate)
     generate.set_defaults(func=_keys_generate)
-    keys.set_defaults(func=_missing_action(keys))
+    require_action(keys)
 
     publish = actions.add_parser("publish", help="sign an artifact, copy it into the artifacts folder, publish its manifest (retained)")
     publish.add_argument("file", help="the artifact: calibration table, ONNX model or validation set")
@@ -53,34 +56,14 @@ def register(sub: Any) -> None:
     serve.add_argument("--json", action="store_true", help="print the counters as JSON when stopped")
     serve.set_defaults(func=_serve)
 
-    gate_cli.register_fleet(actions)  # make-validation
-    operator_cli.register_operator(actions)  # deploy, cmd, status, watch
-    plans_cmd.register_fleet(actions)  # build, builder (shared plans)
-    parser.set_defaults(func=_missing_action(parser))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def run(_args: argparse.Namespace) -> int:
-        raise UsageError(f"choose an action:\n{parser.format_usage().strip()}")
-
-    return run
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
-    return load_config(args.config)
-
-
-def _artifacts_folder(args: argparse.Namespace, config: Any) -> Path:
-    return Path(args.artifacts) if args.artifacts else config.state_dir / "fleet-artifacts"
+    gate_cmd.register_fleet(actions)  # make-validation
+    operator_cmd.register_operator(actions)  # deploy, cmd, status, watch
+    plans_cmd.register_fleet(actions)  # build, builder (shared plans, docs/engines.md)
+    require_action(parser)
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
-    from agent.fleet.signing import generate_keys
-
-    folder = Path(args.out) if args.out else _config(args).state_dir / "fleet-keys"
-    keys = generate_keys(folder, overwrite=args.force)
+    keys = generate_keys(keys_folder(load_config(args.config), args.out), overwrite=args.force)
     if args.json:
         print_json(keys)
     else:
@@ -93,80 +76,36 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from agent.fleet.artifact_server import add_to_folder, publish_manifest
-    from agent.fleet.artifacts import describe_file, sign_manifest, validate_name
-    from agent.fleet.link import MqttLink, unique_client_id
-    from agent.fleet.signing import PRIVATE_KEY_NAME, load_private_key
-    from agent.fleet.topics import Topics
-
-    config = _config(args)
-    source = Path(args.file)
-    if not source.is_file():
-        raise UsageError(f"no such file: {source}")
-    name = validate_name(args.name if args.name else source.name)
-    private_key = None
-    if not args.unsigned:
-        key_path = Path(args.key) if args.key else config.state_dir / "fleet-keys" / PRIVATE_KEY_NAME
-        private_key = load_private_key(key_path)
-    manifest = describe_file(source, args.kind, name, args.chunk_size or config.artifacts.chunk_bytes)
-    if private_key is not None:
-        manifest = sign_manifest(manifest, private_key)
-    folder = _artifacts_folder(args, config)
-    stored = add_to_folder(folder, source, manifest)
-    topic = Topics(config.broker.topic_prefix, "fleet").artifact_manifest(manifest.artifact_id)
-    if not args.offline:
-        link = MqttLink(config.broker, unique_client_id("publish"), persistent_session=False)
-        link.start()
-        try:
-            publish_manifest(link, config.broker.topic_prefix, manifest, timeout_s=args.timeout)
-        finally:
-            link.stop()
-    result = {**manifest.summary(), "signed": manifest.signed, "chunk_size": manifest.chunk_size,
-              "blocks": manifest.block_count, "topic": topic, "published": not args.offline, "stored": str(stored)}
+    done = publish_artifact(
+        load_config(args.config), Path(args.file), args.kind, name=args.name, key=args.key, unsigned=args.unsigned,
+        chunk_size=args.chunk_size, folder=args.artifacts, offline=args.offline, timeout_s=args.timeout,
+    )
+    manifest = done.manifest
     if args.json:
-        print_json(result)
+        print_json(done.to_dict())
     else:
         print(manifest.artifact_id)
-        state = "published (retained) at" if not args.offline else "added to the folder; fleet serve will publish it at"
+        state = "published (retained) at" if done.published else "added to the folder; fleet serve will publish it at"
         sys.stderr.write(f"{manifest.kind} {manifest.name!r}, {manifest.size} bytes, "
-                         f"{'signed by key ' + manifest.key_id if manifest.signed else 'UNSIGNED'}: {state} {topic}\n")
+                         f"{'signed by key ' + manifest.key_id if manifest.signed else 'UNSIGNED'}: {state} {done.topic}\n")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent.fleet.artifact_server import ArtifactServer, folder_manifests
-    from agent.fleet.link import MqttLink, unique_client_id
-
-    config = _config(args)
-    folder = _artifacts_folder(args, config)
-    holder: List[ArtifactServer] = []
-
-    def republish() -> None:  # every (re)connect: a broker restarted without persistence gets them back
-        if holder:
-            holder[0].republish_manifests()
-
-    link = MqttLink(config.broker, unique_client_id("serve"), persistent_session=False, on_connected=republish)
-    server = ArtifactServer(link, config.broker.topic_prefix, folder,
-                            rate_limit_bps=args.rate_limit * 1e6, share=args.share)
-    holder.append(server)
+    config = load_config(args.config)
+    folder = artifacts_folder(config, args.artifacts)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_a: stop.set())
-    server.start()
-    link.start()
-    if not link.wait_connected(10.0):
-        sys.stderr.write(f"broker {config.broker.host}:{config.broker.port} not reachable yet ({link.last_error}); "
-                         "still trying\n")
-    sys.stderr.write(f"serving {len(folder_manifests(folder))} artifacts from {folder} via "
-                     f"{config.broker.host}:{config.broker.port} (Ctrl-C to stop)\n")
-    sys.stderr.flush()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        link.stop()
-    stats = server.stats
+
+    def started(link: Any, count: int) -> None:
+        where = f"{config.broker.host}:{config.broker.port}"
+        if not link.wait_connected(10.0):
+            sys.stderr.write(f"broker {where} not reachable yet ({link.last_error}); still trying\n")
+        sys.stderr.write(f"serving {count} artifacts from {folder} via {where} (Ctrl-C to stop)\n")
+        sys.stderr.flush()
+
+    stats = serve_artifacts(config, folder, stop, rate_limit_bps=args.rate_limit * 1e6, share=args.share, on_started=started)
     if args.json:
         print_json(stats)
         return 0

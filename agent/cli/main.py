@@ -1,8 +1,8 @@
 """`edge-agent`: parse the command line, dispatch to the subcommand, map errors to exit codes.
 
 Exit codes: 0 ok, 1 a check failed or an error a user can act on, 2 usage.
-Each subcommand lives in `agent/cli/<name>.py` with `register(subparsers)`; they import heavy modules
-(numpy, onnxruntime, cv2, tensorrt) only inside their handlers, so `--help` stays fast.
+Each subcommand lives in `agent/cli/<name>_cmd.py` with `register(subparsers)`. Only the module of the
+subcommand asked for is imported (the table below gives the others' one-line help), so `--help` stays light.
 """
 
 from __future__ import annotations
@@ -11,49 +11,63 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from agent import __version__
+from agent.cli.options import EXIT_FAILED, EXIT_USAGE, GLOBAL_VALUE_OPTIONS, Parser, add_global_options
 from agent.errors import AgentError, UsageError
 
-SUBCOMMANDS = (
-    "run",
-    "doctor",
-    "status",
-    "device",
-    "calib",
-    "engine",
-    "camera",
-    "telemetry",
-    "fleet",
-    "store",
-    "bench",
-    "version",
-)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
+# name -> one-line help; the module is agent/cli/<name>_cmd.py
+COMMANDS: Dict[str, str] = {
+    "run": "run the agent: connect to the broker, serve the desired deployment, obey fleet commands",
+    "doctor": "check the machine, the configuration, the broker and the service; print fixes",
+    "status": "the live state of the agent running on this machine",
+    "device": "fingerprint this device: module, L4T/JetPack, TensorRT, CUDA, compute capability, DLA cores",
+    "calib": "inspect, check, diff, make and convert INT8 calibration tables",
+    "engine": "build, check, inspect, list, clean and validate engines; classify TensorRT logs",
+    "camera": "probe camera sources, run the camera pipeline locally",
+    "telemetry": "print the telemetry document, or parse a tegrastats log",
+    "fleet": "operator side: signing keys, artifacts, validation sets, deployments, commands, fleet status",
+    "store": "the artifact store: pull, list, verify, gc",
+    "bench": "engine throughput and latency per batch size",
+    "version": "print the agent's version and its dependencies' versions",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edge-agent", description="Deployment agent for NVIDIA Jetson (and DLA) fleets.")
-    parser.add_argument("--config", help="TOML configuration file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/agent.toml)")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+def _command_in(argv: List[str]) -> Optional[str]:
+    """The subcommand named in argv (global options and their values skipped), if it is a known one."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token in GLOBAL_VALUE_OPTIONS:
+            skip = True
+            continue
+        if token.startswith("-"):
+            continue
+        return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: the subcommand it names fully registered, the others by name and help only."""
+    parser = Parser(prog="edge-agent", description="Deployment agent for NVIDIA Jetson (and DLA) fleets.", global_options=False)
+    add_global_options(parser)
     parser.add_argument("-V", "--version", action="version", version=f"edge-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"agent.cli.{name}_cmd").register(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    chosen = _command_in(list(sys.argv[1:] if argv is None else argv))
+    for name, help_text in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(f"agent.cli.{name}_cmd").register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None) or not hasattr(args, "func"):
         parser.print_help()

@@ -37,7 +37,3 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     sys.stdout.write("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip() + "\n")
     for row in rows:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
-
-
-def add_json_flag(parser: Any) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")

@@ -3,6 +3,8 @@
     edge-agent fleet builder --key builder.key                  run as the designated builder of this machine's class
     edge-agent fleet build --deployment D.json --class C        ask the builder of class C for a plan of deployment D
     edge-agent fleet deploy ... --build-plans C [--build-plans C2]   the same, then deploy D naming the plans
+
+The work is in agent.operator.plan_builds; this module parses the command line and prints.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
-from agent.cli.output import add_json_flag, print_json
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json
+from agent.config import load_config
 from agent.errors import UsageError
+from agent.fleet.deployment import DeploymentError, deployment_from_dict
+from agent.fleet.signing import load_private_key
+from agent.operator.plan_builds import PlanBuilder, build_plans, with_plans
 
 
 def register_fleet(actions: Any) -> None:
@@ -34,26 +41,7 @@ def register_fleet(actions: Any) -> None:
     builder.set_defaults(func=_builder)
 
 
-def build_plans(config: Any, deployment: Any, classes: List[str], timeout_s: float) -> Dict[str, Dict[str, Any]]:
-    """Ask each class's builder; class -> its answer. Raises the first refusal (PlanBuildError)."""
-    from agent.fleet.link import MqttLink, unique_client_id
-    from agent.operator.plan_builds import request_build
-
-    link = MqttLink(config.broker, unique_client_id("fleet-build"), persistent_session=False)
-    link.start()
-    try:
-        if not link.wait_connected(15):
-            raise UsageError(f"cannot reach the broker {config.broker.host}:{config.broker.port}")
-        return {klass: request_build(link, config.broker.topic_prefix, deployment, klass, timeout_s) for klass in classes}
-    finally:
-        link.stop()
-
-
 def _build(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.fleet.deployment import DeploymentError, deployment_from_dict
-    from agent.operator.plan_builds import with_plans
-
     try:
         deployment = deployment_from_dict(json.loads(Path(args.deployment).read_text(encoding="utf-8")))
     except (OSError, ValueError, DeploymentError) as exc:
@@ -71,10 +59,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _builder(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.fleet.signing import load_private_key
-    from agent.operator.plan_builds import PlanBuilder
-
     config = load_config(args.config)
     builder = PlanBuilder(config, load_private_key(Path(args.key)), folder=Path(args.folder) if args.folder else None).start()
     stop = threading.Event()

@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 from agent.config import load_config
+from agent.daemon.daemon import Daemon
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "run",
-        help="run the agent: connect to the broker, serve the desired deployment, obey fleet commands",
         description=(
             "Run the agent until SIGTERM or Ctrl-C. Starts even when the broker is down (it keeps trying) and "
             "serves what it served before from disk. Under systemd (Type=notify) it reports READY once the "
@@ -28,6 +28,5 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(level)
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
-    from agent.daemon.daemon import Daemon
 
     return Daemon(config).run_forever()

@@ -7,50 +7,19 @@ seconds), so it works without the broker. Exit 1 when no agent is running.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from agent.cli.output import add_json_flag, print_json
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json
 from agent.config import load_config
-
-FRESH_S = 15.0
+from agent.daemon.reported import live_status
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("status", help="the live state of the agent running on this machine")
+    parser = sub.add_parser("status")
     add_json_flag(parser)
     parser.set_defaults(func=_run)
-
-
-def _read(path: Any) -> Optional[Dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def live_status(state_dir: Any) -> Dict[str, Any]:
-    from agent.daemon.reported import STATUS_FILE
-    from agent.engine.cache import pid_alive
-    from agent.store.state import STATE_FILE
-
-    status_file = _read(state_dir / STATUS_FILE) or {}
-    state = _read(state_dir / STATE_FILE)
-    live = status_file.get("live") or {}
-    age = time.time() - float(status_file.get("written_at") or 0) if status_file else None
-    stopped = (status_file.get("status") or {}).get("online") is False  # written last by a clean stop
-    running = bool(status_file) and not stopped and pid_alive(int(live.get("pid") or 0)) and age is not None and age < FRESH_S
-    return {
-        "running": running,
-        "status_age_s": None if age is None else round(age, 1),
-        "state_dir": str(state_dir),
-        "status": status_file.get("status"),
-        "live": live or None,
-        "state": state,
-    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,10 +28,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0 if report["running"] else 1
+    write_text(report, sys.stdout)
+    return 0 if report["running"] else 1
+
+
+def write_text(report: Dict[str, Any], out: Any) -> None:
+    """The human form of `live_status()`'s report: state, deployment, broker, outbox, pipeline, each camera."""
     status = report["status"] or {}
     live = report["live"] or {}
     state = report["state"] or {}
-    out = sys.stdout
     if report["running"]:
         out.write(f"edge-agent running (pid {live.get('pid')}, up {live.get('uptime_s')} s): {status.get('state')}\n")
     else:
@@ -87,5 +61,10 @@ def _run(args: argparse.Namespace) -> int:
         out.write(f"  outbox:    {outbox.get('queued')} queued, {outbox.get('dropped')} dropped (max {outbox.get('max')})\n")
     pipeline = live.get("pipeline") or {}
     if pipeline:
-        out.write(f"  pipeline:  {pipeline.get('fps')} fps, {pipeline.get('frames')} frames\n")
-    return 0 if report["running"] else 1
+        out.write(f"  pipeline:  {pipeline.get('fps')} fps, {pipeline.get('results')} results, {pipeline.get('drops')} drops\n")
+        for camera in pipeline.get("sources") or []:
+            if isinstance(camera, dict):
+                out.write(f"  camera:    {camera.get('name')} {camera.get('state')} {camera.get('width')}x{camera.get('height')}, "
+                          f"{camera.get('frames')} frames, {camera.get('reconnects')} reconnects, {camera.get('stalls', 0)} stalls, "
+                          f"{camera.get('open_failures')} failed opens"
+                          + (f"; {camera.get('last_error')}" if camera.get("state") != "streaming" and camera.get("last_error") else "") + "\n")

@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag, require_action
+from agent.cli.output import print_json, print_table
+from agent.config import load_config
 from agent.errors import UsageError
-from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
+from agent.fleet.artifact_protocol import KINDS as ARTIFACT_KINDS
+from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.topics import Topics
+from agent.fleet.transfer import ArtifactPuller
+from agent.store.artifacts import is_artifact_id, load_keep_list, store_for
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("store", help="the artifact store: pull, list, verify, gc")
+    parser = sub.add_parser("store")
     actions = parser.add_subparsers(dest="store_action", metavar="ACTION")
 
     pull = actions.add_parser("pull", help="fetch an artifact by id over MQTT (signature, blocks and sha256 checked)")
@@ -38,29 +45,18 @@ def register(sub: Any) -> None:
     add_json_flag(gc)
     gc.set_defaults(func=_gc)
 
-    def missing(_args: argparse.Namespace) -> int:
-        raise UsageError(f"choose an action:\n{parser.format_usage().strip()}")
-
-    parser.set_defaults(func=missing)
+    require_action(parser)
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
     return load_config(args.config)
 
 
 def _store(config: Any) -> Any:
-    from agent.store.artifacts import store_for
-
     return store_for(config.state_dir)
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from agent.fleet.link import MqttLink, unique_client_id
-    from agent.fleet.topics import Topics
-    from agent.fleet.transfer import ArtifactPuller
-
     config = _config(args)
     store = _store(config)
     link = MqttLink(config.broker, unique_client_id(f"{config.device.id}-store"), persistent_session=False)
@@ -101,8 +97,6 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _stats(puller: Any) -> Optional[Dict[str, Any]]:
-    from dataclasses import asdict
-
     stats = puller.last_stats
     return asdict(stats) if stats.artifact_id else None
 
@@ -137,8 +131,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from agent.store.artifacts import is_artifact_id, load_keep_list
-
     config = _config(args)
     store = _store(config)
     for artifact_id in args.keep:

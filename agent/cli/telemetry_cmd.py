@@ -15,14 +15,17 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json, print_table
+from agent.config import load_config
 from agent.errors import AgentError, UsageError
+from agent.telemetry.document import TelemetryCollector, from_compact
+from agent.telemetry.tegrastats import parse_line
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "telemetry",
-        help="print the telemetry document, or parse a tegrastats log",
         description="Print the telemetry document this device would publish (system, Jetson, GPU sections), "
         "or parse a file of tegrastats lines.",
     )
@@ -50,9 +53,6 @@ def _run_documents(args: argparse.Namespace) -> int:
 
 
 def _print_documents(args: argparse.Namespace) -> int:
-    from agent.config import load_config
-    from agent.telemetry.document import TelemetryCollector
-
     config = load_config(args.config)
     if args.count < 0:
         raise UsageError("--count must be 0 (until Ctrl-C) or more")
@@ -96,8 +96,6 @@ def _quiet_broken_pipe() -> int:
 
 
 def _print_summary(doc: Dict[str, Any]) -> None:
-    from agent.telemetry.document import from_compact
-
     doc = from_compact(doc)
     system = doc.get("system") or {}
     cpu = system.get("cpu") or {}
@@ -158,8 +156,6 @@ def _run_parse(args: argparse.Namespace) -> int:
 
 
 def _parse_stream(lines: Iterable[str], as_json: bool) -> int:
-    from agent.telemetry.tegrastats import parse_line
-
     rows: List[List[Optional[str]]] = []
     for line in lines:
         if not line.strip() or line.lstrip().startswith("#"):

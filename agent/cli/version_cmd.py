@@ -8,7 +8,8 @@ import sys
 from typing import Any, Dict
 
 from agent import __version__
-from agent.cli.output import add_json_flag, print_json
+from agent.cli.options import add_json_flag
+from agent.cli.output import print_json
 from agent.lazy import module_version
 
 
@@ -26,7 +27,7 @@ def version_info() -> Dict[str, Any]:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("version", help="print the agent's version and its dependencies' versions")
+    parser = sub.add_parser("version")
     add_json_flag(parser)
     parser.set_defaults(func=_run)
 

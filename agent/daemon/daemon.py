@@ -31,14 +31,19 @@ from agent.fleet.messages import encode
 from agent.fleet.topics import Topics
 from agent.store.atomic import atomic_move
 from agent.store.state import StateStore
+from agent.telemetry.document import TelemetryCollector
 
+from .doctor import run_checks, summarize
 from .failpoints import Failpoints
 from .jobs import JobHandler, JobRunner, Pending
+from .pipeline_steps import PackageSteps, camera_pipeline_factory
 from .reconcile import Reconciler
 from .reported import device_fingerprint, encode_status, offline_payload, status_document, write_status_file
+from .results_publisher import publish_snapshot
 from .sdnotify import Notifier
 from .serving import PipelineFactory, Serving
 from .steps import Steps
+from .telemetry_publisher import TelemetryPublisher, agent_provider
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +90,10 @@ class Daemon:
         self.failpoints = Failpoints(self.env)
         self.events_published = 0
         self._progress: Optional[Dict[str, Any]] = None
-        if steps is None or pipeline_factory is None:
-            from .pipeline_steps import PackageSteps, camera_pipeline_factory
-
-            if steps is None:
-                steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._step_event)
-            if pipeline_factory is None:
-                pipeline_factory = camera_pipeline_factory(config, self._publish_result)
+        if steps is None:
+            steps = PackageSteps(config, self.link, self.topics, self.state_dir, events=self._step_event)
+        if pipeline_factory is None:
+            pipeline_factory = camera_pipeline_factory(config, self.link, self.topics)
         self.steps = steps
         self.serving = Serving(pipeline_factory)
         self.reconciler = Reconciler(
@@ -227,10 +229,6 @@ class Daemon:
             return
         self.event(name, {k: v for k, v in event.items() if k != "event"})
 
-    def _publish_result(self, payload: bytes) -> None:
-        """Per-frame results: stale once the broker returns, so never queued."""
-        self.link.publish(self.topics.results, payload, qos=0, keep_if_offline=False)
-
     def mark_changed(self) -> None:
         self._changed.set()
 
@@ -343,12 +341,6 @@ class Daemon:
 
     # telemetry -------------------------------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
-        try:
-            from agent.telemetry.document import TelemetryCollector
-            from agent.telemetry.publisher import TelemetryPublisher, agent_provider
-        except ImportError as exc:
-            log.warning("telemetry unavailable: %s", exc)
-            return
         providers = {
             "pipeline": self._pipeline_section,
             "engine": self._engine_section,
@@ -370,24 +362,7 @@ class Daemon:
 
     def _pipeline_section(self) -> Optional[Dict[str, Any]]:
         """The pipeline's metrics (agent.vision) in the telemetry document's terms (agent.telemetry.schema)."""
-        metrics = self.serving.metrics()
-        if not metrics or "error" in metrics:
-            return None
-        latency: Dict[str, Dict[str, float]] = {}
-        stages = dict(metrics.get("stages") or {})
-        if isinstance(metrics.get("latency"), dict):
-            stages["total"] = metrics["latency"]
-        for name, stage in stages.items():
-            if isinstance(stage, dict) and stage.get("count"):
-                latency[name] = {"p50": float(stage.get("p50_ms", 0.0)), "p99": float(stage.get("p99_ms", 0.0))}
-        section: Dict[str, Any] = {
-            "fps": metrics.get("fps"),
-            "frames": metrics.get("results"),
-            "drops": metrics.get("drops"),
-            "camera_reconnects": metrics.get("reconnects"),
-            "latency_ms": latency,
-        }
-        return {k: v for k, v in section.items() if v is not None}
+        return pipeline_telemetry(self.serving.metrics())
 
     def _engine_section(self) -> Optional[Dict[str, Any]]:
         loaded, deployment = self.serving.loaded, self.serving.deployment
@@ -436,9 +411,9 @@ class Daemon:
         self.jobs.complete(job_id, JobState(state), detail, result)
 
     def _job_snapshot(self, job: Job) -> Dict[str, Any]:
-        camera = int(job.command.args.get("camera", 0))
+        camera = job.command.args.camera  # SnapshotArgs
         image, result = self.serving.snapshot(camera)
-        self.link.publish(self.topics.snapshot, image, qos=1, keep_if_offline=False)
+        publish_snapshot(self.link, self.topics, image)
         return {"topic": self.topics.snapshot, "bytes": len(image), "camera": camera, "result": result}
 
     def _job_telemetry(self, job: Job) -> Dict[str, Any]:
@@ -450,14 +425,12 @@ class Daemon:
         return {"topic": self.topics.telemetry, "bytes": self.telemetry.last_payload_bytes}
 
     def _job_diagnostics(self, job: Job) -> Dict[str, Any]:
-        from .doctor import run_checks, summarize
-
         checks = run_checks(self.config, live=self.live(), include_broker=False, include_cameras=False)
         return {"summary": summarize(checks), "checks": [c.to_dict() for c in checks]}
 
     def _job_log_level(self, job: Job) -> Dict[str, Any]:
-        level = str(job.command.args["level"])
-        name = str(job.command.args.get("logger") or "")
+        level = job.command.args.level.upper()  # SetLogLevelArgs
+        name = job.command.args.logger
         target = logging.getLogger(name) if name else logging.getLogger()
         previous = logging.getLevelName(target.level)
         target.setLevel(level)
@@ -488,3 +461,41 @@ def _status_line(document: Dict[str, Any]) -> str:
     error = document.get("last_error") or {}
     return "degraded" + (f": {error.get('step')}: {str(error.get('reason'))[:120]}" if error else ": no deployment")
 
+
+def pipeline_telemetry(metrics: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A pipeline's metrics (`Pipeline.metrics()`) as the telemetry document's `pipeline` section: rates,
+    latency percentiles, and each camera's state and counters (None when no pipeline runs)."""
+    if not metrics or "error" in metrics:
+        return None
+    latency: Dict[str, Dict[str, float]] = {}
+    stages = dict(metrics.get("stages") or {})
+    if isinstance(metrics.get("latency"), dict):
+        stages["total"] = metrics["latency"]
+    for name, stage in stages.items():
+        if isinstance(stage, dict) and stage.get("count"):
+            latency[name] = {"p50": float(stage.get("p50_ms", 0.0)), "p99": float(stage.get("p99_ms", 0.0))}
+    cameras: Dict[str, Dict[str, Any]] = {}
+    for source in metrics.get("sources") or []:
+        if isinstance(source, dict):
+            cameras[str(source.get("name"))] = {
+                "state": source.get("state"),
+                "frames": source.get("frames"),
+                "drops": source.get("drops"),
+                "reconnects": source.get("reconnects"),
+                "open_failures": source.get("open_failures"),
+                "disconnects": source.get("disconnects"),
+                "stalls": source.get("stalls"),
+                "since_frame_s": source.get("seconds_since_frame"),
+                "width": source.get("width"),
+                "height": source.get("height"),
+                "error": source.get("last_error") or None,
+            }
+    section: Dict[str, Any] = {
+        "fps": metrics.get("fps"),
+        "frames": metrics.get("results"),
+        "drops": metrics.get("drops"),
+        "camera_reconnects": metrics.get("reconnects"),
+        "cameras": cameras or None,
+        "latency_ms": latency,
+    }
+    return {k: v for k, v in section.items() if v is not None}

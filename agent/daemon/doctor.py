@@ -7,7 +7,6 @@ machine it was called to diagnose is no doctor. `fail` means the agent cannot do
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -15,33 +14,25 @@ import ssl
 import stat
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig
-from agent.engine.cache import pid_alive
-from agent.lazy import module_version, try_import
+from agent.device.versions import JETPACK_STACK, VersionError, dla_support, major_minor, parse_version
+from agent.fleet.signing import load_public_keys
+from agent.lazy import import_problem, probe
+from agent.store.state import read_state
+
+from .pipeline_steps import inspect_engine_cache, probe_camera
+from .reported import STATUS_FILE, device_fingerprint, live_status
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 UNIT_NAME = "edge-agent.service"
 UNIT_PATHS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
-
-# JetPack release (major.minor) -> (TensorRT major.minor, CUDA major.minor, cuDNN major.minor), from
-# ../shared/reference/tensorrt-facts.md 6.1. TensorRT is tied to JetPack on JetPack <= 6: a mismatch means a
-# pip wheel or a half-upgraded system, and engines built with it will not match the fleet's.
-JETPACK_STACK: Dict[str, Tuple[str, str, Optional[str]]] = {
-    "4.6": ("8.2", "10.2", "8.2"),
-    "5.0": ("8.4", "11.4", "8.4"),
-    "5.1": ("8.5", "11.4", "8.6"),
-    "6.0": ("8.6", "12.2", "8.9"),
-    "6.1": ("10.3", "12.6", "9.3"),
-    "6.2": ("10.3", "12.6", "9.3"),
-    "7.0": ("10.13", "13.0", None),
-    "7.1": ("10.13", "13.0", None),
-}
-
 
 @dataclass
 class Check:
@@ -61,13 +52,6 @@ def summarize(checks: List[Check]) -> Dict[str, int]:
     return counts
 
 
-def _major_minor(version: Optional[str]) -> Optional[str]:
-    if not version:
-        return None
-    parts = str(version).split(".")
-    return ".".join(parts[:2]) if len(parts) >= 2 else parts[0]
-
-
 # software -----------------------------------------------------------------------------------------------------
 def check_python() -> List[Check]:
     version = ".".join(str(v) for v in sys.version_info[:3])
@@ -78,24 +62,48 @@ def check_python() -> List[Check]:
         checks.append(Check("python", WARN, f"Python {version} is newer than the tested 3.8 to 3.12", "use JetPack's python3 (3.8 or 3.10)"))
     else:
         checks.append(Check("python", FAIL, f"Python {version} is older than 3.8", "install Python 3.8 or newer"))
-    required = [("numpy", "numpy"), ("onnx", "onnx"), ("paho.mqtt", "paho-mqtt>=2"), ("psutil", "psutil"), ("cryptography", "cryptography")]
-    for module, package in required:
-        found = module_version(module)
-        if found is None:
-            checks.append(Check(f"package {module}", FAIL, f"{module} is not importable", f"pip install '{package}' (or reinstall edge-agent)"))
-        elif module == "paho.mqtt" and int(found.split(".")[0]) < 2:
-            checks.append(Check("package paho.mqtt", FAIL, f"paho-mqtt {found} is older than 2.0", "pip install 'paho-mqtt>=2'"))
+    return checks
+
+
+# Python packages: "not installed" and "installed but fails to import" (with the cause) are told apart by
+# agent.lazy.probe, the same classification the runners' and the camera's lazy imports report.
+REQUIRED_PACKAGES = ("numpy", "onnx", "msgspec", "paho.mqtt", "psutil", "cryptography")
+OPTIONAL_PACKAGES = {
+    "onnxruntime": ("the CPU backend and the accuracy gate's reference", "pip install 'edge-agent[cpu]' (onnxruntime)"),
+    "cv2": ("cameras and snapshots", "JetPack: apt install python3-opencv (keep its GStreamer build); elsewhere pip install opencv-python-headless"),
+}
+JETSON_PACKAGES = {
+    "tensorrt": "sudo apt install python3-libnvinfer (JetPack's TensorRT; never pip install tensorrt on a Jetson); a virtual environment needs --system-site-packages",
+    "pycuda": "pip install 'edge-agent[jetson]' (builds pycuda against JetPack's CUDA: PATH=/usr/local/cuda/bin:$PATH)",
+}
+
+
+def check_packages(fingerprint: Optional[Dict[str, Any]] = None) -> List[Check]:
+    is_jetson = bool((fingerprint or {}).get("is_jetson"))
+    checks: List[Check] = []
+    for module in (*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES, *JETSON_PACKAGES):
+        found, problem = probe(module)
+        name = f"package {module}"
+        if problem is not None and problem.installed:
+            checks.append(Check(name, FAIL, problem.detail, problem.fix))
+        elif problem is not None and module in REQUIRED_PACKAGES:
+            checks.append(Check(name, FAIL, problem.detail, problem.fix if module != "paho.mqtt" else "pip install 'paho-mqtt>=2'"))
+        elif problem is not None and module in OPTIONAL_PACKAGES:
+            purpose, fix = OPTIONAL_PACKAGES[module]
+            checks.append(Check(name, WARN, f"{problem.detail}: no {purpose}", fix))
+        elif problem is not None:
+            if is_jetson and module == "tensorrt":
+                checks.append(Check(name, SKIP, f"{problem.detail}: the check 'tensorrt' below says what this costs"))
+            elif is_jetson:
+                checks.append(Check(name, WARN, f"{problem.detail}: no TensorRT engines", JETSON_PACKAGES[module]))
+            else:
+                checks.append(Check(name, SKIP, f"{problem.detail} (not a Jetson: engines build with onnxruntime)"))
         else:
-            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
-    for module, purpose, fix in (
-        ("onnxruntime", "the CPU backend and the accuracy gate's reference", "pip install 'edge-agent[cpu]' (onnxruntime)"),
-        ("cv2", "cameras and snapshots", "JetPack: apt install python3-opencv (keep its GStreamer build); elsewhere pip install opencv-python-headless"),
-    ):
-        found = module_version(module)
-        if found is None:
-            checks.append(Check(f"package {module}", WARN, f"{module} is not installed: no {purpose}", fix))
-        else:
-            checks.append(Check(f"package {module}", OK, f"{module} {found}"))
+            version = str(getattr(found, "__version__", "") or getattr(found, "VERSION_TEXT", "") or "")
+            if module == "paho.mqtt" and version and int(version.split(".")[0]) < 2:
+                checks.append(Check(name, FAIL, f"paho-mqtt {version} is older than 2.0", "pip install 'paho-mqtt>=2'"))
+            else:
+                checks.append(Check(name, OK, f"{module} {version or '(no version)'} ({getattr(found, '__file__', None) or '?'})"))
     return checks
 
 
@@ -106,7 +114,8 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
     cudnn = fingerprint.get("cudnn")
     jetpack = fingerprint.get("jetpack")
     is_jetson = bool(fingerprint.get("is_jetson"))
-    have_trt_module = try_import("tensorrt") is not None
+    trt_problem = import_problem("tensorrt")
+    have_trt_module = trt_problem is None
     if not is_jetson:
         detail = f"not a Jetson ({fingerprint.get('cpu_arch') or '?'}): TensorRT {trt or 'absent'}, CUDA {cuda or 'absent'}"
         if trt and not have_trt_module:
@@ -114,8 +123,10 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
         else:
             checks.append(Check("tensorrt", OK if have_trt_module else SKIP, detail + ("" if have_trt_module else "; engines build with onnxruntime (target cpu)")))
         return checks
-    expected = JETPACK_STACK.get(_major_minor(jetpack) or "")
-    if not trt or not have_trt_module:
+    expected = JETPACK_STACK.get(major_minor(jetpack) or "")
+    if trt_problem is not None and trt_problem.installed:
+        checks.append(Check("tensorrt", FAIL, trt_problem.detail, trt_problem.fix))
+    elif not trt or not have_trt_module:
         checks.append(
             Check(
                 "tensorrt",
@@ -125,7 +136,7 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
                 "a virtual environment needs --system-site-packages",
             )
         )
-    elif expected and _major_minor(trt) != expected[0]:
+    elif expected and major_minor(trt) != expected[0]:
         checks.append(
             Check(
                 "tensorrt",
@@ -136,11 +147,11 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
         )
     else:
         checks.append(Check("tensorrt", OK, f"TensorRT {trt} matches JetPack {jetpack or '?'}"))
-    if expected and cuda and _major_minor(cuda) != expected[1]:
+    if expected and cuda and major_minor(cuda) != expected[1]:
         checks.append(Check("cuda", WARN, f"CUDA {cuda} on JetPack {jetpack} (ships {expected[1]})", "fine if you installed the CUDA compat package on purpose; otherwise reinstall JetPack's CUDA"))
     else:
         checks.append(Check("cuda", OK if cuda else WARN, f"CUDA {cuda or 'not found'}", "" if cuda else "install JetPack's CUDA (apt install nvidia-jetpack)"))
-    if expected and expected[2] and cudnn and _major_minor(cudnn) != expected[2]:
+    if expected and expected[2] and cudnn and major_minor(cudnn) != expected[2]:
         checks.append(Check("cudnn", WARN, f"cuDNN {cudnn} on JetPack {jetpack} (ships {expected[2]})", "reinstall JetPack's cuDNN"))
     else:
         checks.append(Check("cudnn", OK if cudnn else SKIP, f"cuDNN {cudnn or 'not found (TensorRT 10 does not need it)'}"))
@@ -148,8 +159,6 @@ def check_accelerator(fingerprint: Dict[str, Any]) -> List[Check]:
 
 
 def check_dla(fingerprint: Dict[str, Any]) -> Check:
-    from agent.calib.routes import VersionError, dla_support, parse_version
-
     module = fingerprint.get("module")
     cores = fingerprint.get("dla_cores")
     trt_text = fingerprint.get("tensorrt")
@@ -200,17 +209,8 @@ def check_state_dir(config: AgentConfig) -> List[Check]:
 
 
 def check_engine_cache(config: AgentConfig, fingerprint: Dict[str, Any]) -> Check:
-    inspect: Optional[Callable[..., Dict[str, Any]]] = None
     try:
-        from agent.daemon.pipeline_steps import inspect_engine_cache
-
-        inspect = inspect_engine_cache
-    except ImportError:
-        pass
-    if inspect is None:
-        return Check("engine cache", SKIP, "the engine package is not installed")
-    try:
-        info = inspect(config, fingerprint)
+        info = inspect_engine_cache(config, fingerprint)
     except Exception as exc:  # a broken cache must be reported, not crash the doctor
         return Check("engine cache", WARN, f"cannot read the engine cache: {type(exc).__name__}: {exc}", "edge-agent engine ls; remove unreadable entries")
     entries, incompatible = int(info.get("entries", 0)), int(info.get("incompatible", 0))
@@ -226,8 +226,6 @@ def check_signing(config: AgentConfig) -> Check:
     if not config.artifacts.public_keys:
         return Check("artifact signatures", FAIL, "no artifacts.public_keys: every artifact will be refused", "edge-agent fleet keys generate; put the .pub path in artifacts.public_keys")
     try:
-        from agent.fleet.signing import load_public_keys
-
         keys = load_public_keys(config.artifacts.public_keys)
     except Exception as exc:
         return Check("artifact signatures", FAIL, f"cannot load artifacts.public_keys: {exc}", "fix the key paths in the configuration")
@@ -265,9 +263,6 @@ def check_broker(config: AgentConfig, timeout_s: float = 5.0) -> List[Check]:
 
 
 def _mqtt_connect(config: AgentConfig, timeout_s: float) -> Check:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     broker = config.broker
     result: Dict[str, Any] = {}
     done = threading.Event()
@@ -309,17 +304,11 @@ def _mqtt_connect(config: AgentConfig, timeout_s: float) -> Check:
 
 # cameras, the unit, the running agent --------------------------------------------------------------------------
 def check_cameras(config: AgentConfig, timeout_s: float = 5.0) -> List[Check]:
-    from agent.store.state import read_state
-
     state = read_state(config.state_dir)
     record = (state.serving or state.desired) if state else None
     cameras = list(((record or {}).get("deployment") or {}).get("cameras") or [])
     if not cameras:
         return [Check("cameras", SKIP, "the current deployment names no cameras")]
-    try:
-        from agent.daemon.pipeline_steps import probe_camera
-    except ImportError:
-        return [Check("cameras", SKIP, f"{len(cameras)} cameras configured; the camera package is not installed")]
     checks = []
     for index, uri in enumerate(cameras):
         try:
@@ -377,22 +366,14 @@ def _unit_settings(text: str) -> Dict[str, str]:
 def check_running_agent(config: AgentConfig, live: Optional[Dict[str, Any]] = None) -> Check:
     if live is not None:
         return Check("agent", OK if live.get("healthy") else WARN, f"running (pid {live.get('pid')}), {live.get('ready_summary') or 'starting'}")
-    from .reported import STATUS_FILE
-
-    path = config.state_dir / STATUS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return Check("agent", WARN, f"not running (no {path})", "systemctl start edge-agent, or edge-agent run")
-    age = time.time() - float(data.get("written_at") or 0)
-    pid = int((data.get("live") or {}).get("pid") or 0)
-    alive = pid_alive(pid)
-    if alive and age < 15:
-        status = data.get("status") or {}
-        return Check("agent", OK, f"running (pid {pid}): {status.get('state')}, broker {'connected' if (data.get('live') or {}).get('broker', {}).get('connected') else 'away'}")
-    return Check("agent", WARN, f"not running (status file {age:.0f} s old)", "systemctl start edge-agent; journalctl -u edge-agent for why it stopped")
-
-
+    report = live_status(config.state_dir)
+    if report["running"]:
+        status, found = report["status"] or {}, report["live"] or {}
+        broker = "connected" if (found.get("broker") or {}).get("connected") else "away"
+        return Check("agent", OK, f"running (pid {found.get('pid')}): {status.get('state')}, broker {broker}")
+    if report["status_age_s"] is None:
+        return Check("agent", WARN, f"not running (no {config.state_dir / STATUS_FILE})", "systemctl start edge-agent, or edge-agent run")
+    return Check("agent", WARN, f"not running (status file {report['status_age_s']:.0f} s old)", "systemctl start edge-agent; journalctl -u edge-agent for why it stopped")
 
 
 # the report ------------------------------------------------------------------------------------------------
@@ -405,12 +386,10 @@ def run_checks(
     include_cameras: bool = True,
 ) -> List[Check]:
     """Every check, in the order a person would fix things. Never raises."""
-    from .reported import device_fingerprint
-
     checks: List[Check] = [Check("config", OK, f"{config.source or 'defaults and environment'}; device id {config.device.id}")]
     steps: List[Callable[[], Any]] = []
     fp = fingerprint if fingerprint is not None else device_fingerprint()
-    steps += [check_python, lambda: check_accelerator(fp), lambda: check_dla(fp), lambda: check_state_dir(config)]
+    steps += [check_python, lambda: check_packages(fp), lambda: check_accelerator(fp), lambda: check_dla(fp), lambda: check_state_dir(config)]
     steps += [lambda: check_engine_cache(config, fp), lambda: check_signing(config)]
     if include_broker:
         steps.append(lambda: check_broker(config))

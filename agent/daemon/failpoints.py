@@ -2,7 +2,8 @@
 
 The kill -9 tests need the agent to be *inside* a step when it dies. Rather than racing a fast step, a test
 sets a failure point: `pause:S` holds the step for S seconds (the test kills the agent meanwhile), `crash`
-ends the process at once with os._exit (no cleanup, like a power cut), `fail` raises as the step would.
+ends the process at once with os._exit (no cleanup, like a power cut), `fail` raises as the step would, `bug`
+raises a RuntimeError (not an AgentError: what a bug inside a step raises, which the daemon must wrap).
 Nothing here runs unless the variable is set; the daemon logs a warning when it is.
 """
 
@@ -48,6 +49,8 @@ class Failpoints:
             os._exit(86)
         if action == "fail":
             raise FailpointError(f"failure point {name} fired")
+        if action == "bug":
+            raise RuntimeError(f"failure point {name} fired (bug)")
         if action.startswith("pause:"):
             deadline = time.monotonic() + float(action.split(":", 1)[1])
             while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):

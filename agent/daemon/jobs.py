@@ -189,7 +189,7 @@ class JobRunner:
         self.publish(route.topic, payload, route.properties)
 
     def _run_cancel(self, job: Job) -> None:
-        target_id = str(job.command.args["job_id"])
+        target_id = job.command.args.job_id  # CancelArgs
         self._transition(job, JobState.IN_PROGRESS)
         with self._lock:
             target = self._jobs.get(target_id)

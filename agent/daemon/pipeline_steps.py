@@ -14,18 +14,37 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import msgspec
+
+from agent.calib.check import check_table
+from agent.calib.table import CalibError, read_table
 from agent.config import AgentConfig
+from agent.device.fingerprint import DeviceFingerprint, fingerprint
+from agent.device.target import Backend, Target, resolve_target, tensorrt_usable
+from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
+from agent.engine.cache import EngineCache
+from agent.engine.spec import BatchProfile, BuildSpec, Precision
 from agent.errors import AgentError
+from agent.fleet.artifact_protocol import ArtifactError
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink
-from agent.fleet.messages import encode
 from agent.fleet.topics import Topics
+from agent.fleet.transfer import ArtifactPuller
+from agent.gate.gate import run_gate
+from agent.gate.thresholds import GateThresholds
+from agent.gate.validation import load_validation
 from agent.lazy import try_import
+from agent.runtime.factory import open_runner
+from agent.store.artifacts import ArtifactStore
+from agent.vision.options import ClassificationConfig, parse_config
+from agent.vision.pipeline import build_pipeline
+from agent.vision.sources import SourceOptions, probe_source
 
+from .results_publisher import ResultsPublisher
+from .shared_plan import SharedPlans
 from .steps import ROLE_KINDS, Beat, EngineInfo, Loaded, StepFailed, Steps, warm_up
 
 log = logging.getLogger(__name__)
@@ -44,23 +63,8 @@ RETRYABLE_FETCH_ERRORS = (
 GATE_KEYS = ("passed", "task", "frames", "seconds", "metrics", "gated", "failed", "notes", "fallback", "better_than_reference")
 
 
-def resolve_target(deployment_target: str, backend: str, have_tensorrt: bool) -> str:
-    """The build target: `auto` is the GPU where TensorRT is usable and the CPU (onnxruntime) elsewhere;
-    `engine.backend = onnxruntime` pins everything to the CPU."""
-    if backend == "onnxruntime":
-        return "cpu"
-    if deployment_target != "auto":
-        return deployment_target
-    if backend == "tensorrt" or have_tensorrt:
-        return "gpu"
-    return "cpu"
-
-
 class PackageSteps(Steps):
     def __init__(self, config: AgentConfig, link: MqttLink, topics: Topics, state_dir: Path, events: Optional[EventSink] = None) -> None:
-        from agent.fleet.transfer import ArtifactPuller
-        from agent.store.artifacts import ArtifactStore
-
         self.config = config
         self.state_dir = Path(state_dir)
         self.events = events
@@ -70,8 +74,6 @@ class PackageSteps(Steps):
             link, topics, self.artifacts, config.artifacts, events, min_free_mb=config.state.min_free_mb, manifest_timeout_s=config.artifacts.block_timeout_s
         )
         self._fingerprint: Any = None
-        from .shared_plan import SharedPlans
-
         self.shared_plans: Optional[SharedPlans] = SharedPlans(link, topics, self.puller, self.state_dir, config, self._emit)  # None: never use one
         self._lock = threading.Lock()
         self._active_cancel: Optional[threading.Event] = None
@@ -80,14 +82,11 @@ class PackageSteps(Steps):
     @property
     def fingerprint(self) -> Any:
         if self._fingerprint is None:
-            from agent.device.fingerprint import fingerprint
-
             self._fingerprint = fingerprint()
         return self._fingerprint
 
-    def target(self, deployment: Deployment) -> str:
-        have_trt = bool(self.fingerprint.tensorrt) and try_import("tensorrt") is not None
-        return resolve_target(deployment.target, self.config.engine.backend, have_trt)
+    def target(self, deployment: Deployment) -> Target:
+        return resolve_target(deployment.target, self.config.engine.backend, tensorrt_usable(self.fingerprint))
 
     def _emit(self, name: str, **fields: Any) -> None:
         if self.events is not None:
@@ -95,8 +94,6 @@ class PackageSteps(Steps):
 
     # fetch ---------------------------------------------------------------------------------------------------
     def fetch(self, deployment: Deployment, cancel: threading.Event) -> Dict[str, Path]:
-        from agent.fleet.artifacts import ArtifactError
-
         paths: Dict[str, Path] = {}
         for role, artifact_id in deployment.artifact_ids():
             if cancel.is_set():
@@ -112,14 +109,12 @@ class PackageSteps(Steps):
     def check_table(self, deployment: Deployment, artifacts: Dict[str, Path]) -> Dict[str, Any]:
         if "table" not in artifacts:
             return {"checked": False, "reason": f"no calibration table ({deployment.precision})"}
-        from agent.calib.check import check_table
-        from agent.calib.table import CalibError, read_table
 
         target = self.target(deployment)
         try:
             table = read_table(artifacts["table"])
             model = _load_onnx(artifacts["model"])
-            report = check_table(table, model, None if target == "cpu" else self.fingerprint.tensorrt, target)
+            report = check_table(table, model, None if target.backend == Backend.ONNXRUNTIME else self.fingerprint.tensorrt, target)
         except CalibError as exc:
             raise StepFailed("check_table", str(exc)) from None
         errors = [f for f in report.findings if f.severity == "error"]
@@ -139,24 +134,19 @@ class PackageSteps(Steps):
 
     # build -------------------------------------------------------------------------------------------------
     def build_spec(self, deployment: Deployment) -> Any:
-        from agent.engine.spec import BatchProfile, BuildSpec, Precision
-
         target = self.target(deployment)
         return BuildSpec(
             model_sha256=deployment.model,
             precision=Precision(deployment.precision),
             target=target,
             calib_sha256=deployment.table,
-            gpu_fallback=deployment.gpu_fallback if target.startswith("dla") else False,
+            gpu_fallback=deployment.gpu_fallback if target.is_dla else False,
             batch=BatchProfile(deployment.batch, deployment.batch, deployment.batch),
             workspace_mb=self.config.engine.workspace_mb,
             timing_cache=self.config.engine.timing_cache,
         )
 
     def build(self, deployment: Deployment, artifacts: Dict[str, Path], *, cold: bool, cancel: threading.Event, beat: Beat) -> EngineInfo:
-        from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
-        from agent.engine.cache import EngineCache
-
         try:
             spec = self.build_spec(deployment).validate()
         except AgentError as exc:
@@ -166,7 +156,7 @@ class PackageSteps(Steps):
             beat()
             fields = {"key": event.key, "message": event.message, "fraction": event.fraction}
             if event.kind != "progress":
-                fields.update({k: v for k, v in event.data.items() if k in ("reasons", "warnings", "violations")})
+                fields.update({k: v for k, v in event.data.items() if k in ("reasons", "warnings", "violations", "decision")})
             self._emit(f"engine.{event.kind}", **fields)
 
         with self._lock:
@@ -244,13 +234,9 @@ class PackageSteps(Steps):
             return {"skipped": True, "reason": "the deployment relies on the builder's gate for shared plans (skip_plan_gate)",
                     "builder_gate": (engine.plan or {}).get("builder_gate")}
         if "validation" not in artifacts:
-            if deployment.accuracy:
+            if deployment.accuracy is not None:
                 raise StepFailed("validate", "accuracy thresholds are set but the deployment names no validation set")
             return {"skipped": True, "reason": "the deployment names no validation set"}
-        from agent.calib.table import CalibError, read_table
-        from agent.gate.gate import run_gate
-        from agent.gate.thresholds import GateThresholds
-        from agent.gate.validation import load_validation
 
         try:
             validation = load_validation(artifacts["validation"])
@@ -258,7 +244,7 @@ class PackageSteps(Steps):
             result = run_gate(
                 runner,
                 validation,
-                GateThresholds.from_dict(deployment.accuracy or None),
+                deployment.accuracy or GateThresholds(),
                 table,
                 reference_model=str(artifacts["model"]),
                 model_sha256=deployment.model,
@@ -287,7 +273,6 @@ class PackageSteps(Steps):
         """The cached engine against this device (B1: an engine from before a JetPack upgrade must not load)."""
         if not engine.key:
             return
-        from agent.engine.cache import EngineCache
 
         cache = EngineCache.for_state(self.state_dir)
         try:
@@ -301,11 +286,9 @@ class PackageSteps(Steps):
             raise StepFailed("load", f"engine {engine.key} does not fit this device: {'; '.join(verdict.reasons[:3])}")
 
     def _open(self, deployment: Deployment, engine: EngineInfo, step: str) -> Any:
-        from agent.runtime.factory import open_runner
-
         if not engine.path or not Path(engine.path).is_file():
             raise StepFailed(step, f"engine file missing: {engine.path or '(none recorded)'}")
-        dla_core = int(deployment.target.split(":")[1]) if engine.backend == "tensorrt" and deployment.target.startswith("dla:") else None
+        dla_core = self.target(deployment).dla_core if engine.backend == Backend.TENSORRT else None
         try:
             runner = open_runner(engine.backend or "auto", engine.path, threads=self.config.engine.threads, dla_core=dla_core, name=deployment.id)
             runner.activate()
@@ -318,7 +301,6 @@ class PackageSteps(Steps):
         """Pin the serving engine (current/previous) so the engine cache's gc keeps both."""
         if not engine.key:
             return
-        from agent.engine.cache import EngineCache
 
         try:
             EngineCache.for_state(self.state_dir).promote(engine.key)
@@ -347,8 +329,6 @@ def _plan_record(plan: Any, cache_hit: bool) -> Dict[str, Any]:
 
 
 def _load_onnx(path: Path) -> Any:
-    from agent.calib.table import CalibError
-
     onnx = try_import("onnx")
     if onnx is None:
         return None  # the table is then judged alone
@@ -359,31 +339,21 @@ def _load_onnx(path: Path) -> Any:
 
 
 # the camera pipeline ------------------------------------------------------------------------------------------
-def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes], None]) -> Optional[Callable[[Deployment, Any], Any]]:
-    """A factory for the camera pipeline (agent.vision): the deployment's cameras, pre- and postprocessing."""
+def camera_pipeline_factory(config: AgentConfig, link: MqttLink, topics: Topics) -> Callable[[Deployment, Any], Any]:
+    """A factory for the camera pipeline (agent.vision): the deployment's cameras, pre- and postprocessing, and
+    its results published as the deployment's `results` options say."""
     artifacts_root = Path(config.state_dir) / "artifacts"
 
     def make(deployment: Deployment, runner: Any) -> Any:
-        from agent.vision.capture import Capture
-        from agent.vision.pipeline import FrameResult, Pipeline
-        from agent.vision.results import ResultGate, ResultsConfig, result_message
-        from agent.vision.sources import SourceOptions
-
-        options = SourceOptions.from_dict(deployment.camera_options or None)
-        captures = [Capture(uri, options, name=f"camera{i}") for i, uri in enumerate(deployment.cameras)]
-        post: Dict[str, Any] = dict(deployment.postprocess or {"type": "classification"})
-        if deployment.labels and post.get("type") == "classification" and not post.get("labels"):
-            post["labels"] = str(artifacts_root / deployment.labels)
-
-        results_config = ResultsConfig.from_dict(deployment.results or None)
-        admission = ResultGate(results_config)  # rate limit and on-change, as the deployment asks
-
-        def on_result(result: FrameResult) -> None:
-            admitted, _why = admission.admit(result.source, result.findings.signature(), time.monotonic())
-            if admitted:
-                publish_result(encode("result", {"deployment_id": deployment.id, **result_message(result, results_config)}))
-
-        pipeline = Pipeline(captures, runner, deployment.preprocess, post, on_result, batch=deployment.batch, name=deployment.id)
+        post = deployment.postprocess or parse_config("classification")
+        if deployment.labels and isinstance(post, ClassificationConfig) and not post.labels:
+            post = msgspec.structs.replace(post, labels=str(artifacts_root / deployment.labels))
+        publisher = ResultsPublisher(link, topics, deployment.results, deployment_id=deployment.id)
+        cameras = list(deployment.cameras)
+        pipeline = build_pipeline(
+            cameras, runner, deployment.preprocess_spec, post, publisher, batch=deployment.batch, name=deployment.id,
+            source_options=deployment.camera_options, capture_names=[f"camera{i}" for i in range(len(cameras))],
+        )
         try:
             return pipeline.start()
         except BaseException:
@@ -395,8 +365,6 @@ def camera_pipeline_factory(config: AgentConfig, publish_result: Callable[[bytes
 
 def probe_camera(uri: str, timeout_s: float = 5.0) -> Tuple[float, str]:
     """Open a camera for `doctor`, read a few frames: (measured fps, description)."""
-    from agent.vision.sources import SourceOptions, probe_source
-
     report = probe_source(uri, frames=10, options=SourceOptions(loop=False, open_timeout_s=timeout_s, read_timeout_s=timeout_s))
     detail = f"{report.kind} via {report.backend}, {report.width}x{report.height}, {report.measured_fps:.1f} fps measured"
     return (report.measured_fps if report.frames else 0.0), detail
@@ -404,9 +372,6 @@ def probe_camera(uri: str, timeout_s: float = 5.0) -> Tuple[float, str]:
 
 def inspect_engine_cache(config: AgentConfig, fingerprint: Dict[str, Any]) -> Dict[str, Any]:
     """For `doctor`: how many engines are cached and how many would not load on this device (and why)."""
-    from agent.device.fingerprint import DeviceFingerprint
-    from agent.engine.cache import EngineCache
-
     cache = EngineCache.for_state(Path(config.state_dir))
     fp = DeviceFingerprint.from_dict(fingerprint)
     entries = [e for e in cache.entries() if e.status == "ok"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
+from agent.fleet.commands import RebuildArgs
 from agent.fleet.deployment import (
     Deployment,
     DeploymentError,
@@ -54,7 +55,7 @@ CompleteFn = Callable[[str, str, str, Optional[Dict[str, Any]]], None]  # job id
 class Request:
     action: str  # "rebuild" | "rollback" | "restart-pipeline"
     job_id: str
-    args: Dict[str, Any] = field(default_factory=dict)
+    args: Any = None  # the command's arguments Struct (agent.fleet.commands), None when none
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -129,8 +130,8 @@ class Reconciler:
         self._inputs.put((source, payload))
         self._wake.set()
 
-    def request(self, action: str, job_id: str, args: Optional[Dict[str, Any]] = None) -> Request:
-        request = Request(action, job_id, dict(args or {}))
+    def request(self, action: str, job_id: str, args: Any = None) -> Request:
+        request = Request(action, job_id, args)
         self._requests.put(request)
         self._wake.set()
         return request
@@ -164,6 +165,10 @@ class Reconciler:
         except Exception as exc:  # restore must never keep the agent from starting
             log.exception("restoring the serving deployment failed")
             summary = f"degraded: restore failed ({exc})"
+            try:
+                self._record_error("restore", f"internal error: {type(exc).__name__}: {exc}", deployment_id=None, digest=None)
+            except Exception:  # the state file itself may be the problem: start anyway
+                log.exception("recording the failed restore failed")
         self.ready.set()
         self.on_ready(summary)
         while not self._stop.is_set():
@@ -295,6 +300,9 @@ class Reconciler:
             self.on_job_done(request.job_id, "FAILED", f"{exc.step}: {exc.reason}", {"step": exc.step})
         except AgentError as exc:
             self.on_job_done(request.job_id, "FAILED", str(exc), None)
+        except Exception as exc:  # a bug outside any step (an unexpected state record): answer the job, keep the loop
+            log.exception("request %s (%s) failed unexpectedly", request.job_id, request.action)
+            self.on_job_done(request.job_id, "FAILED", f"internal error: {type(exc).__name__}: {exc}", None)
         else:
             self.on_job_done(request.job_id, "SUCCEEDED", "", result)
 
@@ -310,7 +318,7 @@ class Reconciler:
         with self.store.mutate() as saved:
             saved.blocked.pop(digest, None)
         self._retry_at.pop(digest, None)
-        cold = bool(request.args.get("cold", False))
+        cold = isinstance(request.args, RebuildArgs) and request.args.cold
         engine = self._apply(target, cold=cold, request=request)
         return {"deployment_id": target.id, "digest": digest, "cold": cold, "cache_hit": engine.cache_hit if engine else None}
 
@@ -561,6 +569,11 @@ class Reconciler:
         except AgentError as exc:
             reason = exc.reason if isinstance(exc, StepFailed) else str(exc)
             log.warning("cannot serve %s again after the restart: %s; applying it again", deployment.id, reason)
+            self._record_error("restore", reason, deployment_id=deployment.id, digest=deployment.digest())
+            return f"degraded: {reason}"
+        except Exception as exc:  # a bug (an engine record of an unexpected shape): said, and the deployment applied again
+            log.exception("serving %s again after the restart failed unexpectedly; applying it again", deployment.id)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
             self._record_error("restore", reason, deployment_id=deployment.id, digest=deployment.digest())
             return f"degraded: {reason}"
         finally:

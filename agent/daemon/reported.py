@@ -1,6 +1,6 @@
 """The reported state (Azure's reported twin): the retained `<device>/status` document and the status file.
 
-    {schema, kind: "status", ts, device, online, state, version, fingerprint, versions,
+    {schema, kind: "status", ts, device, online, state, version, fingerprint, versions, broken_imports,
      desired:  {deployment_id, digest, source, hold?, invalid?},
      serving:  {deployment_id, digest, since, engine: {backend, cache_hit, key, build_s}, gate, warmup_ms} | null,
      applying: {deployment_id, digest, step, started_at, attempts, job_id, progress?} | null,
@@ -15,21 +15,24 @@ the clean shutdown). The last will carries the same device and version so a dash
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from agent import __version__
+from agent.device.fingerprint import fingerprint
+from agent.engine.cache import pid_alive
 from agent.fleet.messages import encode
-from agent.lazy import module_version, try_import
+from agent.lazy import broken_imports, module_version, try_import
 from agent.store.atomic import atomic_write_json
-from agent.store.state import AgentState
+from agent.store.state import STATE_FILE, AgentState
 
 STATUS_KIND = "status"
 STATUS_FILE = "status.json"
+STATUS_FRESH_S = 15.0  # the daemon rewrites status.json every few seconds; older than this, it is not running
 
 
 def versions() -> Dict[str, Optional[str]]:
@@ -47,24 +50,11 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def device_fingerprint() -> Dict[str, Any]:
-    """agent.device.fingerprint() as a dict; a minimal one (arch, OS) if that module cannot tell."""
+    """agent.device.fingerprint() as a dict; a minimal one (arch, OS) if reading the device fails."""
     try:
-        from agent.device.fingerprint import fingerprint
-
-        value = fingerprint()
-        if hasattr(value, "to_dict"):
-            return dict(value.to_dict())
-        if isinstance(value, dict):
-            return value
-        import dataclasses
-
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return dataclasses.asdict(value)
-    except ImportError:
-        pass
+        return dict(fingerprint().to_dict())
     except Exception as exc:  # a fingerprint must never stop the agent
         return {"arch": platform.machine(), "system": platform.system(), "error": f"{type(exc).__name__}: {exc}"}
-    return {"arch": platform.machine(), "system": platform.system(), "python": sys.version.split()[0]}
 
 
 def _serving_view(record: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -139,6 +129,7 @@ def status_document(
         "version": __version__,
         "fingerprint": fingerprint,
         "versions": versions(),
+        "broken_imports": broken_imports(),  # the same diagnosis as `edge-agent doctor` and last_error
         "desired": desired,
         "serving": _serving_view(serving),
         "previous": (state.previous or {}).get("deployment", {}).get("id") if state.previous else None,
@@ -164,3 +155,32 @@ def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = Non
 
 def write_status_file(state_dir: Path, document: Dict[str, Any], live: Dict[str, Any]) -> None:
     atomic_write_json(Path(state_dir) / STATUS_FILE, {"status": document, "live": live, "written_at": round(time.time(), 3)})
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def live_status(state_dir: Path) -> Dict[str, Any]:
+    """Is an agent running on this machine, from its state folder (works without the broker): the one rule for
+    `edge-agent status` and `doctor`. Running = status.json written within STATUS_FRESH_S by a live process
+    that has not written its clean stop."""
+    state_dir = Path(state_dir)
+    status_file = _read_json(state_dir / STATUS_FILE) or {}
+    state = _read_json(state_dir / STATE_FILE)
+    live = status_file.get("live") or {}
+    age = time.time() - float(status_file.get("written_at") or 0) if status_file else None
+    stopped = (status_file.get("status") or {}).get("online") is False  # written last by a clean stop
+    running = bool(status_file) and not stopped and pid_alive(int(live.get("pid") or 0)) and age is not None and age < STATUS_FRESH_S
+    return {
+        "running": running,
+        "status_age_s": None if age is None else round(age, 1),
+        "state_dir": str(state_dir),
+        "status": status_file.get("status"),
+        "live": live or None,
+        "state": state,
+    }

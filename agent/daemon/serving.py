@@ -26,7 +26,7 @@ PipelineFactory = Callable[[Deployment, Any], Any]
 
 
 class Serving:
-    def __init__(self, pipeline_factory: Optional[PipelineFactory] = None) -> None:
+    def __init__(self, pipeline_factory: PipelineFactory) -> None:
         self.pipeline_factory = pipeline_factory
         self.deployment: Optional[Deployment] = None
         self.loaded: Optional[Loaded] = None
@@ -52,8 +52,6 @@ class Serving:
             old_loaded.close()
 
     def _serve_cameras(self, deployment: Deployment, loaded: Loaded, old: Optional[Deployment]) -> None:
-        if self.pipeline_factory is None:
-            raise AgentError("this agent has no camera pipeline (agent.vision is not installed)")
         same_inputs = (
             old is not None
             and self.pipeline is not None
@@ -85,8 +83,6 @@ class Serving:
                 raise AgentError("nothing is serving: no pipeline to restart")
             if not self.deployment.cameras:
                 raise AgentError(f"deployment {self.deployment.id} names no cameras: there is no pipeline to restart")
-            if self.pipeline_factory is None:
-                raise AgentError("this agent has no camera pipeline (agent.vision is not installed)")
             self._stop_pipeline()
             self.pipeline = self.pipeline_factory(self.deployment, self.loaded.runner)
             self._progress.clear()

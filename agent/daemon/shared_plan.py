@@ -31,7 +31,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent.device.target import Backend
+from agent.engine.build import _with_local_backend
+from agent.engine.cache import EngineCache
+from agent.engine.hardware_class import check_plan, hardware_class
+from agent.engine.manifest import Manifest, write_manifest
+from agent.engine.plan_trial import trial_load
+from agent.engine.plugins import resolve_plugins
+from agent.engine.spec import cache_key
 from agent.errors import AgentError
+from agent.fleet.plans import PLAN_KIND, PlanRefusedError, decode_index, embedded_of, index_topic, spec_digest
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +79,6 @@ class SharedPlans:
     # the one entry point ---------------------------------------------------------------------------------
     def prepare(self, deployment: Any, spec: Any, fingerprint: Any, *, cold: bool, cancel: Optional[threading.Event] = None) -> PlanOutcome:
         """Install a verified shared plan into the engine cache when one fits; never raises for a plan problem."""
-        from agent.engine.build import _with_local_backend
-        from agent.engine.cache import EngineCache
-        from agent.engine.hardware_class import hardware_class
-        from agent.engine.spec import cache_key
-
         spec = spec.validate()
         fp = _with_local_backend(fingerprint, spec.backend)
         klass = hardware_class(fp, spec)
@@ -107,8 +111,6 @@ class SharedPlans:
         """(artifact id to try, its manifest from the class's index or None, why none). The deployment's plan for
         our class first, then the builder's index for our class and spec; failing both, a plan the deployment names
         for another class of the same backend, tried only so that the refusal names the field that differs."""
-        from agent.fleet.plans import decode_index, index_topic, spec_digest
-
         digest = spec_digest(spec.to_dict())
         plans: Dict[str, str] = dict(getattr(deployment, "plans", None) or {})
 
@@ -145,12 +147,6 @@ class SharedPlans:
     # using it ----------------------------------------------------------------------------------------------
     def _use(self, artifact_id: str, given: Any, spec: Any, fp: Any, class_key: str, key: str, cache: Any, outcome: PlanOutcome,
              cancel: Optional[threading.Event]) -> PlanOutcome:
-        from agent.engine.hardware_class import check_plan
-        from agent.engine.plan_trial import trial_load
-        from agent.engine.plugins import resolve_plugins
-        from agent.engine.spec import BACKEND_TENSORRT
-        from agent.fleet.plans import PLAN_KIND, PlanRefusedError, embedded_of
-
         seen: Dict[str, Any] = {}
 
         def precheck(fields: Dict[str, Any]) -> None:
@@ -172,10 +168,8 @@ class SharedPlans:
         outcome.artifact_id = artifact_id
         outcome.builder = str(seen.get("builder") or "")
         outcome.builder_gate = dict(seen.get("gate") or {})
-        from agent.engine.manifest import Manifest
-
         manifest = Manifest.from_dict(seen["engine"])
-        plugins = resolve_plugins(spec.plugins, self.config.engine.plugin_dir) if spec.backend == BACKEND_TENSORRT else []
+        plugins = resolve_plugins(spec.plugins, self.config.engine.plugin_dir) if spec.backend == Backend.TENSORRT else []
         trial = trial_load(Path(path), spec, plugins, timeout_s=min(600.0, float(self.config.engine.build_timeout_s)))
         outcome.trial_s = trial.seconds
         if not trial.ok:
@@ -190,8 +184,6 @@ class SharedPlans:
         return outcome
 
     def _install(self, cache: Any, key: str, plan: Path, manifest: Any, artifact_id: str, builder: str) -> None:
-        from agent.engine.manifest import write_manifest
-
         cache.check_writable()
         with cache.lock(600.0):
             folder = cache.new_build_dir(key)

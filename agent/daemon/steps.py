@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
-# artifact kinds as the artifact publisher names them (agent/fleet/artifacts.py KINDS); None accepts any
+# artifact kinds as the artifact publisher names them (agent/fleet/artifact_protocol.py KINDS); None accepts any
 ROLE_KINDS: Dict[str, Optional[str]] = {"model": "model", "table": "calib", "validation": "validation", "labels": None}
 WARMUP_RUNS = 3
 
@@ -110,8 +112,6 @@ class Steps:
 def warm_up(runner: Any, runs: int = WARMUP_RUNS) -> float:
     """Run the runner a few times on zeros shaped like its inputs; returns the last run's milliseconds.
     The first inferences of an engine are slow (lazy allocations, kernel selection): serve after them."""
-    import numpy as np
-
     feed: Dict[str, Any] = {}
     for spec in runner.inputs:
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]

@@ -8,7 +8,7 @@ note, never an exception. Where a field has several sources the most direct one 
 | field              | sources, best first |
 |--------------------|---------------------|
 | l4t                | /etc/nv_tegra_release, dpkg nvidia-l4t-core, jetson_release capture |
-| jetpack            | dpkg nvidia-jetpack, L4T -> JetPack table (facts 6.1), jetson_release capture |
+| jetpack            | dpkg nvidia-jetpack, L4T -> JetPack table (versions.py), jetson_release capture |
 | module             | part number (device-tree compatible / boardids / chosen ids) -> table, jetson_release, device-tree model |
 | soc                | device-tree compatible, jetson_release, module family |
 | tensorrt           | python `tensorrt.__version__` (live only), dpkg libnvinfer*, NvInferVersion.h, jetson_release |
@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
-from agent.device import sources as src
-from agent.device import tables
+from agent.device import identity as src
+from agent.device import tables, versions
 from agent.lazy import module_version, try_import
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,7 @@ def _derive(built: _Builder) -> None:
     if family is not None:
         built.set("soc", family[0], f"module family ({fp.module})")
     if fp.l4t:
-        built.set("jetpack", tables.jetpack_for_l4t(fp.l4t), "L4T -> JetPack table")
+        built.set("jetpack", versions.jetpack_for_l4t(fp.l4t), "L4T -> JetPack table")
     built.set("jetpack", built.reported.get("jetpack"), "jetson_release capture")
     if fp.l4t and fp.jetpack is None:
         built.note(f"L4T {fp.l4t} is not in the JetPack table; jetpack left unknown")

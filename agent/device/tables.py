@@ -1,7 +1,7 @@
 """What is known about Jetson modules, SoCs and JetPack releases, as lookup tables.
 
-Sources: ../shared/reference/tensorrt-facts.md sections 4.1 and 6 (NVIDIA pages where marked there, otherwise
-third-party tables such as jetson-stats). These tables are hints: a value read from the device (a package
+Sources: NVIDIA's Jetson module data sheets and the device-tree part numbers, otherwise third-party tables such
+as jetson-stats'. The JetPack and TensorRT version facts are in agent/device/versions.py. These tables are hints: a value read from the device (a package
 version, TensorRT's own DLA count) always wins over a value looked up here.
 """
 
@@ -58,7 +58,7 @@ MODULE_FAMILIES: Dict[str, str] = {
 CARRIER_BOARDS = ("p3768", "p3737", "p3509", "p3449", "p2771", "p2822", "p2597", "p3740", "p3971")
 
 # Module family (substring of the module name, most specific first) -> SoC, and DLA cores as a hint.
-# DLA counts: facts 4.1 ("up to 2 per SoC"; Orin NX 8GB = 1 and Xavier NX = 2 are unverified there).
+# DLA counts: NVIDIA says "up to 2 per SoC"; Orin NX 8GB = 1 and Xavier NX = 2 are not verified on a device.
 FAMILIES: Tuple[Tuple[str, str, Optional[int]], ...] = (
     ("agx orin", "tegra234", 2),
     ("orin nx 16gb", "tegra234", 2),
@@ -73,7 +73,7 @@ FAMILIES: Tuple[Tuple[str, str, Optional[int]], ...] = (
     ("thor", "tegra264", 0),
 )
 
-# SoC -> GPU compute capability (facts 6.2). tegra264 (Thor) depends on the CUDA major version.
+# SoC -> GPU compute capability (NVIDIA's CUDA GPU list). tegra264 (Thor) depends on the CUDA major version.
 SOC_COMPUTE: Dict[str, str] = {
     "tegra234": "8.7",
     "tegra194": "7.2",
@@ -81,52 +81,8 @@ SOC_COMPUTE: Dict[str, str] = {
     "tegra210": "5.3",
 }
 
-# SoCs without DLA whatever the module (facts 4.1).
+# SoCs without DLA whatever the module.
 SOC_WITHOUT_DLA = ("tegra210", "tegra186", "tegra264")
-
-# L4T release -> JetPack (facts 6.1; the R32.1 / R32.5 / R36.4.7 / R39.2 rows from the device samples).
-# Keys with two parts match any patch of that release.
-L4T_JETPACK: Dict[str, str] = {
-    "32.1.0": "4.2",
-    "32.5.0": "4.5",
-    "32.5.1": "4.5.1",
-    "32.6.1": "4.6",
-    "32.7.1": "4.6.1",
-    "32.7.2": "4.6.2",
-    "32.7.3": "4.6.3",
-    "32.7.4": "4.6.4",
-    "32.7.5": "4.6.5",
-    "32.7.6": "4.6.6",
-    "35.1": "5.0.2",
-    "35.2.1": "5.1",
-    "35.3.1": "5.1.1",
-    "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3",
-    "35.6.0": "5.1.4",
-    "35.6.1": "5.1.5",
-    "36.3": "6.0",
-    "36.4.0": "6.1",
-    "36.4.3": "6.2",
-    "36.4.4": "6.2.1",
-    "36.4.7": "6.2.1",
-    "36.5.0": "6.2.2",
-    "38.2": "7.0",
-    "38.4": "7.1",
-    "39": "7.2",
-}
-
-
-def jetpack_for_l4t(l4t: Optional[str]) -> Optional[str]:
-    """'36.4.3' -> '6.2'; exact release first, then major.minor, then major; None when not in the table."""
-    if not l4t:
-        return None
-    parts = l4t.split(".")
-    full = ".".join([*parts, "0", "0"][:3])
-    for candidate in (l4t, full, ".".join(parts[:2]), parts[0]):
-        if candidate in L4T_JETPACK:
-            return L4T_JETPACK[candidate]
-    return None
-
 
 def module_for_part(part: str) -> Optional[str]:
     part = part.lower()
@@ -147,7 +103,7 @@ def family_of(module: Optional[str]) -> Optional[Tuple[str, Optional[int]]]:
 
 
 def compute_capability_for_soc(soc: Optional[str], cuda: Optional[str], l4t: Optional[str]) -> Optional[str]:
-    """Thor (tegra264) reports SM 11.0 from CUDA 13 on and SM 10.1 with CUDA 12.x (facts 4.1)."""
+    """Thor (tegra264) reports SM 11.0 from CUDA 13 on and SM 10.1 with CUDA 12.x."""
     if not soc:
         return None
     if soc == "tegra264":

@@ -13,6 +13,10 @@ otherwise build it in a child process and cache it.
 4. The cache folder's writability is checked before a build: a read-only folder gives a clear error instead of
    a build that cannot be kept (and would be repeated on every start). A failed build is remembered, so broken
    inputs are not rebuilt on every start either; `force` retries.
+5. A failed build's log is classified (agent.engine.diagnose) and the remedy table (agent.engine.remedy) says what
+   to do: retry once with half the workspace, or once with the named tensors in FP16, or refuse with the reason
+   (unsupported operators and missing plugins listed). A remedy that worked is recorded on the failed key, so the
+   next ensure_engine of the same spec goes straight to the engine it produced.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +36,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from agent.calib.routes import VersionError, dla_support, parse_version
+import psutil
+
+from agent.calib.table import read_table, without_entries, write_table_file
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend
+from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine import compat
+from agent.engine.build_job import RESULT_NAME, BuildJob
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
+from agent.engine.diagnose import Problem
 from agent.engine.manifest import (
     ENGINE_FILES,
     STATUS_OK,
@@ -45,10 +56,11 @@ from agent.engine.manifest import (
     now_utc,
     write_manifest,
 )
-from agent.engine.plugins import resolve_plugins
+from agent.engine.plugins import PluginError, resolve_plugins
+from agent.engine.remedy import Decision, decide, smaller_workspace
 from agent.engine.report import policy_violations, precision_warnings
-from agent.engine.spec import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT, BuildPolicy, BuildSpec, cache_key
-from agent.engine.worker import RESULT_NAME, Job
+from agent.engine.spec import BuildPolicy, BuildSpec, Precision, cache_key
+from agent.engine.trt_loader import trial_deserialize
 from agent.errors import AgentError
 from agent.lazy import module_version, require
 from agent.store.atomic import atomic_write_json
@@ -64,11 +76,22 @@ HEARTBEAT_S = 5.0  # a progress event at least this often during a build (the da
 class BuildError(AgentError):
     """The engine could not be built (or a recorded failure stands); `kind` says which way."""
 
-    def __init__(self, message: str, kind: str = "failed", key: str = "", log_tail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        kind: str = "failed",
+        key: str = "",
+        log_tail: str = "",
+        problems: Optional[List[Dict[str, Any]]] = None,
+        decision: Optional[Decision] = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.key = key
         self.log_tail = log_tail
+        self.problems = list(problems or [])  # the classified build log (Problem.to_dict())
+        self.decision = decision  # what the remedy table says about it (agent.engine.remedy)
+        self.failure: Dict[str, Any] = {}  # what was recorded in failure.json
 
 
 class PolicyError(BuildError):
@@ -185,6 +208,14 @@ def ensure_engine(
 
     rebuilt_because: List[str] = []
     entry = cache.lookup(key)
+    if entry is not None and not options.force and entry.status == "failed" and (entry.failure or {}).get("remedied_by"):
+        remedied = cache.lookup(str((entry.failure or {})["remedied_by"]))  # a remedy built this spec before
+        if remedied is not None and remedied.status == "ok" and remedied.manifest is not None:
+            hit = _try_cached(remedied, remedied.manifest.spec, fp, options, emit)
+            if isinstance(hit, BuildResult):
+                hit.warnings.insert(0, f"built with a remedy after a failed build: {(entry.failure or {}).get('remedy', {}).get('reason', '')}")
+                hit.events, hit.seconds = events, time.monotonic() - started
+                return hit
     if entry is not None and not options.force:
         hit = _try_cached(entry, spec, fp, options, emit)
         if isinstance(hit, BuildResult):
@@ -198,11 +229,11 @@ def ensure_engine(
         emit("rejected", "rebuild forced", reasons=rebuilt_because)
 
     _check_target(spec, fp, key)
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         require("tensorrt", f"building for target {spec.target}")  # missing TensorRT is not a failed build
     cache.check_writable()
     model_path, calib_path = _resolve_inputs(spec, cache, model, calib)
-    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == BACKEND_TENSORRT else []
+    plugin_paths = resolve_plugins(spec.plugins, options.plugin_dir) if spec.backend == Backend.TENSORRT else []
     with cache.lock(options.lock_timeout_s):
         if not options.force:
             fresh = cache.lookup(key)
@@ -215,7 +246,23 @@ def ensure_engine(
         cache.store_input(model_path, spec.model_sha256)
         if calib_path is not None and spec.calib_sha256:
             cache.store_input(calib_path, spec.calib_sha256)
-        manifest, path = _build(spec, key, fp, cache, model_path, calib_path, plugin_paths, options, emit, cancel, inputs)
+        try:
+            manifest, path = _build(spec, key, fp, cache, model_path, calib_path, plugin_paths, options, emit, cancel, inputs)
+        except BuildError as exc:
+            remedy = _remedy_spec(exc, spec, cache, calib_path)
+            if remedy is None:
+                raise
+            new_spec, new_calib, what = remedy
+            new_key = cache_key(new_spec, fp)
+            assert exc.decision is not None
+            emit("remedy", f"{exc.decision.reason}: building once more with {what}", action=exc.decision.action, remedy_key=new_key)
+            new_inputs = {"model": new_spec.model_sha256, "calib": new_spec.calib_sha256}
+            manifest, path = _build(new_spec, new_key, fp, cache, model_path, new_calib, plugin_paths, options, emit, cancel, new_inputs, retried=True)
+            manifest.notes.append(f"built with a remedy: {exc.decision.reason}; {what}")
+            if exc.failure:
+                cache.record_failure(key, {**exc.failure, "remedied_by": new_key, "remedy": {**exc.decision.to_dict(), "with": what}})
+            rebuilt_because.append(f"the build failed ({exc.decision.reason}); built again with {what}")
+            key = new_key
     result = BuildResult(key, False, path, manifest, manifest.report, rebuilt_because, list(manifest.notes), events)
     result.seconds = time.monotonic() - started
     if manifest.status == STATUS_REJECTED:
@@ -229,7 +276,7 @@ def ensure_engine(
 def _with_local_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
     """The onnxruntime that builds and loads the artifact is this interpreter's; fill it in when the fingerprint
     came from files alone (a --sysroot)."""
-    if backend == BACKEND_ONNXRUNTIME and not fp.onnxruntime:
+    if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
         return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
     return fp
 
@@ -257,8 +304,14 @@ def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, optio
         compat.check_manifest(entry.manifest, fp),
         compat.check_artifact(entry.path / entry.manifest.engine_file, entry.manifest, full_hash=options.verify_hash),
     )
-    if verdict.loadable and entry.manifest.backend == BACKEND_TENSORRT and options.trial_load:
+    if verdict.loadable and entry.manifest.backend == Backend.TENSORRT and options.trial_load:
         verdict = compat.merge(verdict, _trial_load(entry, options))
+    if not verdict.loadable and verdict.problems:
+        trial = decide([Problem.from_dict(p) for p in verdict.problems], allow_fp16=not options.policy.require_int8)
+        if trial.action == "refuse" and trial.names:  # a plugin the plan needs is not loaded: a rebuild needs it too
+            message = f"cached engine {key} cannot be loaded here: {trial.reason}"
+            emit("build_failed", message, kind=trial.problem.kind if trial.problem else "failed", decision=trial.to_dict())
+            raise BuildError(message, kind=trial.problem.kind if trial.problem else "failed", key=key, problems=verdict.problems, decision=trial)
     if not verdict.loadable:
         emit(
             "rejected",
@@ -304,9 +357,6 @@ def _limit_raised(failure: Dict[str, Any], options: BuildOptions) -> bool:
 
 
 def _trial_load(entry: CacheEntry, options: BuildOptions) -> compat.Verdict:
-    from agent.engine.plugins import PluginError
-    from agent.engine.trt_loader import trial_deserialize
-
     assert entry.manifest is not None
     try:
         plugins = resolve_plugins(entry.manifest.spec.plugins, options.plugin_dir)
@@ -344,11 +394,9 @@ def _resolve_inputs(spec: BuildSpec, cache: EngineCache, model: Optional[Path], 
 
 def _memory_budget(model_path: Path, spec: BuildSpec, options: BuildOptions) -> int:
     """Refuse to start a build the machine cannot hold; return the RSS limit (MB) for the child."""
-    import psutil
-
     available_mb = int(psutil.virtual_memory().available / 2**20)
     model_mb = os.path.getsize(model_path) / 2**20
-    if spec.backend == BACKEND_TENSORRT:
+    if spec.backend == Backend.TENSORRT:
         need_mb = int(300 + 4 * model_mb + spec.workspace_mb)
     else:
         need_mb = int(150 + 8 * model_mb)
@@ -379,18 +427,19 @@ def _build(
     emit: Callable[..., None],
     cancel: Optional[threading.Event],
     inputs: Dict[str, Optional[str]],
+    retried: bool = False,
 ) -> Any:
     limit_mb = _memory_budget(model_path, spec, options)
     build_dir = cache.new_build_dir(key)
     engine_file = ENGINE_FILES[spec.backend]
-    job = Job(
+    job = BuildJob(
         backend=spec.backend,
         spec=spec.to_dict(),
         model=str(model_path),
         out_dir=str(build_dir),
         engine_file=engine_file,
         calib=str(calib_path) if calib_path else None,
-        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == BACKEND_TENSORRT and spec.timing_cache else None,
+        timing_cache=str(cache.timing_cache_path(fp)) if spec.backend == Backend.TENSORRT and spec.timing_cache else None,
         plugins=[str(p) for p in plugin_paths],
         fingerprint=fp.to_dict(),
         threads=options.threads,
@@ -407,11 +456,19 @@ def _build(
         if outcome != "exited" or not result.get("ok"):
             kind, message = _failure_of(outcome, result, options, limit_mb)
             tail = _log_tail(build_dir / BUILD_LOG)
+            problems = [p for p in result.get("problems") or [] if isinstance(p, dict)] if outcome == "exited" else []
+            decision = decide([Problem.from_dict(p) for p in problems], retried=retried, allow_fp16=not options.policy.require_int8) if problems else None
+            if decision is not None:
+                message = _failure_message(message, decision)
+            failure: Dict[str, Any] = {"kind": kind, "error": message, "timeout_s": options.timeout_s, "memory_limit_mb": options.memory_limit_mb, "log_tail": tail}
+            if decision is not None:
+                failure.update(problems=problems[:50], decision=decision.to_dict())
             if kind != "canceled" and not options.force:  # a forced rebuild that fails leaves the old entry as it was
-                cache.record_failure(key, {"kind": kind, "error": message, "timeout_s": options.timeout_s,
-                                           "memory_limit_mb": options.memory_limit_mb, "log_tail": tail})
-            emit("build_failed", message, kind=kind, log_tail=tail)
-            raise BuildError(message, kind=kind, key=key, log_tail=tail)
+                cache.record_failure(key, failure)
+            emit("build_failed", message, kind=kind, log_tail=tail, **({"decision": decision.to_dict()} if decision else {}))
+            error = BuildError(message, kind=kind, key=key, log_tail=tail, problems=problems, decision=decision)
+            error.failure = failure if kind != "canceled" and not options.force else {}
+            raise error
         manifest = _manifest(spec, key, fp, build_dir / engine_file, result, seconds, options, inputs)
         if not compat.check_manifest(manifest, fp).loadable:  # never cache what this device would refuse next start
             reasons = compat.check_manifest(manifest, fp).reasons
@@ -423,8 +480,6 @@ def _build(
         return manifest, path
     finally:
         if build_dir.exists():
-            import shutil
-
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -470,8 +525,6 @@ def _run_worker(
     job_path: Path, log_path: Path, options: BuildOptions, limit_mb: int, emit: Callable[..., None], cancel: Optional[threading.Event]
 ) -> str:
     """Run the worker; return 'exited', 'timeout', 'memory' or 'canceled'. Progress lines become events."""
-    import psutil
-
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -542,8 +595,6 @@ def _drain(lines: queue.Queue[str], emit: Callable[..., None]) -> bool:
 
 
 def _rss_mb(process: Any) -> float:
-    import psutil
-
     total = 0
     try:
         total += process.memory_info().rss
@@ -582,6 +633,57 @@ def _failure_of(outcome: str, result: Dict[str, Any], options: BuildOptions, lim
     if not result:
         return "crashed", "the build process died without a result (a crash inside the backend); see the build log"
     return str(result.get("error_kind") or "failed"), str(result.get("error") or "the build failed")
+
+
+def _failure_message(message: str, decision: Decision) -> str:
+    """The worker's message with what the classified log says; a refusal for unsupported operators or missing
+    plugins says that first, with every one of them listed."""
+    if decision.action == "refuse" and decision.names:
+        return f"the model cannot be built here: {decision.reason}"
+    note = _memory_note() if decision.problem is not None and decision.problem.kind in ("out_of_memory", "no_implementation") else ""
+    return f"{message} [{decision.action}: {decision.reason}{'; ' + note if note else ''}]"
+
+
+def _memory_note(count: int = 3) -> str:
+    """On Jetson the GPU shares RAM with the CPU: the free RAM now and the processes holding most of it."""
+    try:
+        free_mb = int(psutil.virtual_memory().available / 2**20)
+        sizes = []
+        for proc in psutil.process_iter(["name", "memory_info"]):
+            info = proc.info.get("memory_info")
+            if info is not None:
+                sizes.append((int(info.rss / 2**20), str(proc.info.get("name") or "?")))
+    except Exception:  # a note, never a reason to fail differently
+        return ""
+    top = ", ".join(f"{name} ({mb} MiB)" for mb, name in sorted(sizes, reverse=True)[:count])
+    return f"free RAM now {free_mb} MiB" + (f"; largest processes: {top}" if top else "")
+
+
+def _remedy_spec(exc: BuildError, spec: BuildSpec, cache: EngineCache, calib_path: Optional[Path]) -> Any:
+    """(the spec to build once more, its calibration table, what changed) for a failed TensorRT build whose
+    remedy is a retry; None when there is none (refuse, report, already retried, or not a TensorRT build)."""
+    decision = exc.decision
+    if decision is None or spec.backend != Backend.TENSORRT or not exc.failure:
+        return None
+    if decision.action == "retry_smaller":
+        workspace = smaller_workspace(spec.workspace_mb, int(psutil.virtual_memory().available / 2**20))
+        if spec.workspace_mb and workspace >= spec.workspace_mb:
+            return None
+        return dataclasses.replace(spec, workspace_mb=workspace).validate(), calib_path, f"the workspace limit lowered to {workspace} MB"
+    if decision.action != "fp16_layers":
+        return None
+    if spec.effective_precision() != Precision.INT8:  # already FP16 (or FP32): building it so again changes nothing
+        return None
+    if decision.names and calib_path is not None and spec.calib_sha256:
+        table = without_entries(read_table(calib_path), decision.names)
+        derived = cache.root / ".tmp-remedy-table"
+        write_table_file(derived, table)
+        digest = sha256_file(derived)
+        stored = cache.store_input(derived, digest)
+        derived.unlink()
+        shown = ", ".join(decision.names[:5]) + (f" and {len(decision.names) - 5} more" if len(decision.names) > 5 else "")
+        return dataclasses.replace(spec, calib_sha256=digest).validate(), stored, f"{len(decision.names)} tensor(s) left out of the table (FP16): {shown}"
+    return dataclasses.replace(spec, precision=Precision.FP16, calib_sha256=None, calib_portable=False).validate(), None, "the whole network in FP16"
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -337,8 +338,6 @@ class EngineCache:
     @contextlib.contextmanager
     def lock(self, timeout_s: float = 0.0) -> Iterator[None]:
         """One build at a time across processes (the daemon and a CLI build). Waits up to `timeout_s`."""
-        import fcntl
-
         self.root.mkdir(parents=True, exist_ok=True)
         handle = open(self.root / LOCK, "a+")  # noqa: SIM115 - held for the with-block
         deadline = time.monotonic() + timeout_s

@@ -2,7 +2,7 @@
 reason for each mismatch; then the artifact against its manifest (missing, truncated, corrupted).
 
 TensorRT plans load only on the TensorRT that built them (to the build number) and the compute capability they
-were built for (tensorrt-facts.md 3.1); TensorRT also warns against using a plan across device models. The
+were built for (TensorRT's developer guide, 'Version Compatibility'); TensorRT also warns against using a plan across device models. The
 onnxruntime backend follows the same rules (module, SoC, L4T, CPU architecture, and its own version), so the
 whole flow runs in CI.
 """
@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.calib.routes import VersionError, dla_support, parse_version
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend, TargetError
+from agent.device.versions import VersionError, dla_support, parse_version
 from agent.engine.diagnose import sniff_plan
 from agent.engine.manifest import Manifest
-from agent.engine.spec import BACKEND_TENSORRT, device_fields
+from agent.engine.spec import device_fields
 from agent.store.hashing import sha256_file
 
 
@@ -77,13 +78,14 @@ def _same_version(built: str, here: str) -> Optional[bool]:
 def check_manifest(manifest: Manifest, fp: DeviceFingerprint) -> Verdict:
     """Every field the backend depends on, built vs here. A field unknown on both sides matches."""
     verdict = Verdict(loadable=True)
-    backend = manifest.backend
-    if backend not in ("tensorrt", "onnxruntime"):
-        verdict.add(f"unknown backend {backend!r} in the manifest")
+    try:
+        backend = Backend.parse(manifest.backend)
+    except TargetError:
+        verdict.add(f"unknown backend {manifest.backend!r} in the manifest")
         return verdict
-    here_backend = fp.tensorrt if backend == BACKEND_TENSORRT else fp.onnxruntime
+    here_backend = fp.tensorrt if backend == Backend.TENSORRT else fp.onnxruntime
     if not here_backend:
-        verdict.add(f"this device has no {'TensorRT' if backend == BACKEND_TENSORRT else 'onnxruntime'}: the engine needs it")
+        verdict.add(f"this device has no {'TensorRT' if backend == Backend.TENSORRT else 'onnxruntime'}: the engine needs it")
     for name in device_fields(backend):
         built = manifest.device.get(name)
         here = getattr(fp, name)
@@ -104,7 +106,7 @@ def check_manifest(manifest: Manifest, fp: DeviceFingerprint) -> Verdict:
         verdict.mismatches.append(Mismatch(name, built, here, reason))
         verdict.add(reason)
     dla_core = manifest.spec.dla_core
-    if backend == BACKEND_TENSORRT and dla_core is not None:
+    if backend == Backend.TENSORRT and dla_core is not None:
         try:
             trt_version = parse_version(fp.tensorrt) if fp.tensorrt else None
         except VersionError:
@@ -125,7 +127,7 @@ def check_artifact(path: Path, manifest: Manifest, full_hash: bool = True) -> Ve
     except OSError:
         verdict.add(f"engine file missing: {path}")
         return verdict
-    if manifest.backend == BACKEND_TENSORRT:
+    if manifest.backend == Backend.TENSORRT:
         try:
             with open(path, "rb") as handle:
                 head = handle.read(64)

@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend
 from agent.engine import compat
 from agent.engine.manifest import Manifest, ManifestError
-from agent.engine.spec import BACKEND_TENSORRT, BuildSpec, SpecError, key_differences
+from agent.engine.spec import BuildSpec, SpecError, key_differences
 
 CLASS_SCHEMA = 1
 
@@ -95,9 +96,9 @@ def _cuda(value: Optional[str]) -> Optional[str]:
 
 def class_fields(fp: DeviceFingerprint, spec: BuildSpec) -> Dict[str, Any]:
     """The fields of the class for `spec` on the device `fp` (plain JSON values; None where unknown)."""
-    backend = spec.backend
-    fields: Dict[str, Any] = {"backend": backend}
-    if backend == BACKEND_TENSORRT:
+    backend = Backend.parse(spec.backend)
+    fields: Dict[str, Any] = {"backend": backend.value}
+    if backend == Backend.TENSORRT:
         fields["tensorrt"] = fp.tensorrt
         fields["compute_capability"] = fp.compute_capability
     else:
@@ -107,7 +108,7 @@ def class_fields(fp: DeviceFingerprint, spec: BuildSpec) -> Dict[str, Any]:
     fields["l4t"] = fp.l4t
     fields["jetpack"] = fp.jetpack
     fields["cpu_arch"] = fp.cpu_arch
-    if backend == BACKEND_TENSORRT:
+    if backend == Backend.TENSORRT:
         fields["cuda"] = _cuda(fp.cuda)
         dla_core = spec.dla_core
         fields["dla"] = None if dla_core is None else {"soc": fp.soc, "cores": fp.dla_cores, "core": dla_core}
@@ -126,9 +127,9 @@ def key_of(fields: Dict[str, Any]) -> str:
     canonical = json.dumps({"schema": CLASS_SCHEMA, "fields": fields}, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
     backend = fields.get("backend")
-    prefix = "trt" if backend == BACKEND_TENSORRT else "ort"
+    prefix = "trt" if backend == Backend.TENSORRT.value else "ort"
     machine = _slug(str(fields.get("hardware") or fields.get("cpu_arch") or "unknown"))
-    version = _slug(str(fields.get("tensorrt" if backend == BACKEND_TENSORRT else "onnxruntime") or "unknown"), 16)
+    version = _slug(str(fields.get("tensorrt" if backend == Backend.TENSORRT.value else "onnxruntime") or "unknown"), 16)
     return f"{prefix}-{machine}-{version}-{digest}"
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from agent import __version__
-from agent.engine.spec import BACKEND_TENSORRT, BuildPolicy, BuildSpec
+from agent.device.target import Backend
+from agent.engine.spec import BuildPolicy, BuildSpec
 from agent.errors import AgentError
 from agent.store.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
-ENGINE_FILES = {BACKEND_TENSORRT: "engine.plan", "onnxruntime": "model.opt.onnx"}
+ENGINE_FILES = {Backend.TENSORRT: "engine.plan", Backend.ONNXRUNTIME: "model.opt.onnx"}
 
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"  # built, but the policy refused it (the report says why); kept for inspection
@@ -49,6 +50,8 @@ class BuildReport:
     problems: List[Dict[str, Any]] = field(default_factory=list)  # classified log lines (agent.engine.diagnose)
     # how the precision was obtained on this TensorRT: typing, builder flags, INT8 route, deprecated APIs used
     precision_route: Dict[str, Any] = field(default_factory=dict)
+    unsupported_ops: List[str] = field(default_factory=list)  # operators the parser could not import (with node, opset)
+    missing_plugins: List[str] = field(default_factory=list)  # plugins not registered (name and version)
     build_seconds: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:

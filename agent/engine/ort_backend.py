@@ -17,10 +17,13 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from agent.calib.qdq import FLAVOR_ONNXRUNTIME, FLAVOR_TENSORRT, ort_flavor_supported, to_qdq
 from agent.calib.routes import choose_int8_route
+from agent.calib.table import read_table
+from agent.engine.build_job import BuildJob, Emit, WorkerError
+from agent.engine.diagnose import diagnose_log
 from agent.engine.report import report_from_onnx
 from agent.engine.spec import BuildSpec, Precision
-from agent.engine.worker import Emit, Job, WorkerError
 from agent.lazy import require
 
 SAVE_LEVEL = "ORT_ENABLE_EXTENDED"
@@ -30,7 +33,7 @@ def runtime_version() -> str:
     return str(require("onnxruntime", "the onnxruntime backend").__version__)
 
 
-def build(job: Job, emit: Emit) -> Dict[str, Any]:
+def build(job: BuildJob, emit: Emit) -> Dict[str, Any]:
     ort = require("onnxruntime", "the onnxruntime backend")
     onnx = require("onnx", "the onnxruntime backend")
     spec = BuildSpec.from_dict(job.spec)
@@ -55,7 +58,9 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     try:
         ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise WorkerError(f"onnxruntime cannot build a session for this model: {_first_line(exc)}") from None
+        problems = diagnose_log(str(exc))  # an operator onnxruntime has no kernel for is named, not a generic error
+        kind = problems[0].kind if problems and problems[0].kind != "unknown" else "failed"
+        raise WorkerError(f"onnxruntime cannot build a session for this model: {_first_line(exc)}", kind, [p.to_dict() for p in problems]) from None
     if not job.engine_path.is_file():
         raise WorkerError("onnxruntime did not write the optimized model")
     emit("verify", 0.85, "loading the optimized model and running it once")
@@ -65,14 +70,9 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     return {"backend_version": str(ort.__version__), "report": report.to_dict(), "int8": int8, "notes": notes}
 
 
-def _quantize(model: Any, job: Job, emit: Emit, ort_version: str) -> Any:
+def _quantize(model: Any, job: BuildJob, emit: Emit, ort_version: str) -> Any:
     if not job.calib:
         raise WorkerError("INT8 needs the calibration table, and the job has none")
-    try:
-        from agent.calib.qdq import FLAVOR_ONNXRUNTIME, FLAVOR_TENSORRT, ort_flavor_supported, to_qdq
-        from agent.calib.table import read_table
-    except ImportError as exc:
-        raise WorkerError(f"INT8 on the cpu target needs agent.calib (Q/DQ conversion), which is missing: {exc}") from None
     route = choose_int8_route(None, "cpu")
     flavor = FLAVOR_ONNXRUNTIME
     notes: List[str] = []

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from agent.engine.spec import BACKEND_TENSORRT, BuildSpec
+import numpy as np
+
+from agent.device.target import Backend
+from agent.engine.spec import BuildSpec
+from agent.engine.trt_loader import trial_deserialize
 
 
 @dataclass
@@ -34,9 +38,7 @@ class TrialOutcome:
 
 def trial_load(path: Path, spec: BuildSpec, plugins: Sequence[Path] = (), timeout_s: float = 300.0) -> TrialOutcome:
     started = time.monotonic()
-    if spec.backend == BACKEND_TENSORRT:
-        from agent.engine.trt_loader import trial_deserialize
-
+    if spec.backend == Backend.TENSORRT:
         trial = trial_deserialize(path, spec.dla_core, plugins, timeout_s=timeout_s)
         return TrialOutcome(trial.ok, round(time.monotonic() - started, 3), "" if trial.ok else "trial deserialization failed: " + trial.summary(),
                             trial.problems)
@@ -65,7 +67,6 @@ def trial_load(path: Path, spec: BuildSpec, plugins: Sequence[Path] = (), timeou
 
 
 def _load_and_run(path: str, batch: int) -> Dict[str, Any]:
-    import numpy as np
     import onnxruntime as ort  # heavy and optional: only in this child
 
     options = ort.SessionOptions()

@@ -11,9 +11,11 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
-from agent.calib.routes import BuildPrecision, Int8Route, Version, format_version
+from agent.calib.routes import BuildPrecision, Int8Route
+from agent.device.versions import Version, format_version
 from agent.engine.diagnose import diagnose_log
 from agent.engine.manifest import BuildReport
+from agent.engine.remedy import blocking_names
 from agent.engine.spec import BuildPolicy, BuildSpec, Precision
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ def report_from_tensorrt(
     report.int8_layers = report.precisions.get("int8", 0)
     problems = diagnose_log("\n".join(lines))
     report.problems = [p.to_dict() for p in problems]
+    report.unsupported_ops, report.missing_plugins = blocking_names(problems)
     for problem in problems:
         if problem.kind == "dla" and problem.layer and "falls back" in problem.detail:
             entry = {"layer": problem.layer, "reason": _fallback_reason(problem.layer, problems)}

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from agent.device.fingerprint import DeviceFingerprint
+from agent.device.target import Backend, Target, TargetError
 from agent.errors import AgentError
 
 KEY_SCHEMA = 1
-BACKEND_TENSORRT = "tensorrt"
-BACKEND_ONNXRUNTIME = "onnxruntime"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -84,7 +83,7 @@ class PluginLib:
 class BuildSpec:
     model_sha256: str
     precision: Precision = Precision.FP32
-    target: str = "cpu"  # "gpu" | "dla:N" | "cpu"
+    target: str = "cpu"  # "gpu" | "dla:N" | "cpu"; a Target once validated
     calib_sha256: Optional[str] = None
     gpu_fallback: bool = False  # DLA only: let layers DLA cannot run fall back to the GPU
     batch: BatchProfile = field(default_factory=BatchProfile)
@@ -95,12 +94,20 @@ class BuildSpec:
 
     # --- derived --------------------------------------------------------------------------------------
     @property
-    def backend(self) -> str:
-        return BACKEND_ONNXRUNTIME if self.target == "cpu" else BACKEND_TENSORRT
+    def placement(self) -> Target:
+        """The target as a Target (SpecError when it is none)."""
+        try:
+            return Target.of_engine(self.target)
+        except TargetError as exc:
+            raise SpecError(str(exc)) from None
+
+    @property
+    def backend(self) -> Backend:
+        return self.placement.backend
 
     @property
     def dla_core(self) -> Optional[int]:
-        return int(self.target.split(":", 1)[1]) if self.target.startswith("dla:") else None
+        return self.placement.dla_core
 
     def validate(self) -> BuildSpec:
         """Raise SpecError for a spec nothing could build; return the spec normalised for its backend (the
@@ -109,8 +116,7 @@ class BuildSpec:
             raise SpecError(f"model_sha256 must be 64 lowercase hex digits, got {self.model_sha256!r}")
         if self.calib_sha256 is not None and not _SHA256.match(self.calib_sha256):
             raise SpecError(f"calib_sha256 must be 64 lowercase hex digits, got {self.calib_sha256!r}")
-        if not re.match(r"^(gpu|cpu|dla:\d)$", self.target):
-            raise SpecError(f"target must be gpu, dla:N or cpu, got {self.target!r}")
+        target = self.placement
         precision = Precision(self.precision)
         if precision == Precision.INT8 and self.calib_sha256 is None:
             raise SpecError("precision int8 needs a calibration table (calib_sha256): this agent never calibrates with random data")
@@ -131,13 +137,13 @@ class BuildSpec:
                 raise SpecError(f"plugin {plugin.name}: sha256 must be 64 lowercase hex digits")
         if self.workspace_mb < 0:
             raise SpecError(f"workspace_mb must be >= 0, got {self.workspace_mb}")
-        if self.target == "cpu":
+        if target.backend == Backend.ONNXRUNTIME:
             if precision == Precision.FP16:
                 raise SpecError("the cpu target (onnxruntime) runs FP32 or INT8: ask for fp32, int8 or best")
             if self.plugins:
                 raise SpecError("plugin libraries are TensorRT plugins: the cpu target takes none")
-            return replace(self, precision=precision, gpu_fallback=False, workspace_mb=0, timing_cache=False, calib_portable=False)
-        return replace(self, precision=precision, plugins=tuple(sorted(self.plugins, key=lambda p: p.name)))
+            return replace(self, target=target, precision=precision, gpu_fallback=False, workspace_mb=0, timing_cache=False, calib_portable=False)
+        return replace(self, target=target, precision=precision, plugins=tuple(sorted(self.plugins, key=lambda p: p.name)))
 
     def effective_precision(self) -> Precision:
         """`best` resolved: INT8 where a table is given, else FP16 on GPU/DLA and FP32 on the CPU."""
@@ -146,7 +152,7 @@ class BuildSpec:
             return precision
         if self.calib_sha256 is not None:
             return Precision.INT8
-        return Precision.FP32 if self.target == "cpu" else Precision.FP16
+        return Precision.FP32 if self.backend == Backend.ONNXRUNTIME else Precision.FP16
 
     # --- plain data -----------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -187,14 +193,14 @@ class BuildPolicy:
 # The device fields each backend's engines depend on. Module, SoC, L4T and CPU architecture for both; TensorRT
 # plans also carry the TensorRT build, CUDA and SM; onnxruntime's optimized model carries its version.
 COMMON_DEVICE_FIELDS = ("module", "soc", "l4t", "cpu_arch")
-BACKEND_DEVICE_FIELDS: Dict[str, Tuple[str, ...]] = {
-    BACKEND_TENSORRT: ("tensorrt", "cuda", "compute_capability"),
-    BACKEND_ONNXRUNTIME: ("onnxruntime",),
+BACKEND_DEVICE_FIELDS: Dict[Backend, Tuple[str, ...]] = {
+    Backend.TENSORRT: ("tensorrt", "cuda", "compute_capability"),
+    Backend.ONNXRUNTIME: ("onnxruntime",),
 }
 
 
 def device_fields(backend: str) -> Tuple[str, ...]:
-    return COMMON_DEVICE_FIELDS + BACKEND_DEVICE_FIELDS[backend]
+    return COMMON_DEVICE_FIELDS + BACKEND_DEVICE_FIELDS[Backend.parse(backend)]
 
 
 def device_key(fp: DeviceFingerprint, backend: str) -> Dict[str, Any]:
@@ -220,7 +226,7 @@ def cache_key(spec: BuildSpec, fp: DeviceFingerprint) -> str:
     material = key_material(spec, fp)
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     normalised = spec.validate()
-    prefix = "trt" if normalised.backend == BACKEND_TENSORRT else "ort"
+    prefix = "trt" if normalised.backend == Backend.TENSORRT else "ort"
     target = normalised.target.replace(":", "")
     return f"{prefix}-{Precision(normalised.precision).value}-{target}-{digest[:16]}"
 

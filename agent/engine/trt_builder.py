@@ -1,7 +1,7 @@
 """The thin TensorRT builder: ONNX -> serialized plan, one code path for TensorRT 8.5 to 11.
 
 It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_memory_pool_limit`,
-`num_io_tensors`, name-based tensors) and branches only where tensorrt-facts.md section 5.1 says it must:
+`num_io_tensors`, name-based tensors) and branches only where the API changed (docs/engines.md, per-TensorRT-version behaviour):
 
 - network creation: EXPLICIT_BATCH on 8.x, flags 0 from 10 (the enum value is gone in 11);
 - precision by `agent.calib.routes.builder_flags`: BuilderFlag FP16/INT8 on 8.x and 10.x, or a strongly typed
@@ -12,7 +12,7 @@ It uses only the API that exists from 8.5 on (`build_serialized_network`, `set_m
   model can take it; via agent.calib.qdq flavour "tensorrt"); the report names every deprecated API used;
 - the progress monitor exists from 10.0.
 
-DLA only where `agent.calib.routes.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
+DLA only where `agent.device.versions.dla_support` and `builder.num_DLA_cores` allow it; GPU_FALLBACK only when the
 spec allows it (a strict DLA build lists the layers DLA cannot run before building). The timing cache is
 loaded and saved around the build. Plugin libraries come only from the paths the parent resolved (configured
 folder, sha256 checked). The report comes from the engine inspector (ProfilingVerbosity.DETAILED) and the log.
@@ -24,29 +24,35 @@ bindings of 8.6 to 11.4 (docs/tensorrt-api.md): no machine of this project has T
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from agent.calib.graph import is_quantized, model_float_type
+from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
 from agent.calib.routes import (
-    IMPLICIT_INT8_DEPRECATED,
     BuildPrecision,
     Int8Method,
     Int8Route,
     NetworkTyping,
-    Version,
     builder_flags,
     choose_int8_route,
+)
+from agent.calib.table import is_usable_scale, read_table, with_header_version, write_table
+from agent.device.versions import (
+    IMPLICIT_INT8_DEPRECATED,
+    Version,
     dla_support,
     format_version,
     parse_version,
 )
-from agent.engine.diagnose import diagnose_log
+from agent.engine.build_job import BuildJob, Emit, WorkerError
+from agent.engine.diagnose import LogContext, diagnose_log
 from agent.engine.report import deprecation_warnings, precision_route, report_from_tensorrt
 from agent.engine.spec import BuildSpec, Precision
-from agent.engine.worker import Emit, Job, WorkerError
 from agent.lazy import require, try_import
 from agent.store.atomic import atomic_write_bytes
 
@@ -205,7 +211,6 @@ def _model_facts(path: str, version: Version, precision: Precision) -> Tuple[Opt
     onnx = try_import("onnx")  # heavy and optional: imported only here
     if onnx is None:
         return None, False
-    from agent.calib.graph import is_quantized, model_float_type
 
     model = onnx.load(path, load_external_data=False)
     return model_float_type(model), not is_quantized(model)
@@ -246,8 +251,6 @@ def _add_profile(builder: trt.Builder, network: trt.INetworkDefinition, config: 
 def _load_plugins(paths: List[str]) -> None:
     """Plugin libraries (already checked by the parent: configured folder, sha256). IPluginRegistry.load_library
     exists from 8.6; before it, loading the library registers its creators."""
-    import ctypes
-
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
     registry: Any = trt.get_plugin_registry()
@@ -272,8 +275,6 @@ def _activation_tensors(network: trt.INetworkDefinition) -> List[trt.ITensor]:
 
 def _apply_dynamic_ranges(network: trt.INetworkDefinition, table: CalibTable) -> Tuple[int, List[str]]:
     """ITensor.set_dynamic_range(-amax, amax) for every float tensor the table has; the rest are reported."""
-    from agent.calib.table import is_usable_scale
-
     applied, missing = 0, []
     for tensor in _activation_tensors(network):
         scale = table.entries.get(tensor.name)
@@ -315,11 +316,10 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Optional[str], notes: L
         notes.append(f"could not save the timing cache: {exc}")
 
 
-def _model_bytes(job: Job, route: Optional[Int8Route], table: Optional[CalibTable], notes: List[str]) -> bytes:
+def _model_bytes(job: BuildJob, route: Optional[Int8Route], table: Optional[CalibTable], notes: List[str]) -> bytes:
     if route is None or route.method != Int8Method.QDQ_TENSORRT or table is None:
         return Path(job.model).read_bytes()
     onnx = require("onnx", "explicit Q/DQ for TensorRT 11")
-    from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
 
     result = to_qdq(onnx.load(job.model), table, FLAVOR_TENSORRT)
     notes.extend(result.notes)
@@ -328,7 +328,7 @@ def _model_bytes(job: Job, route: Optional[Int8Route], table: Optional[CalibTabl
     return bytes(result.model.SerializeToString())
 
 
-def build(job: Job, emit: Emit) -> Dict[str, Any]:
+def build(job: BuildJob, emit: Emit) -> Dict[str, Any]:
     require("tensorrt", "building TensorRT engines")
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 
@@ -357,8 +357,6 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     table: Optional[CalibTable] = None
     model_float, qdq_allowed = _model_facts(job.model, version, precision)
     if precision == Precision.INT8:
-        from agent.calib.table import read_table
-
         if not job.calib:
             raise WorkerError("INT8 needs the calibration table, and the job has none")
         route = choose_int8_route(version, spec.target, spec.calib_portable, qdq_allowed=qdq_allowed)
@@ -381,7 +379,12 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(_model_bytes(job, route, table, notes)):
         errors = _parser_errors(parser)
-        raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse")
+        context = LogContext(plugins_configured=bool(job.plugins))
+        # the log and each error as the parser prints it ('In node 1 with name: X and operator: Op ...' on 10.x,
+        # the line NVIDIA's samples print), classified together: the operator and node are in the latter
+        raw = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        parsed = diagnose_log("\n".join([*sink.lines, *raw]), context) or diagnose_log("\n".join(errors), context)
+        raise WorkerError(f"the ONNX parser failed on {len(errors)} node(s): " + "; ".join(errors[:10]), "parse", [p.to_dict() for p in parsed])
 
     config = builder.create_builder_config()
     if spec.workspace_mb:
@@ -401,8 +404,6 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
                 applied, missing = _apply_dynamic_ranges(network, table)
                 int8["tensors_with_range"] = applied
             elif route.method == Int8Method.CACHE_CALIBRATOR:
-                from agent.calib.table import with_header_version, write_table
-
                 cache = write_table(with_header_version(table, version))
                 config.int8_calibrator = _calibrator(cache, spec.batch.opt)
                 if profile is not None:
@@ -431,9 +432,9 @@ def build(job: Job, emit: Emit) -> Dict[str, Any]:
     emit("build", 0.2, "building (this can take minutes on a Jetson)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        problems = diagnose_log("\n".join(sink.lines))
+        problems = diagnose_log("\n".join(sink.lines), LogContext(plugins_configured=bool(job.plugins)))
         why = "; ".join(f"{p.kind}: {p.detail or p.line}" for p in problems if p.severity == "error")[:800]
-        raise WorkerError("TensorRT could not build the engine" + (f": {why}" if why else " (see the build log)"), "build")
+        raise WorkerError("TensorRT could not build the engine" + (f": {why}" if why else " (see the build log)"), "build", [p.to_dict() for p in problems])
     data = bytes(plan)
     atomic_write_bytes(job.engine_path, data)
     _save_timing_cache(config, job.timing_cache, notes)

@@ -1,7 +1,7 @@
 """Trial deserialization of a TensorRT plan in a child process, with TensorRT's log captured and classified.
 
 TensorRT has no compatibility preflight API: `deserialize_cuda_engine` returns None and says why only through
-its logger, and a corrupt plan can crash the process (tensorrt-facts.md 3.4). So a plan is first loaded in a
+its logger, and a corrupt plan can crash the process (docs/engines.md, 'Compatibility'). So a plan is first loaded in a
 throwaway child (`python -m agent.engine.trt_loader PLAN [--dla-core N] [--plugin LIB]...`), which prints one
 JSON line: {"ok": bool, "log": [lines], "io": [...]}. The parent classifies the log (agent.engine.diagnose).
 
@@ -11,6 +11,7 @@ Verified by type checks only (mypy against tensorrt-stubs 10.13): no machine of 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -122,7 +123,6 @@ def _capture_logger(lines: List[str]) -> trt.ILogger:
 def load_plan(path: str, dla_core: Optional[int], plugins: Sequence[str]) -> Dict[str, Any]:
     """Deserialize the plan here (in the child) and describe its I/O tensors."""
     require("tensorrt", "checking TensorRT plans")
-    import ctypes
 
     import tensorrt as trt  # type: ignore[import-untyped]  # typed by the patched stubs, see docs/engines.md
 

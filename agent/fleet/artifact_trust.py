@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, Mapping
 
-from agent.fleet.artifacts import ArtifactError, ArtifactManifest, UnsignedManifestError
+from agent.fleet.artifact_protocol import ArtifactError, ArtifactManifest, UnsignedManifestError
 from agent.fleet.signing import SigningKeyError, key_id, load_public_key
 
 ENGINE_KIND = "engine"

@@ -3,9 +3,9 @@ QUEUED -> IN_PROGRESS -> SUCCEEDED | FAILED | TIMED_OUT | CANCELED; a command th
 all (malformed, unknown type, bad arguments, not addressed to this device, not allowed from where it came)
 goes straight to REJECTED with the reason.
 
-This module is plain data and rules: decoding a command strictly, the argument schema of each type, the
+This module is plain data and rules: decoding a command strictly, the arguments Struct of each type, the
 legal state transitions, and the reply message. The daemon runs the jobs (agent/daemon/jobs.py); the
-operator uses the same schema to build and coerce commands (agent/fleet/operator.py).
+operator uses the same schema to build and coerce commands (agent/operator/client.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import enum
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 from agent.fleet.messages import MessageError, decode, encode
+from agent.models import Annotated, FrozenModel, Meta, dump, parse
 
 COMMAND_KIND = "cmd"
 REPLY_KIND = "reply"
@@ -63,55 +64,41 @@ class JobTransitionError(MessageError):
     """A job was asked to move to a state it cannot reach from where it is (a bug, not user input)."""
 
 
-# the argument schema ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ArgSpec:
-    kind: str  # "bool" | "int" | "str" | "choice"
-    default: Any = None
-    required: bool = False
-    choices: Tuple[str, ...] = ()
-    lo: int = 0
-    hi: int = 2**31
-    help: str = ""
+# the arguments of each command: one Struct per type -----------------------------------------------------
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ArgText = Annotated[str, Meta(max_length=256)]
 
-    def check(self, name: str, value: Any) -> Any:
-        """Validate a decoded (JSON-typed) value."""
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise MessageError(f"argument '{name}' must be true or false, got {value!r}")
-            return value
-        if self.kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
-                raise MessageError(f"argument '{name}' must be an integer from {self.lo} to {self.hi}, got {value!r}")
-            return value
-        if not isinstance(value, str) or len(value) > 256:
-            raise MessageError(f"argument '{name}' must be a string of at most 256 characters, got {value!r}")
-        if self.kind == "choice" and value.upper() not in self.choices:
-            raise MessageError(f"argument '{name}' must be one of {', '.join(self.choices)}, got {value!r}")
-        return value.upper() if self.kind == "choice" else value
 
-    def coerce(self, name: str, text: str) -> Any:
-        """A command-line string (`--arg k=v`) -> the JSON type this argument takes."""
-        if self.kind == "bool":
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise MessageError(f"argument '{name}' must be true or false, got {text!r}")
-        if self.kind == "int":
-            try:
-                return int(text)
-            except ValueError:
-                raise MessageError(f"argument '{name}' must be an integer, got {text!r}") from None
-        return text
+class NoArgs(FrozenModel, frozen=True, kw_only=True):
+    """A command that takes no arguments."""
+
+
+class RebuildArgs(FrozenModel, frozen=True, kw_only=True):
+    cold: bool = False  # ignore the engine cache and build from scratch
+
+
+class SnapshotArgs(FrozenModel, frozen=True, kw_only=True):
+    camera: Annotated[int, Meta(ge=0, le=15)] = 0  # camera index
+
+
+class SetLogLevelArgs(FrozenModel, frozen=True, kw_only=True):
+    level: ArgText  # DEBUG, INFO, WARNING or ERROR, in any case
+    logger: ArgText = ""  # a logger name (default: the whole agent)
+
+    def __post_init__(self) -> None:
+        if self.level.upper() not in LOG_LEVELS:
+            raise ValueError(f"level: must be one of {', '.join(LOG_LEVELS)}, got {self.level!r}")
+
+
+class CancelArgs(FrozenModel, frozen=True, kw_only=True):
+    job_id: ArgText  # the id of the job to cancel
 
 
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
     help: str
-    args: Dict[str, ArgSpec] = field(default_factory=dict)
+    args: Type[FrozenModel] = NoArgs  # the Struct its `args` object is parsed into
     timeout_s: float = 30.0  # default; a command may set its own `timeout_s`
     from_group: bool = True  # may a group-wide command (group/<name>/cmd) ask for this?
 
@@ -121,35 +108,14 @@ COMMANDS: Dict[str, CommandSpec] = {
     for spec in (
         CommandSpec("ping", "answer at once (liveness, round-trip time)"),
         CommandSpec("status", "the reported state now"),
-        CommandSpec(
-            "rebuild",
-            "build the desired deployment again (also one that failed or was rolled back)",
-            {"cold": ArgSpec("bool", False, help="ignore the engine cache and build from scratch")},
-            timeout_s=3600.0,
-        ),
+        CommandSpec("rebuild", "build the desired deployment again (also one that failed or was rolled back)", RebuildArgs, timeout_s=3600.0),
         CommandSpec("rollback", "serve the previous deployment again", timeout_s=600.0, from_group=False),
-        CommandSpec(
-            "snapshot",
-            "publish one camera frame (JPEG) with its latest result on <device>/snapshot",
-            {"camera": ArgSpec("int", 0, lo=0, hi=15, help="camera index")},
-        ),
+        CommandSpec("snapshot", "publish one camera frame (JPEG) with its latest result on <device>/snapshot", SnapshotArgs),
         CommandSpec("telemetry", "publish a telemetry document now"),
         CommandSpec("diagnostics", "the doctor report", timeout_s=120.0),
-        CommandSpec(
-            "set-log-level",
-            "change the agent's log level until restart",
-            {
-                "level": ArgSpec("choice", required=True, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-                "logger": ArgSpec("str", "", help="a logger name (default: the whole agent)"),
-            },
-        ),
+        CommandSpec("set-log-level", "change the agent's log level until restart", SetLogLevelArgs),
         CommandSpec("restart-pipeline", "stop and start the camera pipeline with the serving engine", timeout_s=120.0, from_group=False),
-        CommandSpec(
-            "cancel",
-            "cancel a queued or running job",
-            {"job_id": ArgSpec("str", required=True, help="the id of the job to cancel")},
-            from_group=False,
-        ),
+        CommandSpec("cancel", "cancel a queued or running job", CancelArgs, from_group=False),
     )
 }
 
@@ -158,7 +124,7 @@ COMMANDS: Dict[str, CommandSpec] = {
 class Command:
     id: str
     type: str
-    args: Dict[str, Any]
+    args: Any  # the command's arguments Struct (COMMANDS[type].args)
     timeout_s: float
     issued_at: float  # the sender's clock (informational)
     reply_to: str = ""  # a reply topic from the payload (MQTT 3.1.1); MQTT 5 uses the response topic
@@ -222,24 +188,14 @@ def decode_command(payload: bytes, *, device_id: str, source: str = "device", to
     return Command(command_id, command_type, args, float(timeout), issued_at, reply_to, source)
 
 
-def check_args(spec: CommandSpec, raw: Mapping[str, Any]) -> Dict[str, Any]:
-    unknown = sorted(set(raw) - set(spec.args))
-    if unknown:
-        known = ", ".join(spec.args) or "none"
-        raise MessageError(f"unknown arguments {unknown} (known: {known})")
-    out: Dict[str, Any] = {}
-    for name, arg in spec.args.items():
-        if name in raw and raw[name] is not None:
-            out[name] = arg.check(name, raw[name])
-        elif arg.required:
-            raise MessageError(f"argument '{name}' is required")
-        else:
-            out[name] = arg.default
-    return out
+def check_args(spec: CommandSpec, raw: Mapping[str, Any], *, strict: bool = True) -> Any:
+    """A command's `args` object -> its arguments Struct; MessageError names the argument and the problem."""
+    return parse(spec.args, dict(raw), error=MessageError, root="args", strict=strict)
 
 
 def coerce_cli_args(command_type: str, pairs: List[str]) -> Dict[str, Any]:
-    """`["cold=true", "camera=1"]` -> typed arguments for `command_type`, checked against its schema."""
+    """`["cold=true", "camera=1"]` -> the typed `args` object for `command_type` (only the keys given), checked
+    against its Struct."""
     spec = COMMANDS.get(command_type)
     if spec is None:
         raise MessageError(f"unknown command type {command_type!r} (known: {', '.join(COMMANDS)})")
@@ -248,12 +204,9 @@ def coerce_cli_args(command_type: str, pairs: List[str]) -> Dict[str, Any]:
         if "=" not in pair:
             raise MessageError(f"--arg takes KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        key = key.strip()
-        if key not in spec.args:
-            raise MessageError(f"'{command_type}' has no argument '{key}' (known: {', '.join(spec.args) or 'none'})")
-        raw[key] = spec.args[key].coerce(key, value)
-    check_args(spec, raw)
-    return raw
+        raw[key.strip()] = value.strip()
+    checked = dump(check_args(spec, raw, strict=False))
+    return {key: checked[key] for key in raw}
 
 
 def encode_command(

@@ -16,48 +16,84 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, get_args
 
+import msgspec
+
+from agent.errors import AgentError
 from agent.fleet.messages import MessageError, decode, encode
+from agent.gate.thresholds import GateThresholds
+from agent.models import Annotated, FrozenModel, Meta, dump, parse
+from agent.vision.options import (
+    PRESETS,
+    PostprocessConfig,
+    PreprocessSpec,
+    ResultsConfig,
+    SourceOptions,
+    spec_from,
+)
 
 KIND = "desired"
-PRECISIONS = ("fp32", "fp16", "int8", "best")  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)
+Precision = Literal["fp32", "fp16", "int8", "best"]  # best: INT8 with a table, else FP16 (GPU/DLA) or FP32 (CPU)
+PRECISIONS: Tuple[str, ...] = get_args(Precision)
 TARGET_PATTERN = re.compile(r"^(auto|gpu|cpu|dla:[0-9])$")
 ARTIFACT_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 DEPLOYMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+CLASS_KEY_PATTERN = re.compile(r"^(trt|ort)-[a-z0-9.-]{1,64}-[0-9a-f]{12}$")  # agent.engine.hardware_class.key_of
 MAX_CAMERAS = 16
 MAX_BATCH = 256
-
-PreprocessValue = Union[str, Dict[str, Any], None]
 
 
 class DeploymentError(MessageError):
     """A desired-state message is not a valid deployment; the message names the key and the problem."""
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """What a device should serve. Artifact ids are sha256 hex digests of the artifact content."""
+class Deployment(FrozenModel, frozen=True, kw_only=True):
+    """What a device should serve. Artifact ids are sha256 hex digests of the artifact content. Every block is
+    typed: read one with `deployment_from_dict()` (or `decode_desired()`), never from a dict again."""
 
     id: str
     model: str
     table: Optional[str] = None
     validation: Optional[str] = None
     labels: Optional[str] = None
-    precision: str = "best"
-    target: str = "auto"
+    precision: Precision = "best"
+    target: str = "auto"  # auto | gpu | cpu | dla:N
     gpu_fallback: bool = False  # DLA: allow layers DLA cannot run to fall back to the GPU
-    batch: int = 1
-    cameras: Tuple[str, ...] = ()
-    camera_options: Dict[str, Any] = field(default_factory=dict)  # for every camera (agent.vision.sources.SourceOptions)
-    preprocess: PreprocessValue = None  # a preset name or a spec object (agent.vision.preprocess)
-    postprocess: Dict[str, Any] = field(default_factory=dict)  # {"type": "classification", ...}
-    results: Dict[str, Any] = field(default_factory=dict)  # rate limit / on-change (agent.vision.results.ResultsConfig)
-    accuracy: Dict[str, Any] = field(default_factory=dict)  # accuracy gate limits (agent.gate.thresholds)
-    telemetry_interval_s: Optional[float] = None  # None: the agent's configured interval
-    plans: Dict[str, str] = field(default_factory=dict)  # hardware class key -> prebuilt plan artifact id (agent.fleet.plans)
+    batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = 1
+    cameras: Annotated[Tuple[str, ...], Meta(max_length=MAX_CAMERAS)] = ()
+    camera_options: SourceOptions = SourceOptions()  # for every camera
+    preprocess: Union[str, PreprocessSpec, None] = None  # a preset name (agent.vision.preprocess.PRESETS) or a spec
+    postprocess: Optional[PostprocessConfig] = None  # a plugin's config, tagged on "type" (agent.vision.postprocess)
+    results: ResultsConfig = ResultsConfig()  # rate limit / on-change
+    accuracy: Optional[GateThresholds] = None  # accuracy gate limits; None: none given
+    telemetry_interval_s: Optional[Annotated[float, Meta(ge=0.1, le=86400)]] = None  # None: the agent's configured interval
+    # shared plans (docs/engines.md): hardware class key -> the prebuilt plan artifact of that class (agent.fleet.plans)
+    plans: Annotated[Dict[str, str], Meta(max_length=64)] = msgspec.field(default_factory=dict)
     skip_plan_gate: bool = False  # a device serving a shared plan may rely on the builder's accuracy gate
+
+    def __post_init__(self) -> None:
+        if not DEPLOYMENT_ID_PATTERN.match(self.id):
+            raise ValueError(f"id: required, 1 to 128 of letters, digits and ._:@+- starting with a letter or digit, got {self.id!r}")
+        for role in ("model", "table", "validation", "labels"):
+            value = getattr(self, role)
+            if value is not None and not ARTIFACT_ID_PATTERN.match(value):
+                raise ValueError(f"{role}: not an artifact id (64 lowercase hex characters): {value[:80]!r}")
+        if not TARGET_PATTERN.match(self.target):
+            raise ValueError(f"target: auto, gpu, cpu or dla:N, got {self.target!r}")
+        if self.precision == "int8" and self.table is None:
+            raise ValueError("table: an INT8 deployment needs a calibration table (artifact id)")
+        for index, uri in enumerate(self.cameras):
+            if not uri.strip() or len(uri) > 2048:
+                raise ValueError(f"cameras[{index}]: must be a non-empty URI of at most 2048 characters, got {uri[:80]!r}")
+        if isinstance(self.preprocess, str) and self.preprocess not in PRESETS:
+            raise ValueError(f"preprocess: preset {self.preprocess!r} unknown (known: {', '.join(sorted(PRESETS))})")
+        for klass, plan in self.plans.items():
+            if not CLASS_KEY_PATTERN.match(klass):
+                raise ValueError(f"plans: {klass[:80]!r} is not a hardware class key (edge-agent device --json shows it)")
+            if not ARTIFACT_ID_PATTERN.match(plan):
+                raise ValueError(f"plans.{klass}: not an artifact id (64 lowercase hex characters): {plan[:80]!r}")
 
     # derived ------------------------------------------------------------------------------------------
     def artifact_ids(self) -> List[Tuple[str, str]]:
@@ -65,12 +101,21 @@ class Deployment:
         roles = [("model", self.model), ("table", self.table), ("validation", self.validation), ("labels", self.labels)]
         return [(role, value) for role, value in roles if value]
 
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The preprocessing to run: the spec, a preset's, or the default."""
+        return spec_from(self.preprocess)
+
     def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
+        """The deployment as a document (blocks without their defaults); `deployment_from_dict` reads it back."""
+        data: Dict[str, Any] = dump(self)
         data["cameras"] = list(self.cameras)
+        for key in ("postprocess", "accuracy"):  # none given: an empty block, as in the document
+            if data[key] is None:
+                data[key] = {}
         for name, default in (("plans", {}), ("skip_plan_gate", False)):  # absent when unused: digests stay as before
-            if data[name] == default:
-                del data[name]
+            if data.get(name) == default:
+                data.pop(name, None)
         return data
 
     def digest(self) -> str:
@@ -83,208 +128,31 @@ class Deployment:
 
 
 # decoding --------------------------------------------------------------------------------------------
-_FIELDS = tuple(Deployment.__dataclass_fields__)
-
-
-def _artifact_id(data: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise DeploymentError(f"deployment.{key}: required (the artifact id, a sha256 hex digest)")
-        return None
-    if not isinstance(value, str):
-        raise DeploymentError(f"deployment.{key}: must be an artifact id string, got {type(value).__name__}")
-    if not ARTIFACT_ID_PATTERN.match(value):
-        raise DeploymentError(f"deployment.{key}: not an artifact id (64 lowercase hex characters): {value[:80]!r}")
-    return value
-
-
-def _number(data: Mapping[str, Any], key: str) -> Optional[float]:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise DeploymentError(f"deployment.{key}: must be a number, got {value!r}")
-    return float(value)
-
-
-def _cameras(value: Any) -> Tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise DeploymentError(f"deployment.cameras: must be a list of URIs, got {type(value).__name__}")
-    if len(value) > MAX_CAMERAS:
-        raise DeploymentError(f"deployment.cameras: at most {MAX_CAMERAS} cameras, got {len(value)}")
-    out = []
-    for index, uri in enumerate(value):
-        if not isinstance(uri, str) or not uri.strip():
-            raise DeploymentError(f"deployment.cameras[{index}]: must be a non-empty URI string, got {uri!r}")
-        if len(uri) > 2048:
-            raise DeploymentError(f"deployment.cameras[{index}]: longer than 2048 characters")
-        out.append(uri.strip())
-    return tuple(out)
-
-
-def _camera_options(value: Any) -> Dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise DeploymentError(f"deployment.camera_options: must be an object, got {type(value).__name__}")
-    from agent.errors import AgentError
-    from agent.vision.sources import SourceOptions
-
-    try:
-        SourceOptions.from_dict(value).validate()
-    except AgentError as exc:
-        raise DeploymentError(f"deployment.camera_options: {exc}") from None
-    return dict(value)
-
-
-def _results(value: Any) -> Dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise DeploymentError(f"deployment.results: must be an object, got {type(value).__name__}")
-    from agent.errors import AgentError
-    from agent.vision.results import ResultsConfig
-
-    try:
-        ResultsConfig.from_dict(value).validate()
-    except AgentError as exc:
-        raise DeploymentError(f"deployment.results: {exc}") from None
-    return dict(value)
-
-
-def _preprocess(value: Any) -> PreprocessValue:
-    if value is None:
-        return None
-    if not isinstance(value, (str, dict)):
-        raise DeploymentError(f"deployment.preprocess: a preset name or an object, got {type(value).__name__}")
-    from agent.vision.preprocess import PreprocessError, spec_from
-
-    try:
-        spec_from(value)
-    except PreprocessError as exc:
-        raise DeploymentError(f"deployment.{exc}") from None
-    except (TypeError, ValueError) as exc:  # a spec built from odd values
-        raise DeploymentError(f"deployment.preprocess: {exc}") from None
-    return value
-
-
-def _postprocess(value: Any) -> Dict[str, Any]:
-    if value is None or value == {}:
-        return {}
-    if isinstance(value, str):
-        value = {"type": value}
-    if not isinstance(value, dict):
-        raise DeploymentError(f"deployment.postprocess: an object like {{\"type\": \"classification\"}}, got {type(value).__name__}")
-    kind = value.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise DeploymentError(f"deployment.postprocess.type: required, a plugin name, got {kind!r}")
-    from agent.errors import AgentError
-    from agent.vision.config_schema import from_mapping
-    from agent.vision.postprocess import PostprocessError, registry
-
-    plugins = registry()
-    if kind not in plugins:
-        raise DeploymentError(f"deployment.postprocess.type: {kind!r} unknown (known: {', '.join(sorted(plugins))})")
-    config_cls = plugins[kind][0]
-    try:  # the options' names and types; files they name (labels) are checked on the device
-        config = from_mapping(config_cls, value, f"deployment.postprocess ({kind})", PostprocessError, ignore=("type",))
-        check = getattr(config, "validate", None)
-        if callable(check):
-            check()
-    except AgentError as exc:
-        text = str(exc)
-        raise DeploymentError(text if text.startswith("deployment.") else f"deployment.postprocess: {text}") from None
-    return dict(value)
-
-
-def _accuracy(value: Any) -> Dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise DeploymentError(f"deployment.accuracy: must be an object of thresholds, got {type(value).__name__}")
-    from agent.gate.thresholds import GateError, GateThresholds
-
-    try:
-        GateThresholds.from_dict(value)
-    except GateError as exc:
-        raise DeploymentError(f"deployment.{exc}") from None
-    return dict(value)
-
-
-def _plans(value: Any) -> Dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise DeploymentError(f"deployment.plans: an object of hardware class -> plan artifact id, got {type(value).__name__}")
-    if len(value) > 64:
-        raise DeploymentError(f"deployment.plans: at most 64 classes, got {len(value)}")
-    out: Dict[str, str] = {}
-    for key in value:
-        if not isinstance(key, str) or not re.match(r"^(trt|ort)-[a-z0-9.-]{1,64}-[0-9a-f]{12}$", key):
-            raise DeploymentError(f"deployment.plans: {str(key)[:80]!r} is not a hardware class key (edge-agent device --json shows it)")
-        out[key] = str(_artifact_id(value, key, required=True))
-    return out
-
-
 def deployment_from_dict(data: Any) -> Deployment:
-    """Validate and convert one deployment object. Raises DeploymentError naming the key."""
+    """Validate and convert one deployment document. Raises DeploymentError naming the key.
+
+    The document's short forms are read here, once: `cameras` may be one URI, `postprocess` a plugin key,
+    `preprocess` a preset with changes (`{"preset": "blazeface", "size": 192}`); an empty block is none."""
     if not isinstance(data, dict):
         raise DeploymentError(f"deployment: must be an object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise DeploymentError(f"deployment: unknown keys {unknown} (known: {', '.join(_FIELDS)})")
-    deployment_id = data.get("id")
-    if not isinstance(deployment_id, str) or not DEPLOYMENT_ID_PATTERN.match(deployment_id):
-        raise DeploymentError(
-            f"deployment.id: required, 1 to 128 of letters, digits and ._:@+- starting with a letter or digit, got {deployment_id!r}"
-        )
-    precision = data.get("precision", "best")
-    if precision not in PRECISIONS:
-        raise DeploymentError(f"deployment.precision: one of {', '.join(PRECISIONS)}, got {precision!r}")
-    target = data.get("target", "auto")
-    if not isinstance(target, str) or not TARGET_PATTERN.match(target):
-        raise DeploymentError(f"deployment.target: auto, gpu, cpu or dla:N, got {target!r}")
-    batch = data.get("batch", 1)
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise DeploymentError(f"deployment.batch: an integer from 1 to {MAX_BATCH}, got {batch!r}")
-    gpu_fallback = data.get("gpu_fallback", False)
-    if not isinstance(gpu_fallback, bool):
-        raise DeploymentError(f"deployment.gpu_fallback: true or false, got {gpu_fallback!r}")
-    interval = _number(data, "telemetry_interval_s")
-    if interval is not None and not 0.1 <= interval <= 86400:
-        raise DeploymentError(f"deployment.telemetry_interval_s: from 0.1 to 86400 seconds, got {interval}")
-    plans = _plans(data.get("plans"))
-    skip_plan_gate = data.get("skip_plan_gate", False)
-    if not isinstance(skip_plan_gate, bool):
-        raise DeploymentError(f"deployment.skip_plan_gate: true or false, got {skip_plan_gate!r}")
-    table = _artifact_id(data, "table", required=False)
-    if precision == "int8" and table is None:
-        raise DeploymentError("deployment.table: an INT8 deployment needs a calibration table (artifact id)")
-    return Deployment(
-        id=deployment_id,
-        model=str(_artifact_id(data, "model", required=True)),
-        table=table,
-        validation=_artifact_id(data, "validation", required=False),
-        labels=_artifact_id(data, "labels", required=False),
-        precision=precision,
-        target=target,
-        gpu_fallback=gpu_fallback,
-        batch=batch,
-        cameras=_cameras(data.get("cameras")),
-        camera_options=_camera_options(data.get("camera_options")),
-        preprocess=_preprocess(data.get("preprocess")),
-        postprocess=_postprocess(data.get("postprocess")),
-        results=_results(data.get("results")),
-        accuracy=_accuracy(data.get("accuracy")),
-        telemetry_interval_s=interval,
-        plans=plans,
-        skip_plan_gate=skip_plan_gate,
-    )
+    data = dict(data)
+    cameras = data.get("cameras")
+    if isinstance(cameras, str):
+        data["cameras"] = [cameras]
+    if isinstance(data.get("cameras"), list):
+        data["cameras"] = [uri.strip() if isinstance(uri, str) else uri for uri in data["cameras"]]
+    for key in ("camera_options", "results", "postprocess", "accuracy"):
+        if key in data and (data[key] is None or data[key] == {}):
+            del data[key]
+    if isinstance(data.get("postprocess"), str):
+        data["postprocess"] = {"type": data["postprocess"]}
+    preprocess = data.get("preprocess")
+    if isinstance(preprocess, dict):
+        try:
+            data["preprocess"] = spec_from(preprocess)
+        except AgentError as exc:
+            raise DeploymentError(f"deployment.{exc}") from None
+    return parse(Deployment, data, error=DeploymentError, root="deployment")
 
 
 def decode_desired(payload: bytes) -> Optional[Deployment]:

@@ -1,6 +1,6 @@
 """Shared plans on the wire: the engine artifact, its index, and the builder's request/reply topics.
 
-A plan is an ordinary artifact of kind `engine` (blocks, resume, signature: agent.fleet.artifacts and
+A plan is an ordinary artifact of kind `engine` (blocks, resume, signature: agent.fleet.artifact_protocol and
 agent.fleet.transfer) whose signed manifest embeds, under `engine`:
 
     {"class": {key, schema, fields}, "engine": <the engine manifest (agent.engine.manifest)>,
@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from agent.fleet.artifact_protocol import ArtifactError, ArtifactManifest, decode_manifest, describe_file
 from agent.fleet.artifact_trust import ENGINE_KIND
-from agent.fleet.artifacts import ArtifactError, ArtifactManifest, decode_manifest, describe_file
 from agent.fleet.messages import MessageError, decode, encode
 
 PLAN_KIND = ENGINE_KIND

@@ -1,7 +1,7 @@
 """The device side of an artifact transfer: read the signed manifest, fetch blocks with a window in flight,
 resume from what is on disk, verify, install into the content-addressed store.
 
-The protocol (both sides in agent/fleet/artifacts.py), on MQTT 3.1.1 or 5, per-device topics only:
+The protocol (both sides in agent/fleet/artifact_protocol.py), on MQTT 3.1.1 or 5, per-device topics only:
 
     device  -> <prefix>/<device>/artifact-req    JSON {artifact_id, chunk_size, blocks: [i, ...]}   QoS 1
     server  -> <prefix>/<device>/artifact-data   binary frame: 88-byte header + block bytes         QoS 0
@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from agent.config import ArtifactsConfig
-from agent.fleet.artifact_trust import KindTrust
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactError,
     ArtifactManifest,
     ArtifactUnavailableError,
@@ -60,6 +59,7 @@ from agent.fleet.artifacts import (
     validate_artifact_id,
     verify_manifest,
 )
+from agent.fleet.artifact_trust import KindTrust
 from agent.fleet.link import MqttLink, ensure_no_delay
 from agent.fleet.signing import load_public_keys
 from agent.fleet.topics import Topics

@@ -5,28 +5,12 @@ metrics.py     agreement metrics by task (pure numpy)
 thresholds.py  GateThresholds, the deployment's `accuracy` block
 gate.py        run_gate(runner, validation, thresholds, table) -> GateResult
 culprits.py    suspicious table scales and saturated tensors
-diagnose.py    the layer-by-layer FP32 vs Q/DQ comparison on onnxruntime
-decoders.py    finding the box decoder a detection set names
-frames.py      reading frames from image folders and videos for make-validation
+divergence.py  the layer-by-layer FP32 vs Q/DQ comparison on onnxruntime (a failed INT8 gate, explained)
+box_decoders.py  the box decoder a detection set names (the postprocessing plugins, normalised)
+autocalib.py   calib make --method auto: every calibration method measured by the gate's metric
+
+Import the modules themselves: the package imports nothing, so reading a deployment's `accuracy` block
+(thresholds.py) loads neither numpy nor onnx.
 """
 
 from __future__ import annotations
-
-from agent.gate.gate import Failure, GateResult, run_gate
-from agent.gate.metrics import Detections
-from agent.gate.thresholds import FALLBACK_POLICIES, GateError, GateThresholds
-from agent.gate.validation import ValidationFileError, ValidationSet, load_validation, make_validation
-
-__all__ = [
-    "FALLBACK_POLICIES",
-    "Detections",
-    "Failure",
-    "GateError",
-    "GateResult",
-    "GateThresholds",
-    "ValidationFileError",
-    "ValidationSet",
-    "load_validation",
-    "make_validation",
-    "run_gate",
-]

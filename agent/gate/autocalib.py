@@ -33,8 +33,10 @@ from agent.calib.check import check_table
 from agent.calib.qdq import FLAVOR_TENSORRT, to_qdq
 from agent.calib.table import CalibError, CalibTable, json_float
 from agent.gate.gate import GateResult, run_gate
+from agent.gate.onnx_reference import load_model
 from agent.gate.thresholds import GateError, GateThresholds
 from agent.gate.validation import Decoder, ValidationSet
+from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.store.hashing import sha256_file
 
 HEADLINE = {"classification": "top1_agreement", "detection": "det_f1", "generic": "cosine"}
@@ -211,8 +213,6 @@ def evaluate_table(
     workdir: Union[str, Path],
 ) -> CandidateOutcome:
     """Check `table` against `model` (an onnx.ModelProto), build its Q/DQ model, and gate it on `validation`."""
-    from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
     started = time.monotonic()
     outcome = CandidateOutcome(label, table, gated=[name for name, _, _ in thresholds.gated(validation.task)])
     for finding in check_table(table, model).findings:
@@ -258,8 +258,6 @@ def choose_table(
     progress: Optional[Callable[[CandidateOutcome], None]] = None,
 ) -> AutoCalibReport:
     """Measure every table (label -> table, in preference order for ties) and mark the best one chosen."""
-    from agent.gate.onnx_reference import load_model
-
     if not tables:
         raise GateError("no candidate tables to compare")
     thresholds = thresholds or GateThresholds()

@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agent.gate.box_decoders import Decoder, resolve_decoder
 from agent.gate.culprits import Culprit, scale_issues, table_scales
-from agent.gate.diagnose import Diagnosis, LayerDivergence, diagnose
+from agent.gate.divergence import Diagnosis, LayerDivergence, diagnose
 from agent.gate.metrics import (
     Detections,
     classification_agreement,
@@ -28,7 +29,7 @@ from agent.gate.metrics import (
 )
 from agent.gate.onnx_reference import ModelSource
 from agent.gate.thresholds import GateError, GateThresholds
-from agent.gate.validation import Decoder, ValidationSet
+from agent.gate.validation import ValidationSet
 from agent.runtime.base import Runner, batch_size_of
 
 DYNAMIC_BATCH = 8  # frames per inference when the engine takes any batch
@@ -262,8 +263,6 @@ def run_gate(
         config = validation.decoder_config or {}
         threshold = float(config.get("score_threshold", 0.5))
         if decoder is None:
-            from agent.gate.decoders import resolve_decoder
-
             decoder = resolve_decoder(config)
         candidates = _decode_all(decoder, outputs, validation.count, max(0.0, threshold - thresholds.score_tolerance))
         reference_boxes = validation.detections or []

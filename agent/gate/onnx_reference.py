@@ -32,14 +32,22 @@ def load_model(model: ModelSource) -> Any:
 
 def with_all_outputs(model: Any) -> Tuple[Any, List[str]]:
     """A copy of `model` whose every node output is also a graph output (the Polygraphy "mark all" trick);
-    returns it and the names added. onnxruntime infers the types of outputs declared by name only."""
+    returns it and the names added. onnxruntime infers the types of outputs declared by name only.
+
+    Outputs computed from constants only (a weight's DequantizeLinear, a Constant) are not marked: they are no
+    activation to compare, and onnxruntime before 1.17 duplicates a per-channel weight DequantizeLinear that is
+    also a graph output without its `axis`, then fails ("scale must be 1D tensor with size ...")."""
     onnx = require("onnx", "the accuracy gate")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     present = {output.name for output in copy.graph.output}
     initializers = {init.name for init in copy.graph.initializer}
+    constant = set(initializers)
     added: List[str] = []
     for node in copy.graph.node:
+        if all(not name or name in constant for name in node.input):
+            constant.update(name for name in node.output if name)
+            continue
         for name in node.output:
             if name and name not in present and name not in initializers:
                 copy.graph.output.append(onnx.ValueInfoProto(name=name))

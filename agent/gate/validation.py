@@ -22,14 +22,18 @@ import datetime
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+import msgspec
 import numpy as np
 
+from agent.gate.box_decoders import Decoder, resolve_decoder
 from agent.gate.metrics import NEAR_TIE_MARGIN, Detections, to_probabilities
+from agent.gate.onnx_reference import ReferenceSession
 from agent.gate.thresholds import TASKS, GateError
+from agent.runtime.onnxruntime_runner import numpy_dtype_of
 from agent.store.atomic import atomic_write_bytes
 from agent.store.hashing import sha256_bytes, sha256_file
 from agent.vision.preprocess import PreprocessSpec, normalise, prepare, spec_from
@@ -39,7 +43,6 @@ VERSION = 1
 RAW_BUDGET = 4 << 20  # bytes of raw reference outputs kept as float32; above, float16; detection: dropped
 
 # decode(outputs of one frame, with the batch axis, score_threshold) -> detections in normalised input coords
-Decoder = Callable[[Mapping[str, np.ndarray], float], Detections]
 
 
 class ValidationFileError(GateError):
@@ -81,7 +84,7 @@ class ValidationSet:
     @property
     def preprocess(self) -> Optional[PreprocessSpec]:
         data = self.meta.get("preprocess")
-        return PreprocessSpec.from_dict(data) if data else None
+        return spec_from(data) if data else None
 
     @property
     def decoder_config(self) -> Optional[Dict[str, Any]]:
@@ -177,7 +180,7 @@ def model_tensor(image_hwc: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def resized_image(frame_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """The uint8 [H, W, C] image `prepare` builds before it normalises (colour, resize, crop, letterbox)."""
-    image, _ = prepare(frame_bgr, replace(spec, dtype="uint8", layout="nhwc"))
+    image, _ = prepare(frame_bgr, msgspec.structs.replace(spec, dtype="uint8", layout="nhwc"))
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -311,10 +314,6 @@ def make_validation(
     classification when the model has one [N, C] output, else generic). A detection set needs `decoder_config`
     (stored, with its `score_threshold`, so the device decodes the same way) and a `decoder` (else it is
     resolved from the config)."""
-    from agent.gate.decoders import resolve_decoder
-    from agent.gate.onnx_reference import ReferenceSession
-    from agent.runtime.onnxruntime_runner import numpy_dtype_of
-
     if n <= 0:
         raise GateError(f"need at least one frame, asked for {n}")
     spec = spec_from(preprocess)
@@ -403,8 +402,6 @@ def make_validation_from_tensors(
     model_path: Union[str, Path], inputs: Mapping[str, np.ndarray], task: str = "generic", labels: Optional[Sequence[int]] = None, store_dtype: str = "float16", threads: int = 0
 ) -> ValidationSet:
     """For models that do not take camera frames: inputs given as tensors [N, ...] per input name."""
-    from agent.gate.onnx_reference import ReferenceSession
-
     if task == "detection":
         raise GateError("a detection set is made from frames (make_validation), so the boxes have a decoder config")
     if task not in TASKS:

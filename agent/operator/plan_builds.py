@@ -25,7 +25,31 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from agent.errors import AgentError
+from agent.config import AgentConfig
+from agent.daemon.pipeline_steps import PackageSteps
+from agent.engine.build import _with_local_backend
+from agent.engine.hardware_class import hardware_class, is_class_key
+from agent.engine.manifest import read_manifest
+from agent.errors import AgentError, UsageError
+from agent.fleet.artifact_protocol import sign_manifest
+from agent.fleet.deployment import DeploymentError, deployment_from_dict
+from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.messages import MessageError
+from agent.fleet.plans import (
+    PLAN_KIND,
+    decode_reply,
+    decode_request,
+    describe_plan,
+    embedded_of,
+    encode_index,
+    encode_reply,
+    encode_request,
+    index_topic,
+    reply_topic,
+    request_topic,
+)
+from agent.fleet.topics import Topics
+from agent.operator.artifact_server import ArtifactServer, add_to_folder, folder_manifests, publish_manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +68,6 @@ class PlanBuilder:
 
     def __init__(self, config: Any, private_key: Any, *, folder: Optional[Path] = None, link: Any = None,
                  events: Optional[Any] = None, rate_limit_bps: float = 0.0) -> None:
-        from agent.daemon.pipeline_steps import PackageSteps
-        from agent.fleet.artifact_server import ArtifactServer
-        from agent.fleet.link import MqttLink, unique_client_id
-        from agent.fleet.topics import Topics
-
         self.config = config
         self.private_key = private_key
         self.prefix = config.broker.topic_prefix
@@ -67,8 +86,6 @@ class PlanBuilder:
 
     # service -------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> PlanBuilder:
-        from agent.fleet.plans import request_topic
-
         if self._own_link:
             self.link.start()
         if not self.link.wait_connected(timeout_s):
@@ -82,8 +99,6 @@ class PlanBuilder:
 
     def _publish_index(self, plan: Any) -> None:
         """The retained index of the plan's class and spec, carrying its signed manifest."""
-        from agent.fleet.plans import embedded_of, encode_index, index_topic
-
         embedded = embedded_of(plan.to_dict())
         klass = str((embedded.get("class") or {}).get("key") or "")
         if klass and embedded.get("spec_digest"):
@@ -91,17 +106,12 @@ class PlanBuilder:
 
     def republish_indexes(self) -> int:
         """Every plan this builder holds, indexed again (a broker restarted without its retained messages)."""
-        from agent.fleet.artifact_server import folder_manifests
-        from agent.fleet.plans import PLAN_KIND
-
         plans = [m for m in folder_manifests(self.folder) if m.kind == PLAN_KIND]
         for plan in plans:
             self._publish_index(plan)
         return len(plans)
 
     def stop(self) -> None:
-        from agent.fleet.plans import request_topic
-
         self.link.unsubscribe(request_topic(self.prefix, "+"))
         self.steps.cancel()
         self._requests.put(None)
@@ -112,18 +122,12 @@ class PlanBuilder:
             self.link.stop()
 
     def _on_request(self, msg: Any) -> None:
-        from agent.fleet.messages import MessageError
-        from agent.fleet.plans import decode_request
-
         try:
             self._requests.put(decode_request(bytes(msg.payload)))
         except (MessageError, RecursionError) as exc:
             log.warning("plan-build request refused: %s", exc)
 
     def _work(self) -> None:
-        from agent.fleet.deployment import DeploymentError, deployment_from_dict
-        from agent.fleet.plans import encode_reply, reply_topic
-
         while True:
             request = self._requests.get()
             if request is None:
@@ -145,13 +149,6 @@ class PlanBuilder:
     def build(self, deployment: Any, *, request_class: Optional[str] = None) -> Dict[str, Any]:
         """Build (or reuse) the engine for `deployment` here, gate it, publish it as a plan. Returns
         {ok, artifact_id, class, engine_key, build_s, gate, builder}; raises PlanBuildError with the reason."""
-        from agent.engine.build import _with_local_backend
-        from agent.engine.hardware_class import hardware_class
-        from agent.engine.manifest import read_manifest
-        from agent.fleet.artifact_server import add_to_folder, publish_manifest
-        from agent.fleet.artifacts import sign_manifest
-        from agent.fleet.plans import describe_plan
-
         with self._lock:
             spec = self.steps.build_spec(deployment).validate()
             fp = _with_local_backend(self.steps.fingerprint, spec.backend)
@@ -191,9 +188,6 @@ class PlanBuilder:
 # the operator's side ---------------------------------------------------------------------------------------
 def request_build(link: Any, prefix: str, deployment: Any, class_key: str, timeout_s: float = 3600.0) -> Dict[str, Any]:
     """Ask the builder of `class_key` to build `deployment`; wait for its answer. Raises PlanBuildError."""
-    from agent.engine.hardware_class import is_class_key
-    from agent.fleet.plans import decode_reply, encode_request, reply_topic, request_topic
-
     if not is_class_key(class_key):
         raise PlanBuildError(f"{class_key!r} is not a hardware class key (edge-agent device --json on a device of the class shows it)")
     request_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -216,11 +210,9 @@ def request_build(link: Any, prefix: str, deployment: Any, class_key: str, timeo
 
 def with_plans(deployment: Any, built: Dict[str, str]) -> Any:
     """The deployment naming the plan artifact of each class (`plans`), for `fleet deploy --build-plans`."""
-    import dataclasses
-
     plans = dict(deployment.plans or {})
     plans.update(built)
-    return dataclasses.replace(deployment, plans=plans)
+    return deployment_from_dict({**deployment.to_dict(), "plans": plans})  # validated again, as any document
 
 
 def plan_view(statuses: Iterable[Any]) -> Dict[str, Dict[str, Dict[str, Any]]]:
@@ -259,3 +251,16 @@ def format_plan_view(view: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
             for device in sorted(row["local"]):
                 lines.append(f"    {device}: {row['local'][device]}")
     return lines
+
+
+def build_plans(config: AgentConfig, deployment: Any, classes: List[str], timeout_s: float) -> Dict[str, Dict[str, Any]]:
+    """Ask each class's builder over the configured broker (`fleet build`, `fleet deploy --build-plans`); class ->
+    its answer. Raises the first refusal (PlanBuildError)."""
+    link = MqttLink(config.broker, unique_client_id("fleet-build"), persistent_session=False)
+    link.start()
+    try:
+        if not link.wait_connected(15):
+            raise UsageError(f"cannot reach the broker {config.broker.host}:{config.broker.port}")
+        return {klass: request_build(link, config.broker.topic_prefix, deployment, klass, timeout_s) for klass in classes}
+    finally:
+        link.stop()

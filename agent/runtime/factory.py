@@ -7,34 +7,12 @@ so a daemon can build it, hand it to the pipeline's `swap_runner`, or throw it a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Optional, Union
 
+from agent.device.target import Backend
 from agent.runtime.base import Runner, RunnerError
-
-BACKEND_ALIASES: Dict[str, str] = {
-    "onnxruntime": "onnxruntime",
-    "ort": "onnxruntime",
-    "cpu": "onnxruntime",
-    "tensorrt": "tensorrt",
-    "trt": "tensorrt",
-}
-TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
-
-
-def backend_for(backend: str, artifact_path: Union[str, Path]) -> str:
-    """The canonical backend name; 'auto' decides by the file's suffix (.onnx -> onnxruntime, .plan/.engine/.trt
-    -> tensorrt)."""
-    key = (backend or "auto").strip().lower()
-    if key == "auto":
-        suffix = Path(artifact_path).suffix.lower()
-        if suffix == ".onnx":
-            return "onnxruntime"
-        if suffix in TENSORRT_SUFFIXES:
-            return "tensorrt"
-        raise RunnerError(f"cannot tell the backend of {Path(artifact_path).name} from its suffix; name one: onnxruntime or tensorrt")
-    if key not in BACKEND_ALIASES:
-        raise RunnerError(f"unknown backend {backend!r}; known: onnxruntime, tensorrt (or auto)")
-    return BACKEND_ALIASES[key]
+from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from agent.runtime.tensorrt_runner import TensorRTRunner
 
 
 def open_runner(
@@ -46,20 +24,19 @@ def open_runner(
     name: str = "",
     spin: bool = False,
 ) -> Runner:
-    """A runner for `artifact_path` on `backend` (onnxruntime | tensorrt | auto), not activated yet.
+    """A runner for `artifact_path` on `backend` (onnxruntime | tensorrt | auto: by the file's suffix), not
+    activated yet.
 
     threads: onnxruntime intra-op threads (0: library default); dla_core: TensorRT DLA core, None for the GPU.
     """
     path = Path(artifact_path)
     if not path.is_file():
         raise RunnerError(f"engine artifact not found: {path}")
-    chosen = backend_for(backend, path)
-    if chosen == "onnxruntime":
+    chosen = Backend.for_file(backend, path)
+    if chosen == Backend.ONNXRUNTIME:
         if dla_core is not None:
             raise RunnerError("dla_core applies to TensorRT engines only; the onnxruntime backend runs on the CPU")
-        from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, threads=threads, name=name, spin=spin)
-    from agent.runtime.tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(path, dla_core=dla_core, name=name)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from agent.calib.routes import VersionError, parse_version
+from agent.device.versions import VersionError, parse_version
 from agent.lazy import require
 from agent.runtime.base import Dim, Runner, RunnerError, TensorSpec
 from agent.runtime.cuda_buffers import CudaContext, HostDeviceBuffer

@@ -7,7 +7,8 @@
     pipeline, engine, agent          supplied by the daemon through provider callables
 
 Every source is optional and fails soft: it gives null, its reason under `unavailable`, and one log line per
-outage. The layout, units and compact keys live in `agent.telemetry.schema`; docs/telemetry.md lists them.
+outage. The layout, units and compact keys live in the model, `agent.telemetry.schema.TelemetryDocument`;
+docs/telemetry.md lists them and shows its JSON Schema.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from agent.config import TelemetryConfig
 from agent.telemetry.jetson import JetsonCollector
 from agent.telemetry.nvml import NvmlCollector
-from agent.telemetry.schema import DOCUMENT_SCHEMA, KIND, TELEMETRY_SCHEMA, check, compact, expand
+from agent.telemetry.schema import KIND, SECTIONS, TELEMETRY_SCHEMA, check, compact, expand
 from agent.telemetry.soft import SoftSources
 from agent.telemetry.system import SystemCollector
 
@@ -67,7 +68,7 @@ class TelemetryCollector:
 
     def register(self, name: str, provider: Provider) -> None:
         """Add or replace the provider of one section."""
-        reserved = set(DOCUMENT_SCHEMA["properties"]) - set(PROVIDER_SECTIONS)
+        reserved = set(SECTIONS) - set(PROVIDER_SECTIONS)
         if name in reserved:
             raise ValueError(f"'{name}' is collected by the agent itself; providers supply {', '.join(PROVIDER_SECTIONS)} or new sections")
         self.providers[name] = provider
@@ -138,7 +139,7 @@ def _call_provider(name: str, provider: Provider) -> Optional[Dict[str, Any]]:
 
 def to_compact(doc: Dict[str, Any]) -> Dict[str, Any]:
     """The compact form for metered links: short keys, per-core and static detail dropped, `compact: true`."""
-    out = compact(doc, DOCUMENT_SCHEMA)
+    out = compact(doc)
     out["compact"] = True
     return dict(out)
 
@@ -147,7 +148,7 @@ def from_compact(doc: Dict[str, Any]) -> Dict[str, Any]:
     """Long keys again (for a consumer); dropped fields stay absent. A full document passes through."""
     if doc.get("compact") is not True:
         return doc
-    return dict(expand(doc, DOCUMENT_SCHEMA))
+    return dict(expand(doc))
 
 
 def validate_document(doc: Any) -> List[str]:
@@ -157,8 +158,7 @@ def validate_document(doc: Any) -> List[str]:
     schema = doc.get("schema")
     if isinstance(schema, int) and not isinstance(schema, bool) and schema > TELEMETRY_SCHEMA:
         return [f"$.schema: version {schema} is newer than this agent understands ({TELEMETRY_SCHEMA})"]
-    is_compact = doc.get("compact") is True
-    return check(from_compact(doc), DOCUMENT_SCHEMA, compact_form=is_compact)
+    return check(from_compact(doc))
 
 
 def encode_document(doc: Dict[str, Any]) -> bytes:

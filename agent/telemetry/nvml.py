@@ -9,6 +9,7 @@ most fields on a Jetson iGPU) is null, silently. Run `python -m agent.telemetry.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from types import ModuleType
@@ -152,8 +153,6 @@ def _cuda_version(encoded: int) -> str:
 
 def main() -> int:
     """Print the NVML section as JSON (null and the reason on stderr when NVML is not usable here)."""
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     collector = NvmlCollector()
     section = collector.collect()

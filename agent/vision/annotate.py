@@ -14,7 +14,7 @@ PALETTE: Tuple[Tuple[int, int, int], ...] = ((0, 200, 0), (0, 128, 255), (255, 6
 
 def draw_findings(frame_bgr: np.ndarray, findings: Findings) -> np.ndarray:
     """A copy of the frame with boxes, labels, keypoints and the top classes drawn on it."""
-    import cv2
+    import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
 
     image = frame_bgr.copy()
     height, width = image.shape[:2]
@@ -38,7 +38,7 @@ def draw_findings(frame_bgr: np.ndarray, findings: Findings) -> np.ndarray:
 
 
 def encode_jpeg(image_bgr: np.ndarray, quality: int = 85) -> bytes:
-    import cv2
+    import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
 
     ok, data = cv2.imencode(".jpg", image_bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(max(1, min(100, quality)))])
     if not ok:

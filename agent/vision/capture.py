@@ -9,6 +9,13 @@ waits for room instead of dropping, so every frame is processed once (benchmarks
 A source that stops delivering (read fails, stream ends, file ends with loop off) is closed and reopened
 with exponential backoff, counted in `reconnects`; one that never opens keeps being retried, and
 `last_error` says what was tried. Nothing here blocks the caller: start() returns at once.
+
+A camera or network stream that stalls (connected, no frames) is caught twice: OpenCV's FFmpeg backend gets
+`read_timeout_s` as CAP_PROP_READ_TIMEOUT_MSEC, so its read returns empty after that long (measured against a
+real RTSP and HTTP MJPEG server in tests/vision/test_streams.py) and the loop reopens; and a watchdog thread
+catches an open or read that blocks past its limit anyway (a backend without timeouts, such as GStreamer's
+rtspsrc): the blocked reader thread is abandoned (it closes its reader and exits if the call ever returns)
+and a fresh one reopens the source. Both count in `stalls`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,12 +42,16 @@ from agent.vision.sources import (
 
 log = logging.getLogger(__name__)
 
+WATCHED_KINDS = ("rtsp", "http", "v4l2", "csi")  # live sources whose reads must never block for long
+MAX_ABANDONED = 4  # reader threads stuck in a call the watchdog gave up on, at most, per source
+
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
     initial_s: float = 0.5
     max_s: float = 30.0
     factor: float = 2.0
+    healthy_s: float = 10.0  # a stream that delivered this long resets the backoff
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (1 = the first retry)."""
@@ -70,6 +81,7 @@ class CaptureStats:
     reconnects: int  # successful reopenings after the first open
     open_failures: int
     disconnects: int  # times a stream stopped delivering
+    stalls: int  # of those, times it went silent: no frame within read_timeout_s (or a read/open the watchdog cut off)
     last_error: str
     width: int
     height: int
@@ -124,13 +136,43 @@ class Capture:
         self._last_error = ""
         self._last_frame_mono: Optional[float] = None
         self._ended = False
+        self._stalls = 0
+        self._worker = 0  # the current reader thread's number; a thread the watchdog abandoned has an older one
+        self._busy_since: Optional[float] = None  # monotonic start of the open or read now in progress
+        self._busy_what = ""
+        # the watchdog's limits: only for cameras and network streams (a paced file sleeps inside read() on purpose)
+        watched = any(p.kind in WATCHED_KINDS for p in self.plans)
+        self.read_limit_s: Optional[float] = 2.0 * self.options.read_timeout_s + 1.0 if watched else None
+        self.open_limit_s: Optional[float] = (
+            2.0 * (self.options.open_timeout_s + self.options.read_timeout_s) * max(1, len(self.plans)) + 1.0 if watched else None
+        )
 
     # lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> Capture:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"capture:{self.name}", daemon=True)
-            self._thread.start()
+            self._thread = self._spawn_worker(0)
+            if self.read_limit_s is not None:
+                threading.Thread(target=self._watch, name=f"capture-watchdog:{self.name}", daemon=True).start()
         return self
+
+    def _spawn_worker(self, attempt: int) -> threading.Thread:
+        with self._cond:
+            self._worker += 1
+            worker = self._worker
+            self._busy_since = None
+        thread = threading.Thread(target=self._run, args=(worker, attempt), name=f"capture:{self.name}:{worker}", daemon=True)
+        thread.start()
+        return thread
+
+    def _current(self, worker: int) -> bool:
+        return worker == self._worker and not self._stop.is_set()
+
+    def _busy(self, worker: int, what: str) -> None:
+        """The reader thread `worker` starts a call that may block (what: opening | reading); '' when done."""
+        with self._cond:
+            if worker == self._worker:
+                self._busy_since = time.monotonic() if what else None
+                self._busy_what = what
 
     def stop(self, timeout: float = 3.0) -> None:
         self._stop.set()
@@ -142,6 +184,53 @@ class Capture:
             listener.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _watch(self) -> None:
+        """Abandon a reader thread whose open or read blocks past its limit, and start a fresh one. The backoff
+        grows while reader threads keep getting stuck, and at most MAX_ABANDONED stuck threads are left behind:
+        beyond that the watchdog waits for one of them to return before starting another."""
+        assert self.read_limit_s is not None and self.open_limit_s is not None
+        tick = max(0.05, min(0.5, self.read_limit_s / 8))
+        abandoned: List[threading.Thread] = []
+        streak = 0  # abandonments since the last frame
+        frames_then = -1
+        waiting_for_room = False
+        while not self._stop.wait(tick):
+            abandoned = [thread for thread in abandoned if thread.is_alive()]
+            if waiting_for_room:
+                if len(abandoned) >= MAX_ABANDONED:
+                    continue
+                waiting_for_room = False
+                self._thread = self._spawn_worker(streak)
+                continue
+            with self._cond:
+                if self._frames_read != frames_then and frames_then >= 0:
+                    streak = 0
+                since, what = self._busy_since, self._busy_what
+                limit = self.open_limit_s if what == "opening" else self.read_limit_s
+                if since is None or time.monotonic() - since <= limit:
+                    continue
+                self._worker += 1  # the blocked thread is no longer current: it delivers nothing more
+                self._busy_since = None
+                self._stalls += 1
+                if what == "opening":
+                    self._open_failures += 1
+                else:
+                    self._disconnects += 1
+                message = f"source {self.name}: {what} blocked for more than {limit:.1f} s; abandoned that reader, reopening"
+                self._last_error = message
+                if self._state not in ("stopped", "ended"):
+                    self._state = "waiting"
+                frames_then = self._frames_read
+            streak += 1
+            log.warning("%s", message)
+            if self._thread is not None:
+                abandoned.append(self._thread)
+            if len(abandoned) >= MAX_ABANDONED:
+                log.error("source %s: %d reader threads are stuck in OpenCV; waiting for one to return", self.name, len(abandoned))
+                waiting_for_room = True
+                continue
+            self._thread = self._spawn_worker(streak)
 
     def wait_open(self, timeout: float) -> SourceInfo:
         """Block until the source has opened once; SourceError with what was tried if it does not in time."""
@@ -194,6 +283,7 @@ class Capture:
                 reconnects=self._reconnects,
                 open_failures=self._open_failures,
                 disconnects=self._disconnects,
+                stalls=self._stalls,
                 last_error=self._last_error,
                 width=info.width if info else 0,
                 height=info.height if info else 0,
@@ -210,14 +300,19 @@ class Capture:
             if error is not None:
                 self._last_error = error
 
-    def _run(self) -> None:
-        attempt = 0
-        opened_before = False
-        while not self._stop.is_set():
+    def _run(self, worker: int, attempt: int) -> None:
+        opened_before = self._opened.is_set()
+        if attempt:  # the watchdog abandoned the previous reader thread: back off before reopening
+            self._stop.wait(self.policy.delay(attempt))
+        while self._current(worker):
             self._set_state("opening")
+            self._busy(worker, "opening")
             try:
                 reader = open_reader(self.uri, self.plans)
             except SourceError as exc:
+                self._busy(worker, "")
+                if not self._current(worker):
+                    return
                 attempt += 1
                 with self._cond:
                     self._open_failures += 1
@@ -227,24 +322,36 @@ class Capture:
                 self._stop.wait(delay)
                 continue
             except Exception as exc:  # a backend bug must not kill the capture thread silently
+                self._busy(worker, "")
+                if not self._current(worker):
+                    return
                 attempt += 1
                 with self._cond:
                     self._open_failures += 1
                 self._set_state("waiting", f"opening {self.uri} failed: {type(exc).__name__}: {exc}")
                 self._stop.wait(self.policy.delay(attempt))
                 continue
+            self._busy(worker, "")
+            if not self._current(worker):  # abandoned while opening: this reader is nobody's
+                reader.close()
+                return
             if opened_before:
                 with self._cond:
                     self._reconnects += 1
                 log.info("source %s reopened (reconnect %d)", self.name, self._reconnects)
             opened_before = True
-            attempt = 0
             self.info = reader.info
             self._opened.set()
             self._set_state("streaming")
-            ended = self._stream(reader)
+            streamed_from = time.monotonic()
+            ended, stalled = self._stream(reader, worker)
+            if time.monotonic() - streamed_from >= self.policy.healthy_s:
+                attempt = 0  # it served for a while: the next failure starts the backoff again
+            # else the backoff keeps growing: a camera that accepts and drops at once gets no reconnect storm
             if self._stop.is_set():
                 break
+            if not self._current(worker):
+                return
             if ended and self.stop_at_end:
                 with self._cond:
                     self._ended = True
@@ -254,28 +361,43 @@ class Capture:
             attempt += 1
             with self._cond:
                 self._disconnects += 1
-            why = "reached the end of the file (loop off)" if ended else "stopped delivering frames"
+                self._stalls += 1 if stalled else 0
+            if ended:
+                why = "reached the end of the file (loop off)"
+            elif stalled:
+                why = f"delivered no frame within {self.options.read_timeout_s:g} s (read timeout: stalled)"
+            else:
+                why = "stopped delivering frames (stream ended or connection lost)"
             delay = self.policy.delay(attempt)
             self._set_state("waiting", f"source {self.name} {why}; reopening")
             log.warning("source %s %s; reopening in %.1f s", self.name, why, delay)
             self._stop.wait(delay)
-        self._set_state("stopped")
+        if self._stop.is_set():
+            self._set_state("stopped")
 
-    def _stream(self, reader: FrameReader) -> bool:
-        """Read until the source stops or we are stopped; True if it ended cleanly (end of a file)."""
+    def _stream(self, reader: FrameReader, worker: int) -> Tuple[bool, bool]:
+        """Read until the source stops or we are stopped: (ended cleanly (end of a file), stalled (the failing
+        read waited about read_timeout_s: connected but silent))."""
         try:
-            while not self._stop.is_set():
+            while self._current(worker):
                 tick = time.perf_counter()
+                self._busy(worker, "reading")
                 try:
                     image = reader.read()
                 except Exception as exc:  # a decoder error ends this stream; the loop reopens it
-                    self._set_state("waiting", f"read failed: {type(exc).__name__}: {exc}")
-                    return False
+                    self._busy(worker, "")
+                    if self._current(worker):
+                        self._set_state("waiting", f"read failed: {type(exc).__name__}: {exc}")
+                    return False, False
+                self._busy(worker, "")
                 read_ms = (time.perf_counter() - tick) * 1000.0
                 if image is None:
-                    return reader.ended
+                    live = reader.info.kind in WATCHED_KINDS
+                    return reader.ended, live and read_ms >= 900.0 * self.options.read_timeout_s
+                if not self._current(worker):  # abandoned by the watchdog while this read blocked
+                    break
                 self._push(image, read_ms)
-            return False
+            return False, False
         finally:
             try:
                 reader.close()

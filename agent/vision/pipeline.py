@@ -33,8 +33,10 @@ from agent.vision import postprocess as postprocess_plugins
 from agent.vision.annotate import draw_findings, encode_jpeg
 from agent.vision.capture import Capture, Frame
 from agent.vision.metrics import PipelineMetrics
+from agent.vision.options import PostprocessConfig
 from agent.vision.postprocess.base import Findings, Postprocessor
 from agent.vision.preprocess import FrameGeometry, PreprocessSpec, prepare, spec_from
+from agent.vision.sources import SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class Pipeline:
         sources: Union[Capture, Sequence[Capture]],
         runner: Runner,
         preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None],
-        postprocess: Union[str, Mapping[str, Any], Postprocessor],
+        postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig],
         on_result: Optional[ResultCallback] = None,
         *,
         batch: int = 1,
@@ -242,7 +244,7 @@ class Pipeline:
         new_runner: Runner,
         *,
         preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None] = None,
-        postprocess: Union[str, Mapping[str, Any], Postprocessor, None] = None,
+        postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig, None] = None,
     ) -> Runner:
         """Put `new_runner` in service between two batches and return the old one (the caller deactivates it).
         The cameras keep running. If the new engine does not fit, PipelineError and nothing changes. Swapping in
@@ -480,19 +482,24 @@ def build_pipeline(
     uris: Sequence[str],
     runner: Runner,
     preprocess: Union[str, Mapping[str, Any], PreprocessSpec, None],
-    postprocess: Union[str, Mapping[str, Any], Postprocessor],
+    postprocess: Union[str, Mapping[str, Any], Postprocessor, PostprocessConfig],
     on_result: Optional[ResultCallback] = None,
     *,
     batch: int = 1,
-    source_options: Optional[Mapping[str, Any]] = None,
+    source_options: Optional[SourceOptions] = None,
     name: str = "camera",
+    capture_names: Optional[Sequence[str]] = None,
 ) -> Pipeline:
     """A pipeline over `uris` (one Capture each, the same options for all), not started. Source URIs and
-    options are checked here, so a bad deployment fails before anything runs."""
-    from agent.vision.sources import SourceOptions
-
-    options = SourceOptions.from_dict(source_options)
-    # one camera fills a batch with its own consecutive frames; several cameras batch their newest frame each
-    depth = max(1, batch) if len(uris) == 1 else 1
-    captures = [Capture(uri, options, depth=depth) for uri in uris]
+    options are checked here, so a bad deployment fails before anything runs. `capture_names` name the
+    sources in results and metrics (default: their URIs)."""
+    options = source_options or SourceOptions()
+    names = list(capture_names) if capture_names is not None else list(uris)
+    captures = [Capture(uri, options, depth=capture_depth(len(uris), batch), name=names[i]) for i, uri in enumerate(uris)]
     return Pipeline(captures, runner, preprocess, postprocess, on_result, batch=batch, name=name)
+
+
+def capture_depth(sources: int, batch: int) -> int:
+    """How many frames each capture keeps: one camera fills a batch with its own consecutive frames; several
+    cameras batch their newest frame each."""
+    return max(1, batch) if sources == 1 else 1

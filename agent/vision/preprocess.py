@@ -7,91 +7,32 @@ BlazeFace:          {"size": [128, 128], "resize": "letterbox", "color": "rgb", 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from agent.errors import AgentError
+from agent.vision.options import (
+    BLAZEFACE,
+    EFFICIENTNET_LITE,
+    PRESETS,
+    PreprocessError,
+    PreprocessSpec,
+    spec_from,
+)
 
-RESIZE_MODES = ("stretch", "letterbox", "shorter_crop")
-INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
-
-
-class PreprocessError(AgentError):
-    """The preprocessing spec is invalid or a frame cannot be prepared."""
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    size: Tuple[int, int] = (224, 224)  # (height, width) the model takes
-    resize: str = "stretch"  # stretch | letterbox | shorter_crop
-    short_side: int = 0  # for shorter_crop: resize the shorter side to this, then centre-crop `size` (0: max(size))
-    interpolation: str = "linear"
-    color: str = "rgb"  # rgb | bgr | gray
-    mean: Tuple[float, ...] = ()  # per channel on 0..255 values: (x - mean) / std; when empty, scale/offset apply
-    std: Tuple[float, ...] = ()
-    scale: float = 1.0 / 255.0  # used when mean/std are empty: x * scale + offset
-    offset: float = 0.0
-    layout: str = "nchw"  # nchw | nhwc
-    dtype: str = "float32"  # float32 | float16 | uint8
-    pad_value: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise PreprocessError(f"preprocess: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        values: Dict[str, Any] = dict(data)
-        try:
-            if "size" in values:
-                size = values["size"]
-                values["size"] = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
-            for key in ("mean", "std"):
-                if key in values:
-                    values[key] = tuple(float(v) for v in values[key])
-            for key in ("scale", "offset"):
-                if key in values:
-                    values[key] = float(values[key])
-            for key in ("short_side", "pad_value"):
-                if key in values:
-                    values[key] = int(values[key])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise PreprocessError(f"preprocess: bad value ({exc})") from None
-        spec = cls(**values)
-        spec.validate()
-        return spec
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["size"] = list(self.size)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
-        return data
-
-    def validate(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise PreprocessError(f"preprocess.resize: one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise PreprocessError(f"preprocess.interpolation: one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if self.color not in ("rgb", "bgr", "gray"):
-            raise PreprocessError(f"preprocess.color: rgb, bgr or gray, got {self.color!r}")
-        if self.layout not in ("nchw", "nhwc"):
-            raise PreprocessError(f"preprocess.layout: nchw or nhwc, got {self.layout!r}")
-        if self.dtype not in ("float32", "float16", "uint8"):
-            raise PreprocessError(f"preprocess.dtype: float32, float16 or uint8, got {self.dtype!r}")
-        if min(self.size) <= 0 or max(self.size) > 8192:
-            raise PreprocessError(f"preprocess.size: positive and at most 8192, got {self.size}")
-        channels = 1 if self.color == "gray" else 3
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if values and len(values) not in (1, channels):
-                raise PreprocessError(f"preprocess.{key}: 1 or {channels} values, got {len(values)}")
-        if bool(self.mean) != bool(self.std):
-            raise PreprocessError("preprocess.mean and preprocess.std: give both or neither")
-        if self.std and any(s == 0 for s in self.std):
-            raise PreprocessError("preprocess.std: must not contain 0")
+__all__ = [
+    "BLAZEFACE",
+    "EFFICIENTNET_LITE",
+    "PRESETS",
+    "FrameGeometry",
+    "PreprocessError",
+    "PreprocessSpec",
+    "normalise",
+    "prepare",
+    "prepare_batch",
+    "spec_from",
+]
 
 
 @dataclass
@@ -121,7 +62,7 @@ def _resize(cv2: Any, image: np.ndarray, width: int, height: int, interpolation:
 
 def prepare(frame_bgr: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, FrameGeometry]:
     """One BGR uint8 frame -> one model input tensor without the batch axis ([C,H,W] or [H,W,C]) and its geometry."""
-    import cv2
+    import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
 
     if frame_bgr is None or frame_bgr.ndim not in (2, 3) or frame_bgr.size == 0:
         raise PreprocessError(f"frame is empty or not an image (shape {getattr(frame_bgr, 'shape', None)})")
@@ -182,30 +123,3 @@ def prepare_batch(frames: List[np.ndarray], spec: PreprocessSpec) -> Tuple[np.nd
         tensors.append(tensor)
         geometries.append(geometry)
     return np.stack(tensors), geometries
-
-
-EFFICIENTNET_LITE = PreprocessSpec(
-    size=(224, 224), resize="shorter_crop", short_side=256, interpolation="cubic", color="rgb", scale=1.0 / 128.0, offset=-127.0 / 128.0
-)
-BLAZEFACE = PreprocessSpec(size=(128, 128), resize="letterbox", color="rgb", scale=1.0 / 127.5, offset=-1.0)
-PRESETS: Dict[str, PreprocessSpec] = {"efficientnet_lite": EFFICIENTNET_LITE, "blazeface": BLAZEFACE}
-
-
-def spec_from(value: Optional[Any]) -> PreprocessSpec:
-    """A spec from a preset name, a dict, or None (the default spec)."""
-    if value is None:
-        return PreprocessSpec()
-    if isinstance(value, PreprocessSpec):
-        return value
-    if isinstance(value, str):
-        if value not in PRESETS:
-            raise PreprocessError(f"preprocess preset {value!r} unknown (known: {sorted(PRESETS)})")
-        return PRESETS[value]
-    if isinstance(value, Mapping):
-        preset = value.get("preset")
-        if preset is not None:
-            base = spec_from(str(preset)).to_dict()
-            base.update({k: v for k, v in value.items() if k != "preset"})
-            return PreprocessSpec.from_dict(base)
-        return PreprocessSpec.from_dict(value)
-    raise PreprocessError(f"preprocess must be a preset name or an object, got {type(value).__name__}")

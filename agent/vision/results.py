@@ -1,47 +1,18 @@
-"""Results to `<prefix>/<device>/results`: QoS 0, never queued while offline (a result is stale by the time the
-broker returns), rate-limited and/or published only on change, as the deployment says.
+"""What a frame's result becomes before it leaves the device: the deployment's `results` options, the per-source
+throttle (rate limit and on-change with a heartbeat) and the message body.
 
-The publisher is the pipeline's result callback; it runs on the pipeline's finish thread and only hands the
-message to paho (non-blocking), so a slow or absent broker never slows the camera.
+Transport-free: the daemon's ResultsPublisher (agent/daemon/results_publisher.py) sends what this admits.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-from agent.errors import ConfigError
-from agent.fleet.messages import encode
-from agent.fleet.topics import Topics
-from agent.vision.config_schema import from_mapping
+from agent.vision.options import ResultsConfig
 from agent.vision.pipeline import FrameResult
 
-RESULT_KIND = "result"
-SNAPSHOT_KIND = "snapshot"
 
-
-@dataclass(frozen=True)
-class ResultsConfig:
-    min_interval_s: float = 0.0  # at most one result per source per interval (0: every frame)
-    on_change: bool = False  # publish only when the top class or the set of detected labels changes
-    heartbeat_s: float = 0.0  # with on_change: publish at least this often even without a change (0: never)
-    max_detections: int = 50  # cap the message size
-    max_classes: int = 5
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> ResultsConfig:
-        return from_mapping(cls, data, "results")
-
-    def validate(self) -> None:
-        if self.min_interval_s < 0 or self.heartbeat_s < 0:
-            raise ConfigError("results.min_interval_s and results.heartbeat_s must not be negative")
-        if self.max_detections < 0 or self.max_classes < 0:
-            raise ConfigError("results.max_detections and results.max_classes must not be negative")
-
-
-class ResultGate:
+class ResultThrottle:
     """Decides, per source, whether a result goes out: rate limit first, then on-change with a heartbeat.
     Pure apart from the clock you pass in."""
 
@@ -73,49 +44,3 @@ def result_message(result: FrameResult, config: ResultsConfig) -> Dict[str, Any]
         body["detections_total"] = len(body["detections"])
         body["detections"] = body["detections"][: config.max_detections]
     return body
-
-
-class ResultsPublisher:
-    """`pipeline = Pipeline(..., on_result=ResultsPublisher(link, topics, config))`."""
-
-    def __init__(self, link: Any, topics: Topics, config: Optional[ResultsConfig] = None) -> None:
-        self.link = link  # agent.fleet.link.MqttLink (anything with its publish())
-        self.topics = topics
-        self.config = config or ResultsConfig()
-        self.gate = ResultGate(self.config)
-        self.published = 0
-        self.skipped_rate = 0
-        self.skipped_unchanged = 0
-        self.not_sent = 0  # broker away: dropped on purpose (QoS 0, not kept)
-        self._lock = threading.Lock()
-
-    def __call__(self, result: FrameResult) -> bool:
-        admitted, why = self.gate.admit(result.source, result.findings.signature(), time.monotonic())
-        if not admitted:
-            with self._lock:
-                if why == "rate":
-                    self.skipped_rate += 1
-                else:
-                    self.skipped_unchanged += 1
-            return False
-        payload = encode(RESULT_KIND, result_message(result, self.config))
-        sent = bool(self.link.publish(self.topics.results, payload, qos=0, retain=False, keep_if_offline=False))
-        with self._lock:
-            if sent:
-                self.published += 1
-            else:
-                self.not_sent += 1
-        return sent
-
-    def publish_snapshot(self, jpeg: bytes, qos: int = 1) -> bool:
-        """A snapshot JPEG (raw bytes) to `<device>/snapshot`; not kept while offline."""
-        return bool(self.link.publish(self.topics.snapshot, jpeg, qos=qos, retain=False, keep_if_offline=False))
-
-    def counters(self) -> Dict[str, int]:
-        with self._lock:
-            return {
-                "published": self.published,
-                "skipped_rate": self.skipped_rate,
-                "skipped_unchanged": self.skipped_unchanged,
-                "not_sent": self.not_sent,
-            }

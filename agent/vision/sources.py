@@ -14,66 +14,32 @@ and, when none opens, raises a SourceError that lists every attempt and why it f
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from agent.errors import AgentError
-from agent.vision.config_schema import from_mapping
+from agent.lazy import require
+from agent.vision.options import SourceOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKENDS = ("auto", "gstreamer", "ffmpeg", "v4l2", "any")
 APPSINK = "appsink drop=true max-buffers=1 sync=false"
 
+log = logging.getLogger(__name__)
+
 
 class SourceError(AgentError):
     """A source URI or option is invalid, or a source could not be opened (the message lists what was tried)."""
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """What a deployment may say about a source; every field has a default that works."""
-
-    width: int = 0  # 0: the source's own
-    height: int = 0
-    fps: float = 0.0  # cameras: requested rate; file/images with realtime: pacing rate (0: the file's own)
-    format: str = ""  # v4l2 FOURCC such as MJPG, YUYV, H264
-    loop: bool = True  # file/images: start again at the end
-    realtime: bool = False  # file/images: pace like a camera (and drop frames); else as fast as possible
-    sensor_mode: int = -1  # csi: nvarguscamerasrc sensor-mode (-1: automatic)
-    flip: int = 0  # csi: nvvidconv flip-method (0..7)
-    transport: str = "tcp"  # rtsp: tcp | udp
-    latency_ms: int = 0  # rtsp: jitter buffer; 0 keeps latency low
-    codec: str = "auto"  # rtsp with GStreamer: auto (decodebin) | h264 | h265
-    hw_decode: bool = False  # rtsp with GStreamer and a codec: Jetson's nvv4l2decoder
-    backend: str = "auto"  # force one OpenCV backend: auto | gstreamer | ffmpeg | v4l2 | any
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> SourceOptions:
-        return from_mapping(cls, data, "source options", SourceError)
-
-    def validate(self) -> None:
-        if self.width < 0 or self.height < 0 or self.fps < 0:
-            raise SourceError("source options width, height and fps must not be negative")
-        if self.transport not in ("tcp", "udp"):
-            raise SourceError(f"source option transport: tcp or udp, got {self.transport!r}")
-        if self.codec not in ("auto", "h264", "h265"):
-            raise SourceError(f"source option codec: auto, h264 or h265, got {self.codec!r}")
-        if self.backend not in BACKENDS:
-            raise SourceError(f"source option backend: one of {BACKENDS}, got {self.backend!r}")
-        if self.format and len(self.format) != 4:
-            raise SourceError(f"source option format: a 4-character FOURCC such as MJPG or YUYV, got {self.format!r}")
-        if not 0 <= self.flip <= 7:
-            raise SourceError(f"source option flip: 0 to 7 (nvvidconv flip-method), got {self.flip}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +64,7 @@ def opencv_has_gstreamer(build_information: Optional[str] = None) -> bool:
     """Whether OpenCV was built with GStreamer (from cv2.getBuildInformation(), or the text given)."""
     if build_information is None:
         try:
-            import cv2
+            import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
         except ImportError:
             return False
         build_information = str(cv2.getBuildInformation())
@@ -153,7 +119,6 @@ def split_uri(uri: str) -> Tuple[str, str]:
 def plan_source(uri: str, options: Optional[SourceOptions] = None, *, have_gstreamer: bool) -> List[OpenPlan]:
     """The ordered list of ways to open `uri`. Pure: no camera, no file access beyond telling folders apart."""
     options = options or SourceOptions()
-    options.validate()
     kind, rest = split_uri(uri)
     if kind == "v4l2":
         return _plan_v4l2(rest, options)
@@ -259,9 +224,13 @@ def rtsp_pipeline(url: str, options: SourceOptions) -> str:
 
 
 def _ffmpeg_stream_plan(kind: str, url: str, options: SourceOptions) -> OpenPlan:
-    env: Tuple[Tuple[str, str], ...] = ()
+    # OpenCV serialises every FFmpeg open in the process behind one mutex unless told FFmpeg is thread-safe (it is
+    # since FFmpeg 4.0): without this, one camera whose open waits out its timeout holds back every other
+    # camera's open and reconnect (measured in tests/vision/test_streams.py). OpenCV builds without the switch
+    # ignore it.
+    env: Tuple[Tuple[str, str], ...] = (("OPENCV_FFMPEG_IS_THREAD_SAFE", "1"),)
     if kind == "rtsp":
-        env = (("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{options.transport}"),)
+        env += (("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{options.transport}"),)
     params = (
         ("OPEN_TIMEOUT_MSEC", int(options.open_timeout_s * 1000)),
         ("READ_TIMEOUT_MSEC", int(options.read_timeout_s * 1000)),
@@ -294,6 +263,7 @@ class SourceInfo:
     height: int
     fps: float  # what the source declares (0: unknown)
     frame_count: int = 0  # files: frames in the file (0: unknown)
+    size_changes: int = 0  # times the delivered frame size changed while open (width/height follow it)
 
 
 class FrameReader:
@@ -329,8 +299,6 @@ class _Pacer:
 
 
 def _cv2() -> Any:
-    from agent.lazy import require
-
     return require("cv2", "camera sources")
 
 
@@ -358,7 +326,8 @@ class OpenCvReader(FrameReader):
             raise SourceError(f"OpenCV refused it ({' '.join(str(exc).split())[:200]})") from None
         if not capture.isOpened():
             capture.release()
-            raise SourceError("OpenCV could not open it")
+            why = network_diagnosis(str(plan.target), min(2.0, plan_timeout_s(plan))) if plan.kind in ("rtsp", "http") else ""
+            raise SourceError("OpenCV could not open it" + (f" ({why})" if why else ""))
         for name, value in plan.properties:
             prop = getattr(cv2, f"CAP_PROP_{name}", None)
             if prop is not None:
@@ -385,6 +354,7 @@ class OpenCvReader(FrameReader):
             return frame
         ok, frame = self._capture.read()
         if ok and frame is not None:
+            self._check_size(frame)
             return frame
         if self.plan.kind == "file":
             if self.plan.loop:
@@ -396,6 +366,16 @@ class OpenCvReader(FrameReader):
             else:
                 self.ended = True
         return None
+
+    def _check_size(self, frame: np.ndarray) -> None:
+        """Follow a camera that changed resolution mid-stream (GStreamer, V4L2 and MJPEG-over-HTTP deliver the new
+        size). OpenCV's FFmpeg backend keeps the size it opened with and scales later frames to it, so an H.264
+        RTSP stream shows its new size only after a reopen (tests/vision/test_streams.py measures both)."""
+        height, width = frame.shape[:2]
+        if (width, height) != (self.info.width, self.info.height):
+            log.info("source %s changed size from %dx%d to %dx%d", self.info.description, self.info.width, self.info.height, width, height)
+            self.info.width, self.info.height = int(width), int(height)
+            self.info.size_changes += 1
 
     def close(self) -> None:
         self._capture.release()
@@ -440,6 +420,42 @@ class ImageFolderReader(FrameReader):
 
     def close(self) -> None:
         self.paths = []
+
+
+def plan_timeout_s(plan: OpenPlan) -> float:
+    """The open timeout a plan carries (seconds; 10 when it names none)."""
+    for name, value in plan.open_params:
+        if name == "OPEN_TIMEOUT_MSEC":
+            return value / 1000.0
+    return 10.0
+
+
+def network_diagnosis(url: str, timeout: float) -> str:
+    """Why a network stream may not have opened, from one TCP connection to its host and port: the name does not
+    resolve, nothing listens (refused), no answer in time, or it accepts connections (then the path, the
+    credentials or the codec is wrong, or the camera has no stream to give yet)."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    default_port = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}.get(parsed.scheme.lower(), 0)
+    try:
+        port = parsed.port or default_port
+    except ValueError:
+        return f"the port in {url!r} is not a number"
+    if not host or not port:
+        return ""
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=max(0.1, timeout)):
+            pass
+    except socket.gaierror:
+        return f"the host name {host!r} does not resolve"
+    except ConnectionRefusedError:
+        return f"nothing listens on {where}: connection refused (camera off, rebooting, or the wrong port)"
+    except socket.timeout:
+        return f"{where} did not answer within {timeout:g} s (unreachable or filtered)"
+    except OSError as exc:
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return f"{where} accepts connections but no stream opened: check the path, the credentials and the codec"
 
 
 def open_plan(plan: OpenPlan) -> FrameReader:

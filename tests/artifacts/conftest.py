@@ -17,8 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ArtifactsConfig, BrokerConfig
-from agent.fleet.artifact_server import ArtifactServer, add_to_folder, folder_manifest_path, publish_manifest
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactManifest,
     decode_request,
     describe_file,
@@ -30,6 +29,12 @@ from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import GeneratedKeys, generate_keys, load_private_key
 from agent.fleet.topics import Topics
 from agent.fleet.transfer import ArtifactPuller
+from agent.operator.artifact_server import (
+    ArtifactServer,
+    add_to_folder,
+    folder_manifest_path,
+    publish_manifest,
+)
 from agent.store.artifacts import ArtifactStore
 
 PREFIX = "art"  # not "edge": other packages' tests run their own artifact servers there on the same broker

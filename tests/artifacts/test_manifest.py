@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     MAX_BLOCKS_PER_REQUEST,
     ArtifactTooLargeError,
     InvalidNameError,

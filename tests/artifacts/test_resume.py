@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import pytest
 
-from agent.fleet.artifacts import ArtifactManifest, TransferBusyError, TransferCancelledError
+from agent.fleet.artifact_protocol import ArtifactManifest, TransferBusyError, TransferCancelledError
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import GeneratedKeys, load_private_key
 from agent.store.hashing import sha256_file

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.fleet.artifact_server import publish_manifest
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactManifest,
     ArtifactTooLargeError,
     ArtifactUnavailableError,
@@ -38,19 +37,15 @@ from agent.fleet.artifacts import (
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import GeneratedKeys, load_private_key
 from agent.fleet.transfer import pull_artifacts
+from agent.operator.artifact_server import publish_manifest
 from agent.store.hashing import sha256_file
 from tests.artifacts.conftest import Device, DeviceFactory, Operator, RogueServer, store_snapshot
-from tests.helpers import shared_dir
+from tests.helpers import EFFNET_TABLE
 
 
 def calibration_table() -> bytes:
-    """The real EfficientNet-Lite0 table when the shared test data is here, else one of the same format."""
-    base = shared_dir()
-    real = base / "testdata" / "models" / "efficientnet_lite0.cache" if base else None
-    if real is not None and real.is_file():
-        return real.read_bytes()
-    lines = ["TRT-100300-EntropyCalibration2"] + [f"tensor_{i}: 3c{i:06x}" for i in range(95)]
-    return ("\n".join(lines) + "\n").encode()
+    """The real EfficientNet-Lite0 table the project ships."""
+    return EFFNET_TABLE.read_bytes()
 
 
 def validation_set() -> bytes:

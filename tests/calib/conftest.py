@@ -1,5 +1,5 @@
-"""Fixtures for the calibration-table tests: the real tables, the real EfficientNet-Lite0 with its shipped
-table, and a tiny classifier with a table computed from drawn frames."""
+"""Fixtures for the calibration-table tests: the real EfficientNet-Lite0 (made from PyPI, tests/helpers.testdata)
+with the table shipped for it in calibtables/, and a tiny classifier with a table computed from drawn frames."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, List
 import numpy as np
 import pytest
 
-from tests.helpers import drawn_frames, testdata, tiny_classifier_onnx
+from tests.helpers import EFFNET_TABLE, drawn_frames, testdata, tiny_classifier_onnx
 
 TINY_SIZE = 8
 
@@ -50,16 +50,16 @@ def effnet(effnet_path: Path) -> Any:
 def effnet_table() -> Any:
     from agent.calib.table import read_table
 
-    return read_table(testdata("models", "efficientnet_lite0.cache"))
+    return read_table(EFFNET_TABLE)
 
 
 @pytest.fixture(scope="session")
 def photos() -> List[np.ndarray]:
-    """Four photos whose top-1 is clear (testdata README), prepared for EfficientNet-Lite0."""
+    """Four photos whose top-1 is clear (espresso 0.95, tripod 0.97, moped 0.60, missile), prepared for EfficientNet-Lite0."""
     import cv2
 
     from agent.vision.preprocess import prepare, spec_from
 
     spec = spec_from("efficientnet_lite")
-    names = ("coffee.png", "squirrel_cls.jpg", "baboon.jpg", "orange.jpg")
+    names = ("coffee.png", "camera.png", "motorcycle_right.png", "rocket.jpg")
     return [prepare(cv2.imread(str(testdata("images", name))), spec)[0][None] for name in names]

@@ -9,7 +9,7 @@ import pytest
 
 from agent.calib.check import check_table
 from agent.calib.table import CalibError, CalibTable, parse_table, with_header_version
-from tests.helpers import testdata as shared_file
+from tests.helpers import testdata as data_file
 
 
 def damaged(table: CalibTable, changes: Dict[str, Any]) -> CalibTable:
@@ -26,7 +26,7 @@ def damaged(table: CalibTable, changes: Dict[str, Any]) -> CalibTable:
 
 
 def test_segformer_zeros_block_without_a_model() -> None:
-    table = parse_table(shared_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache").read_bytes())
+    table = parse_table(data_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache").read_bytes())
     report = check_table(table)
     assert report.blocking
     zero = report.by_code("zero_scale")[0]
@@ -36,7 +36,7 @@ def test_segformer_zeros_block_without_a_model() -> None:
 
 
 def test_bert_inf_scales_block() -> None:
-    table = parse_table(shared_file("real", "calib", "calib_24_bert_trt10.10.cache").read_bytes())
+    table = parse_table(data_file("real", "calib", "calib_24_bert_trt10.10.cache").read_bytes())
     report = check_table(table)
     assert report.blocking and len(report.by_code("inf_scale")[0].tensors) == 3
 
@@ -100,7 +100,7 @@ def test_degenerate_scale_outside_the_model_only_warns(tiny_onnx: Any, tiny_tabl
 
 
 def test_table_for_another_model_matches_nothing(effnet: Any) -> None:
-    table = parse_table(shared_file("real", "calib", "calib_18_vgg16_trt7.2.cache").read_bytes())
+    table = parse_table(data_file("real", "calib", "calib_18_vgg16_trt7.2.cache").read_bytes())
     report = check_table(table, effnet)
     assert report.blocking and report.by_code("no_match")[0].severity == "error"
 

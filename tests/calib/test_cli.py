@@ -11,8 +11,8 @@ import pytest
 from agent.calib.table import read_table, write_table
 from agent.cli.main import main
 from tests.calib.test_check import damaged
-from tests.helpers import drawn_frames
-from tests.helpers import testdata as shared_file
+from tests.helpers import EFFNET_TABLE, drawn_frames
+from tests.helpers import testdata as data_file
 
 TINY_PREPROCESS = '{"size": [8, 8], "resize": "stretch", "interpolation": "area"}'
 
@@ -25,7 +25,7 @@ def calib(capsys: pytest.CaptureFixture, *args: str) -> Tuple[int, Any, str]:
 
 
 def test_inspect_reports_format_header_and_degenerate_names(capsys: pytest.CaptureFixture) -> None:
-    path = str(shared_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache"))
+    path = str(data_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache"))
     code, report, _ = calib(capsys, "inspect", path, "--json")
     assert code == 0
     assert (report["format"], report["trt_version"], report["algorithm"], report["entries"]) == ("tensorrt", "8.4.1", "EntropyCalibration2", 786)
@@ -53,14 +53,14 @@ def test_unparseable_table_exits_1_with_a_message(capsys: pytest.CaptureFixture,
 
 
 def test_check_blocks_the_segformer_table(capsys: pytest.CaptureFixture) -> None:
-    path = str(shared_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache"))
+    path = str(data_file("real", "calib", "calib_12_segformer_b2_zeros_unnamed_trt8.4.cache"))
     code, report, _ = calib(capsys, "check", path, "--trt-version", "8.6.2", "--target", "dla", "--json")
     assert code == 1 and report["blocking"] and report["route"]["method"] == "cache_calibrator"
     assert {f["code"] for f in report["findings"]} >= {"zero_scale", "header_version_mismatch"}
 
 
 def test_check_against_the_model(capsys: pytest.CaptureFixture, tmp_path: Path, effnet_path: Path, effnet_table: Any) -> None:
-    reference = str(shared_file("models", "efficientnet_lite0.cache"))
+    reference = str(EFFNET_TABLE)
     code, report, _ = calib(capsys, "check", reference, "--model", str(effnet_path), "--trt-version", "10.3.0", "--json")
     assert code == 0 and not report["blocking"] and report["coverage"]["int8_layers"] == 60
     broken = tmp_path / "broken.cache"

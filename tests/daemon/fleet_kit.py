@@ -10,13 +10,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from agent.config import BrokerConfig
-from agent.fleet.artifact_server import ArtifactServer, add_to_folder, publish_manifest
-from agent.fleet.artifacts import describe_file, sign_manifest
+from agent.fleet.artifact_protocol import describe_file, sign_manifest
 from agent.fleet.deployment import Deployment, deployment_from_dict
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.local_broker import LocalBroker
-from agent.fleet.operator import Operator
 from agent.fleet.signing import generate_keys, load_private_key
+from agent.operator.artifact_server import ArtifactServer, add_to_folder, publish_manifest
+from agent.operator.client import Operator
 
 TINY_PREPROCESS: Dict[str, Any] = {"size": [16, 16], "resize": "stretch", "color": "rgb", "scale": 1 / 127.5, "offset": -1.0}
 

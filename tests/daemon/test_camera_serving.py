@@ -1,6 +1,6 @@
-"""The real classifier (EfficientNet-Lite0 and its INT8 table from ../shared/testdata, where present; the tiny
-model otherwise) deployed to an agent with a camera: it serves, publishes results, answers snapshot,
-telemetry and restart-pipeline, keeps the watchdog fed while frames flow, and shows up in `fleet watch`."""
+"""The real classifier (EfficientNet-Lite0 and its INT8 table, tests/helpers.testdata) deployed to an agent
+with a camera: it serves, publishes results, answers snapshot, telemetry and restart-pipeline, keeps the
+watchdog fed while frames flow, and shows up in `fleet watch`."""
 
 from __future__ import annotations
 
@@ -11,52 +11,34 @@ import pytest
 
 from agent.daemon.daemon import Daemon
 from agent.fleet.local_broker import LocalBroker
+from deploy.demo.material import OBJECTS_VIDEO
 from tests.daemon.conftest import make_config
-from tests.daemon.fleet_kit import TINY_PREPROCESS, FleetKit, make_tiny_artifacts
-from tests.helpers import Collector, json_of, shared_dir, wait_until
+from tests.daemon.fleet_kit import FleetKit
+from tests.helpers import EFFNET_TABLE, Collector, json_of, wait_until
+from tests.helpers import testdata as data_file
 
 
 def classifier_artifacts(folder: Path) -> Dict[str, Any]:
-    """Paths and settings of the classifier to deploy: the real one where the shared test data is."""
-    base = shared_dir()
-    testdata = base / "testdata" if base is not None else None
-    if testdata is not None and (testdata / "models" / "efficientnet_lite0.onnx").is_file() and (testdata / "video" / "vtest.avi").is_file():
-        import cv2
-
-        from agent.gate.validation import make_validation
-
-        images = sorted((testdata / "images").glob("*.*"))[:8]
-        frames = [cv2.imread(str(p)) for p in images]
-        validation = folder / "effnet.validation.npz"
-        make_validation(testdata / "models" / "efficientnet_lite0.onnx", iter(frames), n=len(frames), preprocess="efficientnet_lite").save(validation)
-        return {
-            "name": "effnet-lite0",
-            "model": testdata / "models" / "efficientnet_lite0.onnx",
-            "table": testdata / "models" / "efficientnet_lite0.cache",
-            "validation": validation,
-            "labels": testdata / "models" / "imagenet_labels.txt",
-            "preprocess": "efficientnet_lite",
-            "camera": str(testdata / "video" / "vtest.avi"),
-            "accuracy": {"top1_agreement": 0.75, "top5_containment": 0.9},
-        }
-    made = make_tiny_artifacts(folder / "tiny")
+    """Paths and settings of the classifier to deploy: EfficientNet-Lite0 with its shipped table, labels, a
+    validation set from eight photos, and the objects video as the camera (tests/helpers.testdata)."""
     import cv2
 
-    from tests.helpers import drawn_frames
+    from agent.gate.validation import make_validation
 
-    camera = folder / "frames"
-    camera.mkdir()
-    for index, frame in enumerate(drawn_frames(6, 64, 48)):
-        cv2.imwrite(str(camera / f"frame{index:02d}.png"), frame)
+    model = data_file("models", "efficientnet_lite0.onnx")
+    images = sorted(data_file("images").glob("*.*"))[:8]
+    frames = [cv2.imread(str(p)) for p in images]
+    validation = folder / "effnet.validation.npz"
+    make_validation(model, iter(frames), n=len(frames), preprocess="efficientnet_lite").save(validation)
     return {
-        "name": "tiny",
-        "model": made.model,
-        "table": made.table,
-        "validation": made.validation,
-        "labels": None,
-        "preprocess": TINY_PREPROCESS,
-        "camera": f"images://{camera}",
-        "accuracy": {"top1_agreement": 0.5, "top5_containment": 0.5},
+        "name": "effnet-lite0",
+        "model": model,
+        "table": EFFNET_TABLE,
+        "validation": validation,
+        "labels": data_file("models", "imagenet_labels.txt"),
+        "preprocess": "efficientnet_lite",
+        "camera": str(data_file("video", OBJECTS_VIDEO.name)),
+        "accuracy": {"top1_agreement": 0.75, "top5_containment": 0.9},
     }
 
 
@@ -71,8 +53,7 @@ def served(broker: LocalBroker, tmp_path: Path) -> Iterator[Dict[str, Any]]:
             "table": kit.publish(chosen["table"], "calib"),
             "validation": kit.publish(chosen["validation"], "validation"),
         }
-        if chosen["labels"] is not None:
-            ids["labels"] = kit.publish(chosen["labels"], "labels")
+        ids["labels"] = kit.publish(chosen["labels"], "labels")
         config = make_config(broker, tmp_path / "state", "cam-1", artifacts_public_keys=kit.public_key, artifacts_allow_unsigned="false", engine_threads="1")
         daemon = Daemon(config).start()
         kit.deploy(
@@ -105,8 +86,7 @@ def test_classifier_serves_a_camera_and_answers_the_fleet(broker: LocalBroker, s
 
     result = json_of(live.wait_for(lambda m: m.topic.endswith("/results"), timeout=20))
     assert result["deployment_id"] == served["chosen"]["name"] and len(result["classes"]) == 3
-    if served["chosen"]["labels"] is not None:
-        assert not result["classes"][0]["label"].isdigit()  # names from the labels artifact
+    assert not result["classes"][0]["label"].isdigit()  # names from the labels artifact
     assert daemon.healthy()  # frames flow: the watchdog is fed
 
     snap = kit.operator.command("cam-1", "snapshot", wait=True, wait_s=20)

@@ -85,7 +85,7 @@ def test_broker_tls_checks_the_certificate(tls_broker_readable: Dict[str, Any], 
 @pytest.fixture(scope="module")
 def password_broker(mosquitto_available: None) -> Iterator[LocalBroker]:
     if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
+        pytest.fail("mosquitto_passwd is not installed (Debian package mosquitto; tests/run.sh installs it)")
     folder = Path(tempfile.mkdtemp(prefix="edge-agent-passwd-"))
     try:
         folder.chmod(0o755)
@@ -121,7 +121,10 @@ def test_tensorrt_matches_jetpack_and_dla_support(changes: Dict[str, Any], tenso
     import agent.daemon.doctor as doctor
 
     # the TensorRT Python module is absent on this machine; on the device it imports when the package is there
-    monkeypatch.setattr(doctor, "try_import", lambda name: object() if fingerprint.get("tensorrt") else None)
+    from agent.lazy import NOT_INSTALLED, ImportProblem
+
+    absent = ImportProblem("tensorrt", NOT_INSTALLED, "tensorrt is not installed", "")
+    monkeypatch.setattr(doctor, "import_problem", lambda name: None if fingerprint.get("tensorrt") else absent)
     assert by_name(check_accelerator(fingerprint))["tensorrt"].status == tensorrt
     assert check_dla(fingerprint).status == dla
 

@@ -106,7 +106,7 @@ def test_ping_reply_goes_where_the_operator_asked(
     broker: LocalBroker, tmp_path: Path, collector_for: Callable[..., Collector], protocol: str
 ) -> None:
     from agent.config import BrokerConfig
-    from agent.fleet.operator import Operator
+    from agent.operator.client import Operator
 
     device = f"proto-{protocol.replace('.', '')}"
     config = make_config(broker, tmp_path / "state", device, broker_protocol=protocol)

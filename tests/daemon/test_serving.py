@@ -8,24 +8,36 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from agent.config import load_config
+from agent.config import BrokerConfig, load_config
 from agent.daemon.pipeline_steps import camera_pipeline_factory
 from agent.daemon.serving import Serving
 from agent.daemon.steps import EngineInfo, Loaded, warm_up
 from agent.fleet.deployment import Deployment, deployment_from_dict
+from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.local_broker import LocalBroker
+from agent.fleet.topics import Topics
 from agent.runtime.factory import open_runner
 from tests.daemon.fleet_kit import TINY_PREPROCESS
-from tests.helpers import drawn_frames, tiny_classifier_onnx, wait_until
+from tests.helpers import Collector, drawn_frames, tiny_classifier_onnx, wait_until
 
 
 @pytest.fixture()
-def serving(tmp_path: Path) -> Iterator[Serving]:
-    results: List[bytes] = []
+def serving(tmp_path: Path, broker: LocalBroker) -> Iterator[Serving]:
+    """Serving with the daemon's own camera pipeline factory, its results published to a real broker."""
+    results: List[Any] = []
     config = load_config(None, env={"EDGE_AGENT_STATE_DIR": str(tmp_path / "state"), "EDGE_AGENT_DEVICE_ID": "serve-1"})
-    made = Serving(camera_pipeline_factory(config, results.append))
+    topics = Topics(config.broker.topic_prefix, "serve-1")
+    collector = Collector(broker.host, broker.port, [topics.results])
+    collector.client.on_message = lambda _c, _u, msg: results.append(msg)
+    link = MqttLink(BrokerConfig(host=broker.host, port=broker.port), unique_client_id("serving-test"))
+    link.start()
+    assert link.wait_connected(10)
+    made = Serving(camera_pipeline_factory(config, link, topics))
     made.results = results  # type: ignore[attr-defined]
     yield made
     made.stop()
+    link.stop()
+    collector.close()
 
 
 def loaded(path: Path) -> Loaded:

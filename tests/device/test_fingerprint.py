@@ -9,9 +9,9 @@ from typing import Any, Dict, List
 import pytest
 
 from agent.cli.main import main
-from agent.device import sources
+from agent.device import identity
 from agent.device.fingerprint import fingerprint
-from agent.device.tables import jetpack_for_l4t
+from agent.device.versions import jetpack_for_l4t
 from tests import helpers
 from tests.device.samples import Sample, lay_out, split_samples
 
@@ -129,16 +129,16 @@ def test_thor_compute_capability_follows_cuda_major(tmp_path: Path) -> None:
 
 
 def test_device_tree_lists_with_or_without_nuls() -> None:
-    assert sources.dt_list(b"nvidia,p3768-0000+p3767-0000\x00nvidia,tegra234\x00") == ["nvidia,p3768-0000+p3767-0000", "nvidia,tegra234"]
-    assert sources.dt_list("nvidia,jetson-cvnvidia,tegra210") == ["nvidia,jetson-cv", "nvidia,tegra210"]
-    assert sources.soc_from_compatible(sources.dt_list("a, nvidia,tegra194")) == "tegra194"
+    assert identity.dt_list(b"nvidia,p3768-0000+p3767-0000\x00nvidia,tegra234\x00") == ["nvidia,p3768-0000+p3767-0000", "nvidia,tegra234"]
+    assert identity.dt_list("nvidia,jetson-cvnvidia,tegra210") == ["nvidia,jetson-cv", "nvidia,tegra210"]
+    assert identity.soc_from_compatible(identity.dt_list("a, nvidia,tegra194")) == "tegra194"
 
 
 def test_nvinfer_header_macro_indirection() -> None:
     text = "#define TRT_MAJOR_ENTERPRISE 10\n#define TRT_MINOR_ENTERPRISE 13\n#define TRT_PATCH_ENTERPRISE 0\n#define TRT_BUILD_ENTERPRISE 35\n" \
         "#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE\n#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n" \
         "#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE\n#define NV_TENSORRT_BUILD TRT_BUILD_ENTERPRISE\n"
-    assert sources.parse_nvinfer_version_header(text) == "10.13.0.35"
+    assert identity.parse_nvinfer_version_header(text) == "10.13.0.35"
 
 
 def test_jetpack_table_lookup() -> None:

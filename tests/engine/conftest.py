@@ -11,6 +11,7 @@ from typing import Iterator, List
 
 import pytest
 
+from agent.calib import table as table_module
 from agent.device.fingerprint import DeviceFingerprint, fingerprint
 from agent.engine.cache import EngineCache
 from agent.engine.spec import BuildSpec, Precision
@@ -38,7 +39,6 @@ def tiny(tiny_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_table(tiny_dir: Path) -> Path:
-    table_module = pytest.importorskip("agent.calib.table")
     path = tiny_dir / "tiny.cache"
     scales = {"input": 3 / 127, "conv_out": 0.05, "relu_out": 0.03, "gap_out": 0.02, "flat_out": 0.02}
     table_module.write_table_file(path, table_module.new_table(scales))
@@ -84,10 +84,10 @@ def make_readonly() -> Iterator[object]:
             for item in folders:
                 done = subprocess.run(["chattr", "+i", str(item)], capture_output=True, check=False)
                 if done.returncode != 0:
-                    pytest.skip(f"cannot make a folder read-only here (chattr: {done.stderr.decode().strip()})")
+                    pytest.skip(f"running as root, and chattr +i cannot make a folder read-only here: {done.stderr.decode().strip()}")
                 undo.append(item)
         if _writable(folder):
-            pytest.skip("could not make the folder read-only")
+            pytest.skip("running as root, and the folder stayed writable after chmod and chattr +i")
 
     yield apply
     for item in undo:

@@ -13,6 +13,7 @@ from typing import Any, List
 
 import pytest
 
+from agent.calib import qdq
 from agent.device.fingerprint import DeviceFingerprint
 from agent.engine.build import BuildError, BuildOptions, EngineEvent, PolicyError, ensure_engine
 from agent.engine.cache import EngineCache, EngineCacheError, keys_in_state_file
@@ -24,8 +25,8 @@ from tests.engine.conftest import cpu_spec
 
 
 def ort_flavor_supported(version: Any) -> bool:
-    """INT8 tests need agent.calib.qdq; onnxruntime >= 1.20 gets its own Q/DQ flavour (real INT8 kernels)."""
-    return bool(pytest.importorskip("agent.calib.qdq").ort_flavor_supported(version))
+    """onnxruntime >= 1.20 gets its own Q/DQ flavour (real INT8 kernels)."""
+    return bool(qdq.ort_flavor_supported(version))
 
 
 class Events(List[EngineEvent]):
@@ -288,7 +289,7 @@ def test_real_efficientnet_int8_on_the_cpu(tmp_path: Path, here: DeviceFingerpri
     from tests import helpers
 
     model = helpers.testdata("models", "efficientnet_lite0.onnx")
-    table = helpers.testdata("models", "efficientnet_lite0.cache")
+    table = helpers.EFFNET_TABLE
     cache = EngineCache(tmp_path / "engines")
     spec = cpu_spec(model, precision=Precision.BEST, calib_sha256=sha256_file(table))
     built = ensure_engine(spec, cache, here, model=model, calib=table)
@@ -297,10 +298,11 @@ def test_real_efficientnet_int8_on_the_cpu(tmp_path: Path, here: DeviceFingerpri
     if ort_flavor_supported(here.onnxruntime):
         assert report.int8_layers >= 40
     assert ensure_engine(spec, EngineCache(cache.root), here).cache_hit
-    runner_module = pytest.importorskip("agent.runtime.onnxruntime_runner")
     import numpy as np
 
-    with runner_module.OnnxRuntimeRunner(built.path, threads=1) as runner:
+    from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(built.path, threads=1) as runner:
         out = runner.infer({"input": np.zeros((1, 3, 224, 224), np.float32)})
     assert next(iter(out.values())).shape == (1, 1000)
 

@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
 
+from agent.calib import qdq as qdq_module
+from agent.calib import table as table_module
+from agent.gate.box_decoders import resolve_decoder
 from agent.gate.validation import ValidationSet, make_validation
-from tests.helpers import drawn_frames, testdata, tiny_classifier_onnx
+from tests.helpers import EFFNET_TABLE, drawn_frames, testdata, tiny_classifier_onnx
 
 VALIDATION_FRAMES = 16
 ZEROED = ("conv_11", "relu6_17", "conv_14")  # set to 0 in the corrupted table (besides dividing all by 100)
 
 
 def blazeface_decoder() -> Any:
-    """The postprocessing package's BlazeFace decoder for the gate if it has one, else the tests' own."""
-    from agent.gate.decoders import _from_postprocess
-
-    theirs = _from_postprocess("blazeface", {"kind": "blazeface", "score_threshold": 0.5})
-    if theirs is not None:
-        return theirs
-    from tests.gate.blazeface_decoder import decode_blazeface
-
-    return decode_blazeface
+    """The agent's BlazeFace box decoder for the gate (the postprocessing plugin, normalised)."""
+    return resolve_decoder({"kind": "blazeface", "score_threshold": 0.5})
 
 
 # tiny model -------------------------------------------------------------------------------------------------
@@ -92,8 +88,8 @@ def effnet_validation(effnet_path: Path) -> ValidationSet:
 
 @pytest.fixture(scope="session")
 def effnet_table() -> Any:
-    table_module = pytest.importorskip("agent.calib.table")
-    return table_module.read_table(testdata("models", "efficientnet_lite0.cache"))
+    """The table the project ships for EfficientNet-Lite0 (calibtables/), calibrated on frames outside the photos."""
+    return table_module.read_table(EFFNET_TABLE)
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +105,7 @@ def corrupted_table(effnet_table: Any) -> Any:
 def _qdq(model_path: Path, table: Any, out: Path) -> Path:
     import onnx
 
-    qdq = pytest.importorskip("agent.calib.qdq")
-    result = qdq.to_qdq(onnx.load(str(model_path)), table, "tensorrt")
+    result = qdq_module.to_qdq(onnx.load(str(model_path)), table, "tensorrt")
     onnx.save(result.model, str(out))
     return out
 
@@ -152,15 +147,15 @@ def blazeface_path() -> Path:
 
 
 BLAZEFACE_PREPROCESS = {"preset": "blazeface", "size": [192, 192]}
-BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_iou": 0.3}
+BLAZEFACE_DECODER = {"kind": "blazeface", "score_threshold": 0.5, "nms_threshold": 0.3}
 
 
 @pytest.fixture(scope="session")
 def blazeface_frames() -> List[Tuple[str, np.ndarray]]:
     from agent.vision.framesets import collect_frames
 
-    photos = collect_frames([testdata("images", "astronaut.png"), testdata("images", "messi5.jpg")], 2)
-    return photos + collect_frames([testdata("video", "Megamind.avi")], VALIDATION_FRAMES - len(photos))
+    photos = collect_frames([testdata("images", "astronaut.png"), testdata("images", "camera.png")], 2)
+    return photos + collect_frames([testdata("video", "faces.avi")], VALIDATION_FRAMES - len(photos))
 
 
 @pytest.fixture(scope="session")
@@ -174,16 +169,3 @@ def blazeface_validation(blazeface_path: Path, blazeface_frames: List[Tuple[str,
         decoder_config=BLAZEFACE_DECODER,
         frame_names=[n for n, _ in blazeface_frames],
     )
-
-
-@pytest.fixture()
-def registered_blazeface() -> Iterator[None]:
-    """Make {'kind': 'blazeface'} resolvable for code that looks decoders up by name (the CLI, run_gate)."""
-    from agent.gate import decoders
-
-    before = dict(decoders._REGISTRY)
-    decoder = blazeface_decoder()
-    decoders.register_decoder("blazeface", lambda config: decoder)
-    yield
-    decoders._REGISTRY.clear()
-    decoders._REGISTRY.update(before)

@@ -18,7 +18,7 @@ def test_detection_set_holds_the_reference_faces(blazeface_validation):
     assert sum(len(d) for d in detections) >= blazeface_validation.count  # about one face a frame or more
     names = blazeface_validation.frame_names
     astronaut = detections[names.index("astronaut.png")]
-    # ../shared/testdata/README.md: the astronaut's face about [173, 68, 107, 107] in the 512x512 photo
+    # the astronaut's face about [173, 68, 107, 107] in the 512x512 photo
     assert len(astronaut) == 1
     assert np.allclose(astronaut.boxes[0] * 512, [173, 68, 107, 107], atol=4)
     assert blazeface_validation.decoder_config["score_threshold"] == 0.5
@@ -42,7 +42,7 @@ def test_a_degraded_detector_loses_recall(blazeface_validation, blazeface_path, 
     assert result.details["detection"]["missed_frames"]
 
 
-def test_decoder_found_by_name_from_the_set(blazeface_validation, blazeface_path, registered_blazeface):
+def test_decoder_found_by_name_from_the_set(blazeface_validation, blazeface_path):
     loaded = load_validation(blazeface_validation.to_bytes())
     assert run_gate(OnnxRuntimeRunner(blazeface_path), loaded).passed
 
@@ -54,16 +54,3 @@ def test_unknown_decoder_is_a_clear_error(blazeface_validation, blazeface_path):
     odd = ValidationSet(meta, blazeface_validation.arrays)
     with pytest.raises(GateError, match="no box decoder of kind 'no-such-decoder'"):
         run_gate(OnnxRuntimeRunner(blazeface_path), odd)
-
-
-def test_postprocess_decoder_is_found_by_kind_and_agrees_with_the_tests_own(blazeface_validation):
-    pytest.importorskip("agent.vision.postprocess")
-    from agent.gate.decoders import resolve_decoder
-    from tests.gate.blazeface_decoder import decode_blazeface
-
-    theirs = resolve_decoder({"kind": "blazeface", "score_threshold": 0.5})
-    references = blazeface_validation.references
-    for i in range(blazeface_validation.count):
-        outputs = {name: value[i : i + 1] for name, value in references.items()}
-        a, b = theirs(outputs, 0.5), decode_blazeface(outputs, 0.5)
-        assert np.allclose(a.boxes, b.boxes, atol=1e-5) and np.allclose(a.scores, b.scores, atol=1e-5)

@@ -2,59 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import List, Tuple
 
 import pytest
 
-from agent.errors import AgentError, UsageError
+from agent.cli.main import main
 from tests.gate.conftest import BLAZEFACE_DECODER, perturbed_copy
 
 
-def _hooked_into_main() -> bool:
-    """Whether the fleet and engine command owners have hung these commands under `edge-agent`."""
-    from agent.cli.main import build_parser
-
-    parser = build_parser()
-    for argv in (["engine", "validate", "e.onnx", "--validation", "v.npz"], ["fleet", "make-validation", "--model", "m", "--frames", "f", "-o", "o"]):
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit:
-            return False
-        if getattr(args, "func", None) is None or args.func.__module__ != "agent.cli.gate_cli":
-            return False
-    return True
-
-
-def _local_parser() -> argparse.ArgumentParser:
-    from agent.cli.gate_cli import register_engine, register_fleet
-
-    parser = argparse.ArgumentParser(prog="edge-agent")
-    sub = parser.add_subparsers(dest="command")
-    register_fleet(sub.add_parser("fleet").add_subparsers(dest="fleet_action"))
-    register_engine(sub.add_parser("engine").add_subparsers(dest="engine_action"))
-    return parser
-
-
 def run_cli(argv: List[str], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
-    """Through `edge-agent`'s main when the commands are hooked in; else through the same error mapping."""
+    """`edge-agent ARGV`: (exit code, stdout, stderr)."""
     capsys.readouterr()
-    if _hooked_into_main():
-        from agent.cli.main import main
-
-        code = main(argv)
-    else:
-        args = _local_parser().parse_args(argv)
-        try:
-            code = args.func(args)
-        except UsageError as exc:
-            print(f"usage error: {exc}", file=__import__("sys").stderr)
-            code = 2
-        except AgentError as exc:
-            print(f"error: {exc}", file=__import__("sys").stderr)
-            code = 1
+    code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -84,12 +45,8 @@ def video_file(tmp_path_factory, tiny_frames) -> Path:
 @pytest.fixture(scope="module")
 def cli_validation(tmp_path_factory, tiny_model_path, tiny_spec, frames_dir, video_file) -> Path:
     out = tmp_path_factory.mktemp("cli") / "tiny.npz"
-    from agent.cli.gate_cli import make_validation_command
-
-    args = _local_parser().parse_args(
-        ["fleet", "make-validation", "--model", str(tiny_model_path), "--frames", str(frames_dir), "--frames", str(video_file), "-n", "10", "--preprocess", json.dumps(tiny_spec), "-o", str(out)]
-    )
-    assert make_validation_command(args) == 0
+    argv = ["fleet", "make-validation", "--model", str(tiny_model_path), "--frames", str(frames_dir), "--frames", str(video_file)]
+    assert main([*argv, "-n", "10", "--preprocess", json.dumps(tiny_spec), "-o", str(out)]) == 0
     return out
 
 
@@ -129,11 +86,11 @@ def test_validate_exits_1_when_the_gate_fails(cli_validation, tiny_model_path, t
     assert "FAILED" in stdout and "by" in stdout
 
 
-def test_validate_a_cached_engine_folder(cli_validation, tiny_model_path, tmp_path, capsys):
-    folder = tmp_path / "engine"
-    folder.mkdir()
-    (folder / "model.onnx").write_bytes(Path(tiny_model_path).read_bytes())
-    (folder / "manifest.json").write_text(json.dumps({"backend": "onnxruntime", "precision": "fp32"}))
+def test_validate_a_cached_engine_folder(cli_validation, tiny_model_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGE_AGENT_STATE_DIR", str(tmp_path / "state"))
+    code, stdout, _ = run_cli(["engine", "build", str(tiny_model_path), "--target", "cpu", "--json"], capsys)
+    assert code == 0
+    folder = Path(json.loads(stdout)["path"]).parent  # the cache folder, with manifest.json beside the engine
     code, stdout, _ = run_cli(["engine", "validate", str(folder), "--validation", str(cli_validation)], capsys)
     assert code == 0
     assert "passed" in stdout
@@ -142,7 +99,7 @@ def test_validate_a_cached_engine_folder(cli_validation, tiny_model_path, tmp_pa
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--thresholds", '{"top1": 0.9}'], "unknown keys"),
+        (["--thresholds", '{"top1": 0.9}'], "accuracy.top1: unknown key"),
         (["--thresholds", "{not json"], "not valid JSON"),
     ],
 )
@@ -164,7 +121,8 @@ def test_missing_validation_and_engine_are_clear_errors(cli_validation, tiny_mod
 
 
 def test_validate_corrupted_int8_names_culprits(effnet_int8_corrupted, corrupted_table, effnet_validation, effnet_path, tmp_path, capsys):
-    table_module = pytest.importorskip("agent.calib.table")
+    from agent.calib import table as table_module
+
     table_path = tmp_path / "corrupted.cache"
     table_module.write_table_file(table_path, corrupted_table)
     validation = tmp_path / "effnet.npz"
@@ -180,11 +138,11 @@ def test_validate_corrupted_int8_names_culprits(effnet_int8_corrupted, corrupted
     assert result["fallback"]["policy"] == "fp16_engine"
 
 
-def test_make_validation_for_detection_with_a_named_decoder(blazeface_path, registered_blazeface, tmp_path, capsys):
+def test_make_validation_for_detection_with_a_named_decoder(blazeface_path, tmp_path, capsys):
     from tests.helpers import testdata
 
     out = tmp_path / "faces.npz"
-    argv = ["fleet", "make-validation", "--model", str(blazeface_path), "--frames", str(testdata("video", "Megamind.avi")), "-n", "4"]
+    argv = ["fleet", "make-validation", "--model", str(blazeface_path), "--frames", str(testdata("video", "faces.avi")), "-n", "4"]
     preprocess = json.dumps({"preset": "blazeface", "size": [192, 192]})
     code, stdout, _ = run_cli([*argv, "--preprocess", preprocess, "--decoder", json.dumps(BLAZEFACE_DECODER), "-o", str(out), "--json"], capsys)
     assert code == 0, stdout

@@ -19,11 +19,14 @@ def test_fp32_engine_agrees_with_its_reference(effnet_validation, effnet_path):
 def test_int8_build_from_the_good_table_passes_with_top1_agreement(effnet_validation, effnet_int8_good, effnet_table, effnet_path):
     result = run_gate(OnnxRuntimeRunner(effnet_int8_good), effnet_validation, table=effnet_table, reference_model=effnet_path)
     assert result.passed, result.summary()
-    # qdq-evaluation.md: 22/24 on the 24 photos, the misses being near-ties (ellipses.jpg, starry_night.jpg)
-    assert result.metrics["top1_agreement"] >= 14 / VALIDATION_FRAMES
+    # Every frame FP32 is sure of keeps its top-1; the misses are near ties, where FP32 itself hesitates (the
+    # photos include textures, cells and a silhouette with no clear ImageNet class, so there are several).
+    ties = set(effnet_validation.near_tie_frames())
+    assert len(ties) <= VALIDATION_FRAMES // 2  # most frames have a clear class: the agreement measures something
+    assert result.metrics["top1_agreement"] == 1.0
     assert result.metrics["top5_containment"] == 1.0
     disagreements = result.details["classification"]["disagreements"]
-    assert set(disagreements) <= {"ellipses.jpg", "starry_night.jpg", "chelsea.png"}
+    assert disagreements and set(disagreements) <= ties
     assert result.table_issues == [] and result.culprits == []
     assert "top1_agreement" in result.summary()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gate.thresholds import GateError, GateThresholds
+from agent.gate.thresholds import GateError, GateThresholds, parse_thresholds
 
 
 def test_defaults_are_sensible():
@@ -18,18 +18,18 @@ def test_defaults_are_sensible():
 
 def test_round_trip_through_dict():
     thresholds = GateThresholds(top1_agreement=0.9, max_abs_error=0.5, fallback="fp16_layers")
-    assert GateThresholds.from_dict(thresholds.to_dict()) == thresholds
+    assert parse_thresholds(thresholds.to_dict()) == thresholds
 
 
 def test_missing_keys_keep_defaults_and_none_is_default():
-    assert GateThresholds.from_dict({"det_recall": 0.9}).det_precision == 0.8
-    assert GateThresholds.from_dict(None) == GateThresholds()
+    assert parse_thresholds({"det_recall": 0.9}).det_precision == 0.8
+    assert parse_thresholds(None) == GateThresholds()
 
 
 @pytest.mark.parametrize(
     "block, word",
     [
-        ({"top1_agreemnt": 0.9}, "unknown keys"),
+        ({"top1_agreemnt": 0.9}, "unknown key"),
         ({"top1_agreement": 1.5}, "top1_agreement"),
         ({"cosine": "high"}, "cosine"),
         ({"fallback": "int4"}, "fallback"),
@@ -40,7 +40,7 @@ def test_missing_keys_keep_defaults_and_none_is_default():
 )
 def test_bad_blocks_are_refused_with_the_key_named(block, word):
     with pytest.raises(GateError, match=word):
-        GateThresholds.from_dict(block)
+        parse_thresholds(block)
 
 
 def test_gated_metrics_depend_on_the_task():

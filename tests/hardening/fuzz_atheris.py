@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 def targets() -> List[Callable[[bytes], Any]]:
     from agent.calib.table import parse_table
-    from agent.fleet.artifacts import decode_block, decode_manifest, decode_request
+    from agent.fleet.artifact_protocol import decode_block, decode_manifest, decode_request
     from agent.fleet.commands import decode_command, decode_reply
     from agent.fleet.deployment import decode_desired
     from agent.fleet.messages import decode

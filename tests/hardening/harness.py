@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.config import BrokerConfig, load_config
-from agent.fleet.artifact_server import ArtifactServer, add_to_folder, publish_manifest
-from agent.fleet.artifacts import ArtifactManifest, describe_file, sign_manifest
+from agent.fleet.artifact_protocol import ArtifactManifest, describe_file, sign_manifest
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink, unique_client_id
-from agent.fleet.operator import Operator
+from agent.operator.artifact_server import ArtifactServer, add_to_folder, publish_manifest
+from agent.operator.client import Operator
 from tests.hardening.conftest import Probe
 from tests.helpers import REPO_ROOT, wait_until
 

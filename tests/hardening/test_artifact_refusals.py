@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, Iterator, Tuple
 import pytest
 
 from agent.config import BrokerConfig
-from agent.fleet.artifact_server import publish_manifest
-from agent.fleet.artifacts import ArtifactManifest, describe_file, encode_manifest, sign_manifest
+from agent.fleet.artifact_protocol import ArtifactManifest, describe_file, encode_manifest, sign_manifest
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import generate_keys, load_private_key
+from agent.operator.artifact_server import publish_manifest
 from tests.hardening.harness import (
     OperatorSide,
     SigningKeys,

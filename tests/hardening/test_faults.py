@@ -257,7 +257,7 @@ def small_disk() -> Iterator[Path]:
     done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", str(folder)], capture_output=True, text=True)
     if done.returncode != 0:
         folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.skip(f"needs root allowed to mount a tmpfs (CAP_SYS_ADMIN): {done.stderr.strip()}")
     try:
         yield folder
     finally:

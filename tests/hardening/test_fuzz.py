@@ -210,7 +210,7 @@ def manifest_dicts() -> st.SearchStrategy[Dict[str, Any]]:
 @FUZZ
 @given(payloads(manifest_dicts()))
 def test_manifest_decoder_and_checks(payload: bytes) -> None:
-    from agent.fleet.artifacts import (
+    from agent.fleet.artifact_protocol import (
         ArtifactError,
         ArtifactManifest,
         check_expectations,
@@ -232,14 +232,14 @@ def test_manifest_decoder_and_checks(payload: bytes) -> None:
 
 
 def test_manifest_deep_nesting() -> None:
-    from agent.fleet.artifacts import ManifestError, decode_manifest
+    from agent.fleet.artifact_protocol import ManifestError, decode_manifest
 
     with pytest.raises(ManifestError):
         decode_manifest(DEEP_JSON)
 
 
 def frames() -> st.SearchStrategy[bytes]:
-    from agent.fleet.artifacts import BLOCK_HEADER, BLOCK_MAGIC
+    from agent.fleet.artifact_protocol import BLOCK_HEADER, BLOCK_MAGIC
 
     header = st.builds(
         lambda magic, version, flags, raw_id, index, offset, length, digest: BLOCK_HEADER.pack(magic, version, flags, 0, raw_id, index, offset, length, digest),
@@ -253,7 +253,7 @@ def frames() -> st.SearchStrategy[bytes]:
 @FUZZ
 @given(frames())
 def test_block_frame_decoder(payload: bytes) -> None:
-    from agent.fleet.artifacts import Block, MalformedBlockError, decode_block
+    from agent.fleet.artifact_protocol import Block, MalformedBlockError, decode_block
 
     result = only_agent_errors(decode_block, payload)
     assert isinstance(result, (Block, MalformedBlockError))
@@ -262,7 +262,7 @@ def test_block_frame_decoder(payload: bytes) -> None:
 @FUZZ
 @given(payloads(near({"schema": 1, "kind": "artifact-req", "artifact_id": "a" * 64, "chunk_size": 1024, "blocks": [0, 1]}, ["artifact_id", "chunk_size", "blocks"])))
 def test_block_request_decoder(payload: bytes) -> None:
-    from agent.fleet.artifacts import BlockRequest, decode_request
+    from agent.fleet.artifact_protocol import BlockRequest, decode_request
 
     result = only_agent_errors(decode_request, payload)
     assert isinstance(result, (BlockRequest, AgentError))
@@ -279,7 +279,7 @@ def transfer_fixture(root: Path) -> Any:
     """A real ArtifactPuller (its link never connects: requests go nowhere, frames are handed in directly)
     and one `_Transfer` run of the artifact above, with a real partial file in a real store."""
     from agent.config import ArtifactsConfig, BrokerConfig
-    from agent.fleet.artifacts import describe_file
+    from agent.fleet.artifact_protocol import describe_file
     from agent.fleet.link import MqttLink
     from agent.fleet.topics import Topics
     from agent.fleet.transfer import ArtifactPuller, PartialFile, TransferStats, _Transfer
@@ -299,7 +299,7 @@ def transfer_fixture(root: Path) -> Any:
 
 def block_frames() -> st.SearchStrategy[bytes]:
     """Good blocks, bad ones of every kind the transfer must reject, and noise, in any order."""
-    from agent.fleet.artifacts import encode_block, encode_block_error
+    from agent.fleet.artifact_protocol import encode_block, encode_block_error
 
     artifact_id = hashlib.sha256(ARTIFACT).hexdigest()
 
@@ -334,7 +334,7 @@ def block_frames() -> st.SearchStrategy[bytes]:
 @FUZZ
 @given(st.lists(block_frames(), min_size=1, max_size=25))
 def test_transfer_block_handling_never_corrupts_the_partial_file(sequence: List[bytes]) -> None:
-    from agent.fleet.artifacts import ArtifactError
+    from agent.fleet.artifact_protocol import ArtifactError
 
     with tempfile.TemporaryDirectory() as folder:
         manifest, partial, run = transfer_fixture(Path(folder))
@@ -365,8 +365,8 @@ def test_transfer_block_handling_never_corrupts_the_partial_file(sequence: List[
 def test_artifact_server_survives_any_request(topic: str, payload: bytes) -> None:
     """A hostile device writes whatever it likes on its own artifact-req topic; `fleet serve` must shrug."""
     from agent.config import BrokerConfig
-    from agent.fleet.artifact_server import ArtifactServer
     from agent.fleet.link import MqttLink
+    from agent.operator.artifact_server import ArtifactServer
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / hashlib.sha256(ARTIFACT).hexdigest()).write_bytes(ARTIFACT)
@@ -386,7 +386,7 @@ def test_artifact_server_survives_any_request(topic: str, payload: bytes) -> Non
 @example({"serving": "x"}, {})
 @example({}, {"jetson": [1]})
 def test_operator_reads_any_status_a_device_publishes(status: Dict[str, Any], telemetry: Dict[str, Any]) -> None:
-    from agent.fleet.operator import DeviceRow
+    from agent.operator.client import DeviceRow
     from agent.telemetry.document import from_compact
 
     row = DeviceRow("dev1", status=status, telemetry=only_agent_errors(from_compact, telemetry))

@@ -21,8 +21,8 @@ from agent.engine.hardware_class import (
 )
 from agent.engine.manifest import BuildReport, Manifest
 from agent.engine.spec import BatchProfile, BuildSpec, PluginLib, Precision, cache_key
+from agent.fleet.artifact_protocol import UnsignedManifestError, describe_file, sign_manifest
 from agent.fleet.artifact_trust import KindNotTrustedError, KindTrust
-from agent.fleet.artifacts import UnsignedManifestError, describe_file, sign_manifest
 from agent.fleet.deployment import DeploymentError, deployment_from_dict
 from agent.fleet.signing import generate_keys, load_private_key
 

@@ -14,11 +14,11 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from agent.engine.cache import EngineCache
-from agent.fleet.artifact_server import add_to_folder, publish_manifest
-from agent.fleet.artifacts import decode_manifest, describe_file, sign_manifest
+from agent.fleet.artifact_protocol import decode_manifest, describe_file, sign_manifest
 from agent.fleet.deployment import Deployment, deployment_from_dict
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.signing import generate_keys, load_private_key
+from agent.operator.artifact_server import add_to_folder, publish_manifest
 from agent.operator.plan_builds import PlanBuilder, plan_view, with_plans
 from agent.store.atomic import read_json
 from tests.daemon.fleet_kit import TINY_PREPROCESS, FleetKit, make_tiny_artifacts
@@ -244,7 +244,7 @@ def test_daemons_report_the_plan_and_the_operator_sees_who_built_and_why(
     """Real agents (in-process Daemons) on a group deployment naming both classes' plans: the x86 one serves the
     shared plan, the one whose fingerprint is another Orin module builds locally; `fleet status --plans` says so."""
     from agent.daemon.daemon import Daemon
-    from agent.fleet.operator import Operator
+    from agent.operator.client import Operator
     from agent.operator.plan_builds import format_plan_view
     from tests.helpers import wait_until
 

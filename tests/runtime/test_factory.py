@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.device.target import Backend, TargetError
 from agent.runtime.base import RunnerError
-from agent.runtime.factory import backend_for, open_runner
+from agent.runtime.factory import open_runner
 from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.runtime.tensorrt_runner import TensorRTRunner
 
@@ -23,14 +24,14 @@ from agent.runtime.tensorrt_runner import TensorRTRunner
     ],
 )
 def test_backend_names_and_suffixes(backend: str, path: str, expected: str) -> None:
-    assert backend_for(backend, path) == expected
+    assert Backend.for_file(backend, path) == expected
 
 
 def test_unknown_backend_or_suffix_says_what_is_known() -> None:
-    with pytest.raises(RunnerError, match="onnxruntime, tensorrt"):
-        backend_for("openvino", "m.onnx")
-    with pytest.raises(RunnerError, match="suffix"):
-        backend_for("auto", "m.bin")
+    with pytest.raises(TargetError, match="onnxruntime, tensorrt"):
+        Backend.for_file("openvino", "m.onnx")
+    with pytest.raises(TargetError, match="suffix"):
+        Backend.for_file("auto", "m.bin")
 
 
 def test_open_runner_is_lazy(tiny_model: Path) -> None:

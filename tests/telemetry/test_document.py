@@ -19,7 +19,7 @@ from agent.telemetry.document import (
     to_compact,
     validate_document,
 )
-from agent.telemetry.schema import DOCUMENT_SCHEMA, fields, key_clashes, markdown_table
+from agent.telemetry.schema import fields, json_schema_text, key_clashes, markdown_table
 from agent.telemetry.tegrastats import parse_line
 from tests.helpers import REPO_ROOT
 from tests.telemetry.conftest import printer_command
@@ -136,19 +136,20 @@ def test_tegrastats_section_joins_the_document(tmp_path: Path, real_samples: Lis
 @pytest.mark.parametrize(
     "change, problem",
     [
-        (lambda d: d.pop("ts"), "missing required field 'ts'"),
-        (lambda d: d.update(schema=True), "$.schema: expected integer"),
-        (lambda d: d.update(kind="status"), "$.kind: must be one of"),
-        (lambda d: d["system"]["memory"].update(total_mb="big"), "$.system.memory.total_mb: expected number or null, got string"),
-        (lambda d: d["system"]["memory"].update(pct=float("nan")), "$.system.memory.pct: must be a finite number"),
-        (lambda d: d["system"]["memory"].update(pct=140), "must be <= 100"),
-        (lambda d: d["pipeline"].update(frames=-1), "$.pipeline.frames: must be >= 0"),
-        (lambda d: d["pipeline"].update(drops=2.5), "$.pipeline.drops: expected integer or null"),
-        (lambda d: d["pipeline"]["latency_ms"].update(infer=[1, 2]), "$.pipeline.latency_ms.infer: expected object"),
-        (lambda d: d["engine"].update(dla_layer_share=1.5), "$.engine.dla_layer_share: must be <= 1"),
-        (lambda d: d["agent"].update(mqtt_connected="yes"), "$.agent.mqtt_connected: expected boolean"),
+        (lambda d: d.pop("ts"), "$.ts: required"),
+        (lambda d: d.update(schema=True), "$.schema: expected int, got bool True"),
+        (lambda d: d.update(kind="status"), "$.kind: one of telemetry, got 'status'"),
+        (lambda d: d["system"]["memory"].update(total_mb="big"), "$.system.memory.total_mb: expected float | null, got str 'big'"),
+        (lambda d: d["system"]["memory"].update(pct=float("nan")), "$.system.memory.pct: expected float >= 0"),
+        (lambda d: d["system"]["memory"].update(pct=140), "$.system.memory.pct: expected float <= 100"),
+        (lambda d: d["system"]["uptime_s"] and d["system"]["load"].update({"1m": float("inf")}), "$.system.load.1m: must be a finite number"),
+        (lambda d: d["pipeline"].update(frames=-1), "$.pipeline.frames: expected int >= 0, got -1"),
+        (lambda d: d["pipeline"].update(drops=2.5), "$.pipeline.drops: expected int | null, got float 2.5"),
+        (lambda d: d["pipeline"]["latency_ms"].update(infer=[1, 2]), "$.pipeline.latency_ms[...]: expected object, got array"),
+        (lambda d: d["engine"].update(dla_layer_share=1.5), "$.engine.dla_layer_share: expected float <= 1"),
+        (lambda d: d["agent"].update(mqtt_connected="yes"), "$.agent.mqtt_connected: expected bool | null, got str 'yes'"),
         (lambda d: d.update(gpu={"devices": [{"index": 0, "throttle_reasons": "hot"}]}), "$.gpu.devices[0].throttle_reasons"),
-        (lambda d: d.update(system=[]), "$.system: expected object or null, got array"),
+        (lambda d: d.update(system=[]), "$.system: expected object | null, got array"),
     ],
 )
 def test_validator_names_each_problem(collector: TelemetryCollector, change: Any, problem: str) -> None:
@@ -171,6 +172,7 @@ def test_validator_rejects_non_objects_and_newer_versions_but_allows_extra_field
 
 def test_docs_describe_every_field() -> None:
     docs = (REPO_ROOT / "docs" / "telemetry.md").read_text()
-    missing = [path for path, _spec in fields(DOCUMENT_SCHEMA) if f"`{path}`" not in docs]
+    missing = [path for path, _doc in fields() if f"`{path}`" not in docs]
     assert missing == [], f"docs/telemetry.md does not list: {missing}"
     assert markdown_table().strip() in docs, "regenerate the table: python -m agent.telemetry.schema"
+    assert "```json\n" + json_schema_text() + "```" in docs, "regenerate the JSON Schema: python -m agent.telemetry.schema --json"

@@ -35,7 +35,7 @@ def test_throttle_reasons_and_cuda_version_decode() -> None:
 
 def test_without_a_gpu_the_section_is_null_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     if _nvml_works():
-        pytest.skip("this machine has a working NVML")
+        pytest.skip("this machine has an NVIDIA GPU (a working NVML)")
     caplog.set_level(logging.INFO, logger="agent.telemetry")
     collector = NvmlCollector()
     assert [collector.collect() for _ in range(3)] == [None, None, None]

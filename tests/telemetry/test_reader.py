@@ -34,7 +34,7 @@ def test_without_tegrastats_start_fails_soft(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PATH", "/nonexistent")
     reader = TegrastatsReader(1.0)
     if reader.resolve_command() is not None:
-        pytest.skip("this machine has tegrastats in a system folder")
+        pytest.skip("this machine is a Jetson (tegrastats in a system folder)")
     assert reader.start() is False
     assert "tegrastats not found" in reader.last_error
     assert reader.latest() is None

@@ -14,7 +14,8 @@ from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.vision.capture import Capture
 from agent.vision.pipeline import FrameResult, Pipeline, PipelineError
 from agent.vision.sources import SourceOptions
-from tests.helpers import testdata as shared_file
+from deploy.demo.material import OBJECTS_VIDEO
+from tests.helpers import testdata as data_file
 from tests.helpers import tiny_classifier_onnx
 from tests.vision.conftest import TINY_PREPROCESS, SlowRunner
 
@@ -23,7 +24,7 @@ pytest.importorskip("onnxruntime")
 
 
 def test_every_frame_of_a_real_video_gets_a_result(tiny_runner: OnnxRuntimeRunner) -> None:
-    video = shared_file("video", "vtest.avi")
+    video = data_file("video", OBJECTS_VIDEO.name)
     results: List[FrameResult] = []
     capture = Capture(f"file://{video}", SourceOptions(loop=False), stop_at_end=True, depth=8)
     pipeline = Pipeline(capture, tiny_runner, TINY_PREPROCESS, {"type": "classification", "top_k": 2}, results.append, batch=4)
@@ -33,20 +34,21 @@ def test_every_frame_of_a_real_video_gets_a_result(tiny_runner: OnnxRuntimeRunne
         metrics = pipeline.metrics()
     finally:
         pipeline.stop()
-    assert [r.frame_id for r in results] == list(range(795))
-    assert results[0].width == 768 and len(results[0].findings.classes) == 2
-    assert metrics["results"] == 795 and metrics["drops"] == 0 and metrics["errors"] == 0
-    assert metrics["stages"]["infer"]["count"] == 795 and metrics["batch"] == 4
+    frames = OBJECTS_VIDEO.frames
+    assert [r.frame_id for r in results] == list(range(frames))
+    assert results[0].width == OBJECTS_VIDEO.size[0] and len(results[0].findings.classes) == 2
+    assert metrics["results"] == frames and metrics["drops"] == 0 and metrics["errors"] == 0
+    assert metrics["stages"]["infer"]["count"] == frames and metrics["batch"] == 4
     assert all(1 <= r.batch <= 4 for r in results)  # a fast engine takes what has been decoded
 
 
 def test_the_real_classifier_through_the_pipeline_on_stills(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
-    for index, name in enumerate(["chelsea.png", "coffee.png", "squirrel_cls.jpg"]):
-        (folder / f"{index}_{name}").write_bytes(shared_file("images", name).read_bytes())
-    labels = str(shared_file("models", "imagenet_labels.txt"))
-    runner = OnnxRuntimeRunner(shared_file("models", "efficientnet_lite0.onnx"), threads=2)
+    for index, name in enumerate(["chelsea.png", "coffee.png", "camera.png"]):
+        (folder / f"{index}_{name}").write_bytes(data_file("images", name).read_bytes())
+    labels = str(data_file("models", "imagenet_labels.txt"))
+    runner = OnnxRuntimeRunner(data_file("models", "efficientnet_lite0.onnx"), threads=2)
     results: List[FrameResult] = []
     capture = Capture(f"images://{folder}", SourceOptions(loop=False), stop_at_end=True, depth=3)
     pipeline = Pipeline(capture, runner, "efficientnet_lite", {"type": "classification", "labels": labels}, results.append, batch=3)
@@ -57,7 +59,7 @@ def test_the_real_classifier_through_the_pipeline_on_stills(tmp_path: Path) -> N
         pipeline.stop()
         runner.deactivate()
     top = [r.findings.classes[0].label for r in results]
-    assert top[0] in ("tiger cat", "Egyptian cat", "tabby") and top[1:] == ["espresso", "fox squirrel"]
+    assert top[0] in ("tiger cat", "Egyptian cat", "tabby") and top[1:] == ["espresso", "tripod"]
 
 
 def test_a_slow_engine_keeps_latency_bounded_and_counts_drops(tiny_runner: OnnxRuntimeRunner, short_video: Path) -> None:
@@ -170,7 +172,7 @@ def test_two_cameras_share_one_pipeline_and_batch(tiny_runner: OnnxRuntimeRunner
     results: List[FrameResult] = []
     pipeline = build_pipeline(
         [f"file://{short_video}", f"images://{stills}"], tiny_runner, TINY_PREPROCESS, "classification", results.append,
-        batch=2, source_options={"realtime": True, "fps": 50},
+        batch=2, source_options=SourceOptions(realtime=True, fps=50),
     )
     try:
         pipeline.start()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.vision.sources import SourceError, SourceOptions, open_source, probe_source
-from tests.helpers import testdata as shared_file
+from deploy.demo.material import OBJECTS_VIDEO
+from tests.helpers import testdata as data_file
 
 
 def test_a_file_opens_with_its_size_and_rate(short_video: Path) -> None:
@@ -70,8 +71,8 @@ def test_a_missing_file_or_empty_folder(tmp_path: Path) -> None:
 
 
 def test_probe_reports_size_rate_and_decode_time() -> None:
-    video = shared_file("video", "vtest.avi")
+    video = data_file("video", OBJECTS_VIDEO.name)
     report = probe_source(f"file://{video}", frames=10)
-    assert (report.width, report.height, report.frames) == (768, 576, 10)
-    assert report.declared_fps == pytest.approx(10.0)
+    assert (report.width, report.height, report.frames) == (*OBJECTS_VIDEO.size, 10)
+    assert report.declared_fps == pytest.approx(OBJECTS_VIDEO.fps)
     assert report.measured_fps > 0 and report.decode_ms_p50 > 0 and not report.ended_early

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.models import parse
 from agent.vision.sources import (
     OpenPlan,
     SourceError,
@@ -56,7 +57,7 @@ def test_rtsp_prefers_gstreamer_latency_zero_then_ffmpeg_with_timeouts() -> None
     ffmpeg = plans[1]
     assert ffmpeg.target == url  # the query string belongs to the camera, passed untouched
     assert dict(ffmpeg.open_params) == {"OPEN_TIMEOUT_MSEC": 10000, "READ_TIMEOUT_MSEC": 2000}
-    assert dict(ffmpeg.env) == {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp"}
+    assert dict(ffmpeg.env) == {"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;tcp", "OPENCV_FFMPEG_IS_THREAD_SAFE": "1"}
 
 
 def test_rtsp_without_gstreamer_is_ffmpeg_only() -> None:
@@ -98,14 +99,16 @@ def test_split_uri_guesses_bare_forms(tmp_path: object) -> None:
 
 
 def test_options_from_a_deployment_dict() -> None:
-    options = SourceOptions.from_dict({"width": "640", "realtime": "yes", "fps": 15})
+    options = parse(SourceOptions, {"width": 640, "realtime": True, "fps": 15}, error=SourceError)
     assert (options.width, options.realtime, options.fps) == (640, True, 15.0)
-    with pytest.raises(SourceError, match="unknown keys"):
-        SourceOptions.from_dict({"resolution": "640x480"})
-    with pytest.raises(SourceError, match="transport"):
-        SourceOptions.from_dict({"transport": "sctp"})
-    with pytest.raises(SourceError, match="width"):
-        SourceOptions.from_dict({"width": "wide"})
+    strings = parse(SourceOptions, {"width": "640", "realtime": "true", "fps": "15"}, error=SourceError, strict=False)
+    assert strings == options
+    with pytest.raises(SourceError, match="resolution: unknown key"):
+        parse(SourceOptions, {"resolution": "640x480"}, error=SourceError)
+    with pytest.raises(SourceError, match="transport: one of tcp, udp"):
+        parse(SourceOptions, {"transport": "sctp"}, error=SourceError)
+    with pytest.raises(SourceError, match="width: expected int"):
+        parse(SourceOptions, {"width": "wide"}, error=SourceError, strict=False)
 
 
 def test_gstreamer_support_read_from_build_information() -> None:

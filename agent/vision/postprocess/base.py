@@ -13,12 +13,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from agent.errors import AgentError
+from agent.vision.options import PostprocessError
 from agent.vision.preprocess import FrameGeometry
-
-
-class PostprocessError(AgentError):
-    """A postprocessing config is invalid or the model's outputs do not fit the plugin."""
 
 
 @dataclass
@@ -137,8 +133,6 @@ class Postprocessor:
         raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
-        from dataclasses import asdict, is_dataclass
-
-        config = asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
-        return {"type": self.KEY, **config}
+        fields = getattr(self.config, "__struct_fields__", ())
+        return {"type": self.KEY, **{name: getattr(self.config, name) for name in fields}}
 

@@ -9,11 +9,11 @@ Boxes come out in frame pixels through the letterbox geometry of preprocessing.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from agent.vision.options import BlazeFaceConfig
 from agent.vision.postprocess.base import (
     Detection,
     Findings,
@@ -32,24 +32,6 @@ VARIANTS: Dict[str, Tuple[int, Tuple[Tuple[int, int], ...]]] = {
     "short": (128, ((8, 2), (16, 6))),
     "full": (192, ((4, 1),)),
 }
-
-
-@dataclass(frozen=True)
-class BlazeFaceConfig:
-    variant: str = "auto"  # auto (by anchor count) | short | full
-    score_threshold: float = 0.5
-    nms_threshold: float = 0.3
-    max_detections: int = 50
-    label: str = "face"
-    regressors: str = ""  # output names; "" finds them by shape ([.., 16] and [.., 1])
-    scores: str = ""
-    keypoints: bool = False  # report the 6 keypoints (eyes, nose, mouth, ears)
-
-    def validate(self) -> None:
-        if self.variant not in ("auto", *VARIANTS):
-            raise PostprocessError(f"blazeface.variant: auto, short or full, got {self.variant!r}")
-        if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
-            raise PostprocessError("blazeface thresholds must be between 0 and 1")
 
 
 @functools.lru_cache(maxsize=4)

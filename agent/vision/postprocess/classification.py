@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 
+from agent.vision.options import ClassificationConfig
 from agent.vision.postprocess.base import (
     Classification,
     Findings,
-    PostprocessError,
     Postprocessor,
     label_of,
     load_labels,
@@ -19,23 +18,6 @@ from agent.vision.postprocess.base import (
 from agent.vision.preprocess import FrameGeometry
 
 KEY = "classification"
-
-
-@dataclass(frozen=True)
-class ClassificationConfig:
-    top_k: int = 5
-    labels: str = ""  # labels file, one a line ("" -> class indices as labels)
-    short_labels: bool = True  # 'tabby, tabby cat' -> 'tabby'
-    output: str = ""  # output tensor ("" -> the first)
-    softmax: str = "auto"  # auto: unless the output already is a distribution | yes | no
-    min_score: float = 0.0
-    label_offset: int = 0  # 1 for models with a background class at index 0 (1001 outputs)
-
-    def validate(self) -> None:
-        if self.top_k < 1:
-            raise PostprocessError(f"classification.top_k must be at least 1, got {self.top_k}")
-        if self.softmax not in ("auto", "yes", "no"):
-            raise PostprocessError(f"classification.softmax: auto, yes or no, got {self.softmax!r}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ def nms(
 ) -> np.ndarray:
     """Indices of the boxes kept, best score first. `class_ids` makes it per class (a box suppresses only
     boxes of its own class): cv2.dnn.NMSBoxesBatched where OpenCV has it (4.7+), else the offset trick."""
-    import cv2
+    import cv2  # optional (cpu extra, or JetPack's OpenCV): imported where frames are handled
 
     boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     values = np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -8,11 +8,11 @@ Boxes are in model-input pixels (or 0..1 with `normalized`) and come back in fra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 
+from agent.vision.options import YoloConfig
 from agent.vision.postprocess.base import (
     Detection,
     Findings,
@@ -27,26 +27,6 @@ from agent.vision.postprocess.nms import nms
 from agent.vision.preprocess import FrameGeometry
 
 KEY = "yolo"
-
-
-@dataclass(frozen=True)
-class YoloConfig:
-    layout: str = "auto"  # auto | v5 | v8
-    score_threshold: float = 0.25
-    nms_threshold: float = 0.45
-    max_detections: int = 100
-    labels: str = ""
-    short_labels: bool = True
-    output: str = ""  # "" -> the first output
-    classes: int = 0  # number of classes, to tell layouts apart (0: from the labels file, else guessed)
-    class_agnostic: bool = False  # one NMS over all classes instead of one per class
-    normalized: bool = False  # boxes in 0..1 of the input instead of input pixels
-
-    def validate(self) -> None:
-        if self.layout not in ("auto", "v5", "v8"):
-            raise PostprocessError(f"yolo.layout: auto, v5 or v8, got {self.layout!r}")
-        if not 0.0 <= self.score_threshold <= 1.0 or not 0.0 <= self.nms_threshold <= 1.0:
-            raise PostprocessError("yolo thresholds must be between 0 and 1")
 
 
 def rows_of(output: np.ndarray, layout: str, classes: int) -> tuple:

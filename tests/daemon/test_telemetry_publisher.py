@@ -12,11 +12,11 @@ from typing import Any, Iterator, List
 import pytest
 
 from agent.config import BrokerConfig, TelemetryConfig
+from agent.daemon.telemetry_publisher import TelemetryPublisher, agent_provider
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.local_broker import LocalBroker
 from agent.fleet.topics import Topics
 from agent.telemetry.document import TelemetryCollector, validate_document
-from agent.telemetry.publisher import TelemetryPublisher, agent_provider
 from tests.helpers import Collector
 
 INTERVAL_S = 0.3

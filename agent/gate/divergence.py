@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from agent.calib.qdq import to_qdq
 from agent.gate.culprits import (
     Culprit,
     TensorRange,
@@ -32,7 +33,6 @@ from agent.gate.culprits import (
 from agent.gate.onnx_reference import ModelSource, ReferenceSession, load_model, with_all_outputs
 from agent.gate.thresholds import GateError
 from agent.gate.validation import ValidationSet
-from agent.lazy import try_import
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Diagnosis:
 
 def qdq_scales(model: Any) -> Dict[str, float]:
     """tensor -> scale of every per-tensor QuantizeLinear on an activation in a Q/DQ model."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # heavy (protobuf): imported only where a model is read or written
 
     initializers = {init.name: init for init in model.graph.initializer}
     scales: Dict[str, float] = {}
@@ -94,11 +94,8 @@ def qdq_scales(model: Any) -> Dict[str, float]:
 
 def _build_qdq(reference: Any, table: Any) -> Tuple[Optional[Any], Optional[str]]:
     """The Q/DQ model of `reference` under `table` via the calibration package, or (None, why not)."""
-    qdq = try_import("agent.calib.qdq")
-    if qdq is None or not hasattr(qdq, "to_qdq"):
-        return None, "no Q/DQ model given and agent.calib.qdq is not available to build one"
     try:
-        result = qdq.to_qdq(reference, table, flavor="tensorrt")
+        result = to_qdq(reference, table, flavor="tensorrt")
     except Exception as exc:  # a table the converter refuses is itself a finding, reported as skipped
         return None, f"could not build the Q/DQ model from the table: {exc}"
     return getattr(result, "model", result), None

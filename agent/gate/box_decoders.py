@@ -1,21 +1,27 @@
-"""The accuracy gate's view of the box decoders: `gate_decoder(config)` -> decode(outputs, score_threshold).
+"""The box decoder a detection validation set names: `resolve_decoder(config)` -> decode(outputs, score_threshold).
 
-The gate (agent.gate.decoders) compares boxes in normalised model-input coordinates, frame by frame, with
-outputs that have no batch axis. This adapter runs the same plugin the camera pipeline runs, through an
-identity geometry that maps model-input pixels to 0..1.
+The gate compares boxes, not raw head tensors; a detection set records its decoder config (for example
+`{"kind": "blazeface", "score_threshold": 0.5, ...}`) and the device decodes its own engine's outputs the same
+way, frame by frame, with outputs that have no batch axis, into boxes (x, y, w, h) in normalised model-input
+coordinates. The decoder runs the same postprocessing plugin the camera pipeline runs (agent.vision.postprocess),
+through an identity geometry that maps model-input pixels to 0..1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import numpy as np
 
+from agent.gate.metrics import Detections
+from agent.gate.thresholds import GateError
+from agent.vision.postprocess import create
 from agent.vision.postprocess.base import Findings, PostprocessError, Postprocessor
+from agent.vision.postprocess.blazeface import VARIANTS, split_outputs, variant_for
 from agent.vision.preprocess import FrameGeometry
 
-GATE_KINDS = ("blazeface", "yolo")
-GateDecoder = Callable[[Mapping[str, np.ndarray], float], Any]
+BOX_KINDS = ("blazeface", "yolo")
+Decoder = Callable[[Mapping[str, np.ndarray], float], Detections]
 
 
 def normalising_geometry(input_w: int, input_h: int) -> FrameGeometry:
@@ -30,8 +36,6 @@ def _input_size(kind: str, config: Mapping[str, Any], outputs: Mapping[str, np.n
             return int(size), int(size)
         return int(size[1]), int(size[0])  # [height, width] like preprocess.size
     if kind == "blazeface":
-        from agent.vision.postprocess.blazeface import VARIANTS, split_outputs, variant_for
-
         variant = str(config.get("variant", "auto"))
         if variant == "auto":
             reg, _ = split_outputs(dict(outputs), str(config.get("regressors", "")), str(config.get("scores", "")))
@@ -43,19 +47,17 @@ def _input_size(kind: str, config: Mapping[str, Any], outputs: Mapping[str, np.n
     raise PostprocessError(f"gate decoder {kind}: give 'input_size' ([height, width] of the model input) to normalise boxes")
 
 
-def gate_decoder(config: Mapping[str, Any]) -> Optional[GateDecoder]:
-    """A decoder for the accuracy gate, or None when `config['kind']` is not a box decoder here."""
-    from agent.vision.postprocess import create
-
+def resolve_decoder(config: Mapping[str, Any]) -> Decoder:
+    """The decoder `config['kind']` names; GateError when it names none of BOX_KINDS."""
     kind = str(config.get("kind") or config.get("type") or "")
-    if kind not in GATE_KINDS:
-        return None
+    if not kind:
+        raise GateError(f"decoder config has no 'kind': {dict(config)}")
+    if kind not in BOX_KINDS:
+        raise GateError(f"no box decoder of kind {kind!r} on this agent: a detection gate needs one of {list(BOX_KINDS)}")
     options: Dict[str, Any] = {k: v for k, v in config.items() if k not in ("kind", "type", "input_size")}
     made: Dict[float, Postprocessor] = {}
 
-    def decode(outputs: Mapping[str, np.ndarray], score_threshold: float) -> Any:
-        from agent.gate.metrics import Detections  # the gate's own type; imported only when the gate calls
-
+    def decode(outputs: Mapping[str, np.ndarray], score_threshold: float) -> Detections:
         threshold = float(score_threshold)
         if threshold not in made:
             made[threshold] = create({"type": kind, **options, "score_threshold": threshold})

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Deque, List, Optional, Tuple, Union
 
 from agent.errors import AgentError
-from agent.fleet.artifacts import (
+from agent.fleet.artifact_protocol import (
     ArtifactManifest,
     BlockRequest,
     ManifestError,

@@ -16,11 +16,18 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.cli.output import add_json_flag, print_json, print_table
+from agent.cli.options import add_json_flag, add_preprocess_option, add_target_option, json_or_name
+from agent.cli.output import print_json, print_table
+from agent.config import load_config
 from agent.errors import UsageError
+from agent.fleet.commands import COMMANDS, JobState, coerce_cli_args
+from agent.fleet.deployment import DeploymentError, deployment_from_dict
+from agent.fleet.messages import MessageError
+from agent.operator.client import Operator, format_reply
+from agent.operator.desired import deployment_document
+from agent.operator.plan_builds import build_plans, format_plan_view, plan_view, with_plans
 
 
 def register_operator(actions: Any) -> None:
@@ -34,12 +41,12 @@ def register_operator(actions: Any) -> None:
     deploy.add_argument("--validation", help="artifact id of the validation set (or the file)")
     deploy.add_argument("--labels", help="artifact id of a labels file (or the file)")
     deploy.add_argument("--precision", choices=("fp32", "fp16", "int8", "best"))
-    deploy.add_argument("--target", help="auto, gpu, cpu or dla:N")
+    add_target_option(deploy)
     deploy.add_argument("--batch", type=int)
     deploy.add_argument("--gpu-fallback", action="store_true", default=None, help="DLA: let unsupported layers run on the GPU")
     deploy.add_argument("--camera", action="append", default=None, help="camera URI (repeat for several)")
-    deploy.add_argument("--preprocess", help="a preset name or a JSON object")
-    deploy.add_argument("--postprocess", help="a type name or a JSON object")
+    add_preprocess_option(deploy)
+    deploy.add_argument("--postprocess", help="a plugin name (classification, blazeface, yolo), inline JSON, or a JSON file")
     deploy.add_argument("--accuracy", action="append", default=None, metavar="KEY=VALUE", help="accuracy gate threshold, e.g. top1_agreement=0.9")
     deploy.add_argument("--telemetry-interval", type=float, help="seconds between telemetry documents")
     deploy.add_argument("--clear", action="store_true", help="remove the retained desired state (devices keep serving what they have)")
@@ -48,8 +55,6 @@ def register_operator(actions: Any) -> None:
                         help="first ask the builder of this hardware class for a shared plan, and name it in the deployment (repeat)")
     add_json_flag(deploy)
     deploy.set_defaults(func=_deploy)
-
-    from agent.fleet.commands import COMMANDS
 
     cmd = actions.add_parser("cmd", help="send a command to a device; --wait for its job to finish")
     cmd.add_argument("device")
@@ -78,88 +83,36 @@ def register_operator(actions: Any) -> None:
     watch.set_defaults(func=_watch)
 
 
-register_actions = register_operator  # the name agent/cli/fleet_cmd.py's extension hook calls
-
-
 def _operator(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-    from agent.fleet.operator import Operator
-
     config = load_config(args.config)
     return Operator(config.broker, config.broker.topic_prefix).connect()
 
 
-def _artifact_ref(value: Optional[str]) -> Optional[str]:
-    """An artifact id, or the sha256 of a local file of that name (the one `fleet publish` sent)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if len(value) != 64 and path.is_file():
-        from agent.store.hashing import sha256_file
-
-        return sha256_file(path)
-    return value
-
-
-def _json_or_name(value: Optional[str], what: str) -> Any:
-    if value is None:
-        return None
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"--{what}: not valid JSON: {exc}") from None
-    return text
+def _accuracy_pairs(pairs: Optional[List[str]]) -> Dict[str, Any]:
+    """--accuracy KEY=VALUE (repeated), as text: the GateThresholds model converts each value to its field's type."""
+    accuracy: Dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
+        accuracy[key.strip()] = text.strip()
+    return accuracy
 
 
 def deployment_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    data: Dict[str, Any] = {}
-    if args.file:
-        try:
-            data = json.loads(Path(args.file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--file {args.file}: {exc}") from None
-        if isinstance(data, dict) and "deployment" in data and isinstance(data["deployment"], dict):
-            data = data["deployment"]
-        if not isinstance(data, dict):
-            raise UsageError(f"--file {args.file}: a JSON object is needed")
-    for key, value in (
-        ("id", args.deployment_id),
-        ("model", _artifact_ref(args.model)),
-        ("table", _artifact_ref(args.table)),
-        ("validation", _artifact_ref(args.validation)),
-        ("labels", _artifact_ref(args.labels)),
-        ("precision", args.precision),
-        ("target", args.target),
-        ("batch", args.batch),
-        ("gpu_fallback", args.gpu_fallback),
-        ("cameras", args.camera),
-        ("preprocess", _json_or_name(args.preprocess, "preprocess")),
-        ("postprocess", _json_or_name(args.postprocess, "postprocess")),
-        ("telemetry_interval_s", args.telemetry_interval),
-    ):
-        if value is not None:
-            data[key] = value
-    if args.accuracy:
-        accuracy = dict(data.get("accuracy") or {})
-        for pair in args.accuracy:
-            key, sep, text = pair.partition("=")
-            if not sep:
-                raise UsageError(f"--accuracy takes KEY=VALUE, got {pair!r}")
-            try:
-                accuracy[key.strip()] = float(text)
-            except ValueError:
-                accuracy[key.strip()] = text.strip()
-        data["accuracy"] = accuracy
-    if "id" not in data and data.get("model"):
-        data["id"] = f"{str(data['model'])[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    return data
+    base = json_or_name(args.file, "--file") if args.file else None
+    if base is not None and not isinstance(base, dict):
+        raise UsageError(f"--file {args.file}: a JSON object is needed")
+    fields = {
+        "id": args.deployment_id, "model": args.model, "table": args.table, "validation": args.validation, "labels": args.labels,
+        "precision": args.precision, "target": args.target, "batch": args.batch, "gpu_fallback": args.gpu_fallback,
+        "cameras": args.camera, "preprocess": json_or_name(args.preprocess, "--preprocess"),
+        "postprocess": json_or_name(args.postprocess, "--postprocess"), "telemetry_interval_s": args.telemetry_interval,
+    }
+    return deployment_document(base, fields, _accuracy_pairs(args.accuracy))
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from agent.fleet.deployment import DeploymentError, deployment_from_dict
-
     if bool(args.device) == bool(args.group):
         raise UsageError("name a DEVICE or --group GROUP (one of them)")
     deployment = None
@@ -169,10 +122,6 @@ def _deploy(args: argparse.Namespace) -> int:
         except DeploymentError as exc:
             raise UsageError(str(exc)) from None
     if deployment is not None and getattr(args, "build_plans", None) and not args.dry_run:
-        from agent.cli.plans_cmd import build_plans
-        from agent.config import load_config
-        from agent.operator.plan_builds import with_plans
-
         answers = build_plans(load_config(args.config), deployment, args.build_plans, 3600.0)
         deployment = with_plans(deployment, {k: v["artifact_id"] for k, v in answers.items()})
     if args.dry_run:
@@ -194,10 +143,6 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from agent.fleet.commands import JobState, coerce_cli_args
-    from agent.fleet.messages import MessageError
-    from agent.fleet.operator import format_reply
-
     try:
         command_args = coerce_cli_args(args.type, args.arg)
     except MessageError as exc:
@@ -250,8 +195,6 @@ def _status(args: argparse.Namespace) -> int:
             sys.stderr.write(raise_missing + "\n")
         return 1
     if getattr(args, "plans", False):
-        from agent.operator.plan_builds import format_plan_view, plan_view
-
         view = plan_view(rows.values())
         if args.json:
             print_json(view)
@@ -288,8 +231,6 @@ def _watch(args: argparse.Namespace) -> int:
                 sys.stdout.write(time.strftime("%H:%M:%S ") + f"{len(rows)} devices\n")
                 _print_rows(rows)
                 if getattr(args, "plans", False):
-                    from agent.operator.plan_builds import format_plan_view, plan_view
-
                     sys.stdout.write("\n".join(format_plan_view(plan_view(rows))) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

@@ -10,13 +10,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from agent.cli.output import add_json_flag, print_json
+from agent.calib.table import read_table
+from agent.cli.options import add_json_flag, add_preprocess_option, json_or_name
+from agent.cli.output import print_json
+from agent.engine.manifest import Manifest, read_manifest
+from agent.engine.spec import Precision
 from agent.errors import AgentError, UsageError
+from agent.gate.gate import run_gate
+from agent.gate.thresholds import parse_thresholds
+from agent.gate.validation import load_validation, make_validation
+from agent.runtime.base import Runner
+from agent.runtime.factory import open_runner
+from agent.vision.framesets import collect_frames
+from agent.vision.preprocess import spec_from
 
 TASK_CHOICES = ("classification", "detection", "generic")
 SIZE_HINT_BYTES = 8 << 20
@@ -32,7 +42,7 @@ def register_fleet(sub: Any) -> None:
     parser.add_argument("--model", required=True, help="the FP32 ONNX model the deployment ships")
     parser.add_argument("--frames", required=True, action="append", metavar="DIR_OR_VIDEO", help="image folder, image or video (repeatable)")
     parser.add_argument("-n", type=int, default=64, help="number of frames, spread evenly over the sources (default 64)")
-    parser.add_argument("--preprocess", default=None, help="preset name (efficientnet_lite, blazeface), JSON object or JSON file")
+    add_preprocess_option(parser)
     parser.add_argument("--task", choices=TASK_CHOICES, default=None, help="default: classification for one [N, C] output, detection with --decoder, else generic")
     parser.add_argument("--decoder", default=None, help="detection: decoder config as JSON or JSON file, e.g. '{\"kind\": \"blazeface\", \"score_threshold\": 0.5}'")
     parser.add_argument("--labels", default=None, help="optional ground truth: JSON list of class indices, or object {frame name: index}")
@@ -64,27 +74,8 @@ def register_engine(sub: Any) -> None:
 # argument helpers -------------------------------------------------------------------------------------------
 
 
-def _json_or_name(value: Optional[str], what: str) -> Any:
-    """A JSON file path, inline JSON, or a bare name (a preset); None stays None."""
-    if value is None:
-        return None
-    text = value.strip()
-    path = Path(value)
-    if not text.startswith(("{", "[")) and path.suffix.lower() == ".json":
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
-    if text.startswith(("{", "[")):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"{what}: not valid JSON ({exc})") from None
-    return text
-
-
 def _labels_for(value: Optional[str], names: List[str]) -> Optional[List[int]]:
-    data = _json_or_name(value, "--labels")
+    data = json_or_name(value, "--labels")
     if data is None:
         return None
     values: List[Any]
@@ -106,12 +97,8 @@ def _labels_for(value: Optional[str], names: List[str]) -> Optional[List[int]]:
 
 
 def make_validation_command(args: argparse.Namespace) -> int:
-    from agent.gate.validation import make_validation
-    from agent.vision.framesets import collect_frames
-    from agent.vision.preprocess import spec_from
-
-    preprocess = spec_from(_json_or_name(args.preprocess, "--preprocess"))
-    decoder_config = _json_or_name(args.decoder, "--decoder")
+    preprocess = spec_from(json_or_name(args.preprocess, "--preprocess"))
+    decoder_config = json_or_name(args.decoder, "--decoder")
     if isinstance(decoder_config, str):
         decoder_config = {"kind": decoder_config}
     if args.task == "detection" and decoder_config is None:
@@ -153,66 +140,34 @@ def make_validation_command(args: argparse.Namespace) -> int:
 ENGINE_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
 
 
-def _open_runner(engine: str) -> Tuple[Any, Dict[str, Any]]:
-    """(runner not yet activated, manifest or {}) for an engine file or a cached engine folder."""
-    from agent.runtime.factory import open_runner
-    from agent.store.atomic import read_json
-
+def _open_runner(engine: str) -> Tuple[Runner, Optional[Manifest]]:
+    """(runner not yet activated, its manifest or None) for an engine file or a cached engine folder."""
     path = Path(engine)
     if path.is_dir():
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise AgentError(f"{path} has no manifest.json: not a cached engine folder")
-        try:
-            manifest = read_json(manifest_path)
-        except (OSError, ValueError) as exc:
-            raise AgentError(f"cannot read {manifest_path}: {exc}") from None
-        if not isinstance(manifest, dict):
-            raise AgentError(f"{manifest_path} is not a JSON object")
-        backend = str(manifest.get("backend") or "auto")
-        return open_runner(backend, _artifact_in_folder(path, manifest)), manifest
+        manifest = read_manifest(path)
+        return open_runner(manifest.backend, path / manifest.engine_file, dla_core=manifest.spec.dla_core), manifest
     if not path.is_file():
         raise AgentError(f"engine not found: {path}")
     if path.suffix.lower() not in ENGINE_SUFFIXES:
         raise AgentError(f"{path}: give an engine file ({', '.join(ENGINE_SUFFIXES)}) or a cached engine folder (with manifest.json)")
-    return open_runner("auto", path), {}
-
-
-def _artifact_in_folder(folder: Path, manifest: Dict[str, Any]) -> Path:
-    for key in ("engine_file", "artifact", "model_file", "file", "path"):
-        value = manifest.get(key)
-        if isinstance(value, str) and (folder / value).is_file():
-            return folder / value
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in ENGINE_SUFFIXES)
-    if len(found) != 1:
-        raise AgentError(f"{folder}: manifest.json names no engine file and the folder holds {len(found)} engine files")
-    return found[0]
+    return open_runner("auto", path), None
 
 
 def _read_table(path: Optional[str]) -> Any:
     if path is None:
         return None
-    from agent.lazy import try_import
-
-    table_module = try_import("agent.calib.table")
-    if table_module is None:
-        raise AgentError("reading a calibration table needs agent.calib.table, which this agent lacks")
-    return table_module.read_table(path)
+    return read_table(path)
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from agent.gate.gate import run_gate
-    from agent.gate.thresholds import GateThresholds
-    from agent.gate.validation import load_validation
-
-    block = _json_or_name(args.thresholds, "--thresholds")
+    block = json_or_name(args.thresholds, "--thresholds")
     if block is not None and not isinstance(block, dict):
         raise UsageError("--thresholds: a JSON object, e.g. '{\"top1_agreement\": 0.9}'")
     if isinstance(block, dict) and isinstance(block.get("accuracy"), dict):
         block = block["accuracy"]  # a whole deployment's block
     if args.fallback:
         block = dict(block or {}, fallback=args.fallback)
-    thresholds = GateThresholds.from_dict(block)
+    thresholds = parse_thresholds(block)
     validation = load_validation(Path(args.validation))
     table = _read_table(args.table)
     runner, manifest = _open_runner(args.engine)
@@ -223,7 +178,7 @@ def validate_command(args: argparse.Namespace) -> int:
         table,
         reference_model=args.reference_model,
         candidate_model=args.qdq_model or (args.engine if args.table and str(args.engine).endswith(".onnx") else None),
-        precision=_manifest_precision(manifest),
+        precision=Precision(manifest.spec.precision).value if manifest is not None else None,
         diagnose_budget_s=args.diagnose_budget,
     )
     if args.json:
@@ -231,12 +186,6 @@ def validate_command(args: argparse.Namespace) -> int:
     else:
         _print_result(result)
     return 0 if result.passed else 1
-
-
-def _manifest_precision(manifest: Dict[str, Any]) -> Optional[str]:
-    spec = manifest.get("spec")
-    value = spec.get("precision") if isinstance(spec, dict) else manifest.get("precision")
-    return str(value) if value else None
 
 
 def _print_result(result: Any) -> None:

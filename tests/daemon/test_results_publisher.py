@@ -1,4 +1,5 @@
-"""Results on a real broker: QoS 0, rate-limited or on change, with frame id, timestamp and latency."""
+"""The daemon's results publisher on a real broker: QoS 0, rate-limited or on change (the vision throttle), with
+frame id, timestamp and latency."""
 
 from __future__ import annotations
 
@@ -8,43 +9,55 @@ from typing import Any
 import pytest
 
 from agent.config import BrokerConfig
+from agent.daemon.results_publisher import ResultsPublisher, publish_snapshot
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.topics import Topics
 from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.vision.capture import Capture
 from agent.vision.pipeline import Pipeline
-from agent.vision.results import ResultGate, ResultsConfig, ResultsPublisher
+from agent.vision.results import ResultsConfig, ResultThrottle
 from agent.vision.sources import SourceOptions
-from tests.helpers import Collector, json_of
-from tests.vision.conftest import TINY_PREPROCESS
+from tests.helpers import Collector, json_of, tiny_classifier_onnx
+from tests.vision.conftest import TINY_PREPROCESS, write_video
 
 pytest.importorskip("cv2")
 
 
+@pytest.fixture()
+def tiny_onnx(tmp_path: Path) -> Path:
+    return tiny_classifier_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture()
+def short_video(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "short.avi")
+
+
 def test_rate_limit_per_source() -> None:
-    gate = ResultGate(ResultsConfig(min_interval_s=1.0))
-    assert gate.admit("a", ("x",), 10.0) == (True, "")
-    assert gate.admit("a", ("x",), 10.5) == (False, "rate")
-    assert gate.admit("b", ("x",), 10.5) == (True, "")
-    assert gate.admit("a", ("y",), 11.0) == (True, "")
+    throttle = ResultThrottle(ResultsConfig(min_interval_s=1.0))
+    assert throttle.admit("a", ("x",), 10.0) == (True, "")
+    assert throttle.admit("a", ("x",), 10.5) == (False, "rate")
+    assert throttle.admit("b", ("x",), 10.5) == (True, "")
+    assert throttle.admit("a", ("y",), 11.0) == (True, "")
 
 
 def test_on_change_with_a_heartbeat() -> None:
-    gate = ResultGate(ResultsConfig(on_change=True, heartbeat_s=5.0))
-    assert gate.admit("a", ("cat",), 0.0)[0]
-    assert gate.admit("a", ("cat",), 1.0) == (False, "unchanged")
-    assert gate.admit("a", ("dog",), 2.0)[0]
-    assert gate.admit("a", ("dog",), 6.0) == (False, "unchanged")
-    assert gate.admit("a", ("dog",), 7.5)[0]  # heartbeat: 5 s since the last one went out
+    throttle = ResultThrottle(ResultsConfig(on_change=True, heartbeat_s=5.0))
+    assert throttle.admit("a", ("cat",), 0.0)[0]
+    assert throttle.admit("a", ("cat",), 1.0) == (False, "unchanged")
+    assert throttle.admit("a", ("dog",), 2.0)[0]
+    assert throttle.admit("a", ("dog",), 6.0) == (False, "unchanged")
+    assert throttle.admit("a", ("dog",), 7.5)[0]  # heartbeat: 5 s since the last one went out
 
 
 def test_results_config_errors() -> None:
     from agent.errors import ConfigError
+    from agent.models import parse
 
-    with pytest.raises(ConfigError, match="unknown keys"):
-        ResultsConfig.from_dict({"every": 3})
-    with pytest.raises(ConfigError, match="negative"):
-        ResultsConfig.from_dict({"min_interval_s": -1})
+    with pytest.raises(ConfigError, match=r"results\.every: unknown key"):
+        parse(ResultsConfig, {"every": 3}, root="results")
+    with pytest.raises(ConfigError, match=r"results\.min_interval_s: expected float >= 0"):
+        parse(ResultsConfig, {"min_interval_s": -1}, root="results")
 
 
 def test_results_arrive_on_a_real_broker(broker: Any, tiny_onnx: Path, short_video: Path) -> None:
@@ -70,7 +83,7 @@ def test_results_arrive_on_a_real_broker(broker: Any, tiny_onnx: Path, short_vid
         assert len(message["classes"]) == 2 and {"label", "index", "score"} <= set(message["classes"][0])
         assert message["detections"] == [] and message["size"] == [64, 48]
         assert publisher.counters()["published"] == 24
-        assert jpeg is not None and publisher.publish_snapshot(jpeg)
+        assert jpeg is not None and publish_snapshot(link, topics, jpeg)
         snapshot = collector.wait_for(lambda m: m.topic == topics.snapshot)
         assert snapshot.payload == jpeg
     finally:

@@ -1,4 +1,4 @@
-"""The culprit search on a small real model and its Q/DQ builds (no shared test data needed)."""
+"""The culprit search on a small real model and its Q/DQ builds (a model built here, no fetched material)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.gate.diagnose import diagnose, qdq_scales
+from agent.calib import qdq
+from agent.calib import table as table_module
+from agent.gate.divergence import diagnose, qdq_scales
 from agent.gate.gate import run_gate
 from agent.gate.onnx_reference import ReferenceSession, load_model, with_all_outputs
 from agent.gate.thresholds import GateThresholds
@@ -19,7 +21,6 @@ QUANTISED = ("input", "relu_out", "flat_out")
 
 @pytest.fixture(scope="module")
 def tiny_table(tiny_model_path, tiny_validation):
-    table_module = pytest.importorskip("agent.calib.table")
     marked, _ = with_all_outputs(load_model(tiny_model_path))
     values = ReferenceSession(marked, optimize=False).run({"input": tiny_validation.inputs["input"]})
     values["input"] = tiny_validation.inputs["input"]
@@ -30,7 +31,6 @@ def tiny_table(tiny_model_path, tiny_validation):
 def _qdq_file(model_path: Path, table, out: Path) -> Path:
     import onnx
 
-    qdq = pytest.importorskip("agent.calib.qdq")
     onnx.save(qdq.to_qdq(onnx.load(str(model_path)), table, "tensorrt").model, str(out))
     return out
 

@@ -28,6 +28,8 @@ from agent.fleet.deployment import Deployment, encode_desired
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import Topics, all_devices, device_of
+from agent.models import dump
+from agent.telemetry.document import from_compact
 
 
 class OperatorError(AgentError):
@@ -212,7 +214,7 @@ class Operator:
                 properties.CorrelationData = command_id.encode()
             else:
                 reply_to = topics.reply
-            sent_args = {k: v for k, v in checked.items() if k in (args or {})}
+            sent_args = {k: v for k, v in dump(checked).items() if k in (args or {})}
             payload = encode_command(command_id, command_type, sent_args, device=device, timeout_s=timeout_s, reply_to=reply_to)
             self._publish(topics.cmd, payload, properties=properties)
             if not wait:
@@ -306,8 +308,6 @@ class Operator:
 
     def watch(self, *, interval_s: float = 1.0, duration_s: Optional[float] = None, device: Optional[str] = None) -> Iterator[List[DeviceRow]]:
         """Yield the fleet table every `interval_s` (status and telemetry of every device, or of one)."""
-        from agent.telemetry.document import from_compact
-
         rows: Dict[str, DeviceRow] = {}
         lock = threading.Lock()
 
