@@ -162,7 +162,7 @@ class PackageSteps(Steps):
         with self._lock:
             self._active_cancel = cancel
         plan = self.shared_plans.prepare(deployment, spec, self.fingerprint, cold=cold, cancel=cancel) if self.shared_plans else None
-        shared = plan is not None and plan.source == "shared"
+        shared = plan is not None and plan.installed_now
         try:
             result = ensure_engine(
                 spec,

@@ -44,6 +44,7 @@ from agent.fleet.plans import PLAN_KIND, PlanRefusedError, decode_index, embedde
 
 log = logging.getLogger(__name__)
 
+SHARED_NOTE = "shared plan "  # the note an installed plan's manifest carries: "shared plan <artifact id> built by <builder>"
 INDEX_WAIT_S = 0.5  # a retained index message arrives right after subscribing; paid only when no engine is cached
 
 
@@ -61,6 +62,7 @@ class PlanOutcome:
     trial_s: float = 0.0
     builder_gate: Dict[str, Any] = field(default_factory=dict)
     build_s_saved: float = 0.0  # the builder's build time this device did not spend
+    installed_now: bool = False  # pulled, trial-loaded and installed by this call (the build step need not trial-load it again)
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -90,6 +92,11 @@ class SharedPlans:
             return outcome
         entry = cache.lookup(key)
         if entry is not None and entry.status == "ok":
+            installed = _installed_plan(entry.manifest)
+            if installed:  # a shared plan installed earlier (a restart, a rebuild): still the builder's plan
+                outcome.source, outcome.artifact_id, outcome.builder = "shared", installed[0], installed[1]
+                outcome.reason = "the shared plan installed earlier is cached here"
+                return outcome
             outcome.source = "cache"
             outcome.reason = "an engine for this class and spec is already cached here"
             return outcome
@@ -177,6 +184,7 @@ class SharedPlans:
             raise PlanRefusedError(f"plan {artifact_id[:12]} refused: {trial.reason}", "trial_load")
         self._install(cache, key, Path(path), manifest, artifact_id, outcome.builder)
         outcome.source = "shared"
+        outcome.installed_now = True
         outcome.build_s_saved = round(float(manifest.build_seconds or 0.0), 3)
         self.emit("engine.plan_used", key=key, artifact_id=artifact_id, class_key=class_key, builder=outcome.builder,
                   pull_s=outcome.pull_s, trial_s=outcome.trial_s)
@@ -193,7 +201,7 @@ class SharedPlans:
                     os.link(plan, target)  # the artifact store's copy and the engine share the disk space
                 except OSError:
                     shutil.copyfile(plan, target)
-                note = f"shared plan {artifact_id} built by {builder or 'the class builder'}"
+                note = f"{SHARED_NOTE}{artifact_id} built by {builder or 'the class builder'}"
                 write_manifest(folder, replace(manifest, notes=[*manifest.notes, note]))
                 cache.install(key, folder)
             finally:
@@ -224,3 +232,13 @@ def shared_plan_ids(record: Dict[str, Any]) -> List[str]:
 
 def _obj(value: Any) -> Dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _installed_plan(manifest: Any) -> Optional[Tuple[str, str]]:
+    """(artifact id, builder) when the cached engine is a shared plan this device installed, else None."""
+    for note in getattr(manifest, "notes", None) or []:
+        if isinstance(note, str) and note.startswith(SHARED_NOTE):
+            parts = note[len(SHARED_NOTE):].split(" built by ", 1)
+            if len(parts) == 2 and len(parts[0]) == 64:
+                return parts[0], parts[1]
+    return None

@@ -349,3 +349,12 @@ def test_a_tensorrt_plan_from_another_tensorrt_build_is_refused_before_a_byte_is
     assert outcome.refused["field"] == "tensorrt", outcome.refused
     assert "TensorRT 10.3.0.26 here, plan 10.3.0.30" in outcome.refused["reason"]
     assert not device.steps.artifacts.has(plan.artifact_id) and stored(device) == []
+
+
+def test_a_rebuild_of_a_device_on_the_shared_plan_still_reports_the_plan(fleet: Fleet, tiny: Dict[str, str], x86_plan: Dict[str, Any]) -> None:
+    device = fleet.device("rebuilt")
+    deployment = with_plans(deployment_of(tiny), {x86_plan["class"]: x86_plan["artifact_id"]})
+    first, _gate = device.apply(deployment)
+    again, _gate = device.apply(deployment)  # a restart's or a rebuild's pass: the engine is cached now
+    assert first.plan["source"] == again.plan["source"] == "shared"
+    assert again.plan["artifact_id"] == x86_plan["artifact_id"] and "installed earlier" in again.plan["reason"]
