@@ -47,6 +47,7 @@ class BrokerConfig:
     topic_prefix: str = "edge"
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    max_payload: int = 0  # the broker's packet size limit in bytes (AWS IoT Core: 131072); 0: none
 
 
 @dataclass
@@ -207,6 +208,8 @@ def _validate(config: AgentConfig) -> None:
             raise ConfigError(f"broker.{key}: file not found: {path}")
     if bool(broker.cert_file) != bool(broker.key_file):
         raise ConfigError("broker.cert_file and broker.key_file: set both for a client certificate, or neither")
+    if broker.max_payload and broker.max_payload < 4096:
+        raise ConfigError(f"broker.max_payload: 0 (no limit) or at least 4096 bytes, got {broker.max_payload}")
     if "/" in broker.topic_prefix.strip("/") or "+" in broker.topic_prefix or "#" in broker.topic_prefix:
         raise ConfigError(f"broker.topic_prefix: one topic level without wildcards, got {broker.topic_prefix!r}")
     device_id = config.device.id

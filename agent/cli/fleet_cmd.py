@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, List
 
-from agent.cli import gate_cli, operator_cli
+from agent.cli import gate_cli, operator_cli, rollout_cli
 from agent.cli.output import add_json_flag, print_json
 from agent.errors import UsageError
 from agent.fleet.artifacts import KINDS as ARTIFACT_KINDS
@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     publish.add_argument("--name", help="a label without path separators (default: the file name)")
     publish.add_argument("--key", help="ed25519 private key PEM (default: <state dir>/fleet-keys/fleet-signing.key)")
     publish.add_argument("--unsigned", action="store_true", help="publish without a signature (only devices with allow_unsigned take it)")
-    publish.add_argument("--chunk-size", type=int, help="block size in bytes (default: artifacts.chunk_bytes)")
+    publish.add_argument("--chunk-size", type=int, help="block size in bytes (default: artifacts.chunk_bytes, less if broker.max_payload needs it)")
     publish.add_argument("--artifacts", help="the operator's artifacts folder (default: <state dir>/fleet-artifacts)")
     publish.add_argument("--offline", action="store_true", help="only add it to the folder; fleet serve publishes the manifest when it connects")
     publish.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")
@@ -55,6 +55,7 @@ def register(sub: Any) -> None:
 
     gate_cli.register_fleet(actions)  # make-validation
     operator_cli.register_operator(actions)  # deploy, cmd, status, watch
+    rollout_cli.register(actions)  # rollout start|status|pause|resume|abort, exporter
     parser.set_defaults(func=_missing_action(parser))
 
 
@@ -107,7 +108,13 @@ def _publish(args: argparse.Namespace) -> int:
     if not args.unsigned:
         key_path = Path(args.key) if args.key else config.state_dir / "fleet-keys" / PRIVATE_KEY_NAME
         private_key = load_private_key(key_path)
-    manifest = describe_file(source, args.kind, name, args.chunk_size or config.artifacts.chunk_bytes)
+    from agent.fleet.limits import block_size_for
+
+    try:  # blocks sized so that one block frame fits the broker's packet limit
+        chunk = args.chunk_size or block_size_for(config.broker.max_payload, config.artifacts.chunk_bytes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    manifest = describe_file(source, args.kind, name, chunk)
     if private_key is not None:
         manifest = sign_manifest(manifest, private_key)
     folder = _artifacts_folder(args, config)

@@ -257,7 +257,10 @@ def _print_rows(rows: List[Any], with_error: bool = False) -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    from agent.operator.rollout_runner import RolloutBoard
+
     operator = _operator(args)
+    board = RolloutBoard(operator.link, operator.prefix)  # staged rollouts in progress, one line each
     try:
         for rows in operator.watch(interval_s=args.interval, duration_s=args.duration, device=args.device):
             if args.json:
@@ -266,6 +269,8 @@ def _watch(args: argparse.Namespace) -> int:
                 if sys.stdout.isatty():
                     sys.stdout.write("\x1b[H\x1b[2J")
                 sys.stdout.write(time.strftime("%H:%M:%S ") + f"{len(rows)} devices\n")
+                for line in board.lines():
+                    sys.stdout.write(line + "\n")
                 _print_rows(rows)
             sys.stdout.flush()
     except KeyboardInterrupt:
