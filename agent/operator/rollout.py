@@ -449,6 +449,7 @@ def step(state: RolloutState, view: View, now: float) -> List[Action]:
     if state.status == "aborting":
         return _rollback_step(state, view, now)
     wave = state.waves[state.wave]
+    _refresh_earlier(state, view)
     if wave.started_at is None:
         wave.started_at = now
         wave.baseline = means_of(wave.devices, view.telemetry)
@@ -505,6 +506,21 @@ def step(state: RolloutState, view: View, now: float) -> List[Action]:
         state.note(f"completed: {_counts(state.outcomes, state.devices_so_far())}; group {state.group} now desires {state.deployment.get('id')}", now)
         return [Action("complete", tuple(state.devices_so_far()))]
     return []
+
+
+def _refresh_earlier(state: RolloutState, view: View) -> None:
+    """Devices of finished waves stay watched: one that goes offline after serving counts as offline (the
+    deployment may have taken it down), and counts as what it reports again once it is back."""
+    for wave in state.waves:
+        if wave.completed_at is None:
+            continue
+        for device in wave.devices:
+            outcome = state.outcomes.get(device)
+            if outcome == SERVING and not view.online(device):
+                state.outcomes[device] = OFFLINE
+            elif outcome == OFFLINE and view.online(device):
+                seen = classify(view.statuses.get(device), state.digest)
+                state.outcomes[device] = seen if seen in FINAL else OFFLINE
 
 
 def _rollback_step(state: RolloutState, view: View, now: float) -> List[Action]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent.config import BrokerConfig
 from agent.fleet.commands import decode_reply
-from agent.fleet.deployment import Deployment, DeploymentError, decode_desired, deployment_from_dict
+from agent.fleet.deployment import Deployment, DeploymentError, decode_desired, deployment_from_dict, encode_desired
 from agent.fleet.limits import join, parts_header, split
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.operator import Operator, OperatorError, new_command_id
@@ -216,6 +216,7 @@ class RolloutRunner:
         self.fleet = FleetView(prefix)
         self.docs = RolloutDocs(prefix, group)
         self._driving = False
+        self._opened = False
         self._saved = b""
         self.stop = threading.Event()
 
@@ -224,13 +225,14 @@ class RolloutRunner:
 
     # connection ------------------------------------------------------------------------------------------------
     def __enter__(self) -> RolloutRunner:
-        return self.open()
+        return self if self._opened else self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def open(self, settle_s: float = 1.0) -> RolloutRunner:
         self.operator.connect()
+        self._opened = True
         link = self.operator.link
         for channel in ("status", "telemetry", "desired", "reply"):
             link.subscribe(all_devices(self.prefix, channel), self.fleet.on_device, qos=1)
@@ -404,11 +406,20 @@ class RolloutRunner:
         elif action.kind == "restore":
             for device in action.devices:
                 pin = state.pins.get(device)
-                self.operator.deploy(deployment_from_dict(pin) if pin else None, device=device)
+                if pin:
+                    self.operator.deploy(deployment_from_dict(pin), device=device)
+                else:
+                    self.unpin(device)
         elif action.kind == "complete":
             self.operator.deploy(new, group=state.group)
             for device in action.devices:  # the group's desired state now says the same; a device pin would shadow later group deploys
-                self.operator.deploy(None, device=device)
+                self.unpin(device)
+
+    def unpin(self, device: str) -> None:
+        """`{"deployment": null}`, retained, on the device's own desired topic: "nothing from this source", so the
+        group's wins. Not an empty (clearing) message: a device that was offline would never hear of that one and
+        keep following the per-device deployment it last received."""
+        self.operator._publish(self.operator.desired_topic(device=device), encode_desired(None), retain=True)
 
 
 class RolloutBoard:
