@@ -28,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e ".[cpu,test]"
+"$VENV/bin/python" -m pip install -q -e ".[cpu,operator,test]"
 if [ "${LINT:-0}" = "1" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[cpu,dev]"
   "$VENV/bin/python" -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"

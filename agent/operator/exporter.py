@@ -183,10 +183,10 @@ class FleetCollector:
                 if value is not None:
                     family.add_metric(values, value)
             pipeline = figures.section(telemetry, "pipeline")
-            for family, key in ((frames, "frames"), (drops, "drops")):
-                count = figures.number(pipeline.get(key))
-                if count is not None:
-                    family.add_metric(values, count)
+            for counter, key in ((frames, "frames"), (drops, "drops")):
+                total = figures.number(pipeline.get(key))
+                if total is not None:
+                    counter.add_metric(values, total)
             for stage, quantiles in list(figures.latency_ms(telemetry).items())[:STAGES_MAX]:
                 for key, value in quantiles.items():
                     if key in QUANTILES:

@@ -26,7 +26,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent.config import BrokerConfig
 from agent.fleet.commands import decode_reply
-from agent.fleet.deployment import Deployment, DeploymentError, decode_desired, deployment_from_dict, encode_desired
+from agent.fleet.deployment import (
+    Deployment,
+    DeploymentError,
+    decode_desired,
+    deployment_from_dict,
+    encode_desired,
+)
 from agent.fleet.limits import join, parts_header, split
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.operator import Operator, OperatorError, new_command_id

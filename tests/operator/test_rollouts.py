@@ -110,7 +110,7 @@ def test_an_abort_on_devices_gone_offline_and_their_convergence(broker: LocalBro
     assert all(d.serving is not None and d.serving.id == OLD.id for d in fleet.devices)
 
 
-def cli(env: Dict[str, str], *args: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def cli(env: Dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agent", "fleet", "rollout", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -121,7 +121,7 @@ def test_a_killed_operator_resumes_and_a_second_rollout_is_refused(broker: Local
                 "EDGE_AGENT_STATE_DIR": str(tmp_path / "op"), "PYTHONPATH": str(REPO_ROOT)})
     spec = tmp_path / "deployment.json"
     spec.write_text(json.dumps({"deployment": NEW.to_dict()}))
-    log = open(tmp_path / "rollout.log", "w")
+    log = open(tmp_path / "rollout.log", "w")  # noqa: SIM115 - the child writes to it until it is killed
     first = subprocess.Popen([sys.executable, "-m", "agent", "fleet", "rollout", "start", "--deployment", str(spec), "--group", GROUP,
                               "--waves", "1,50%,100%", "--bake", "8s", "--id", "ro-first"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
