@@ -358,7 +358,7 @@ def evaluate(state: RolloutState, view: View, now: float, *, with_telemetry: boo
             observed = 100.0 * count / total if criterion.percent else float(count)
             if _compare(criterion.op, observed, criterion.value):
                 names = ", ".join(hit[:8]) + (f" and {count - 8} more" if count > 8 else "")
-                detail = f"{criterion.text}: {count} of {total} devices reached so far ({100.0 * count / total:.1f}%) are {METRICS[metric][0].replace('devices ', '', 1)}: {names}"
+                detail = f"{criterion.text}: {count} of {total} devices reached so far ({100.0 * count / total:.1f}%) - {METRICS[metric][0]}: {names}"
                 return AbortReason(criterion=criterion.text, metric=metric, observed=round(observed, 3), threshold=criterion.value, detail=detail, at=now)
             continue
         if not with_telemetry:
