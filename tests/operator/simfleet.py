@@ -243,7 +243,7 @@ class SimDevice:
         return {
             "device": self.id,
             "interval_s": 10.0,
-            "system": {"memory": {"used_mb": 1500.0, "total_mb": 7620.0}, "temps_c": {"cpu-thermal": self.temp_c}},
+            "system": {"memory": {"used_mb": 1500.0, "total_mb": 7620.0}, "temps_c": {"cpu-thermal": self.temp_c - 5}},
             "jetson": {"tegrastats": {"ram": {"used_mb": 2100, "total_mb": 7620}, "temps_c": {"tj": self.temp_c},
                                       "power_mw": {"VDD_IN": {"now": 7400, "avg": 7300}}}},
             "pipeline": {"fps": self.fps, "frames": self.frames, "drops": 0, "latency_ms": {"infer": {"p50": 8.0, "p99": 12.5}, "total": {"p50": 20.0, "p99": 31.0}}}

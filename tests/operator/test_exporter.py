@@ -95,3 +95,35 @@ def FleetExporterText(store: FleetStore) -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store))  # type: ignore[arg-type]
     return generate_latest(registry).decode()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_exporter_serves() -> None:
+    import json
+    import re
+
+    from tests.helpers import REPO_ROOT
+    from tests.operator.conftest import OLD
+    from tests.operator.simfleet import SimDevice
+
+    store = FleetStore("edge")
+    device = SimDevice("d1", BrokerConfig(), ["g"], all_pass, None, initial=OLD)  # type: ignore[arg-type]
+    device.gate = {"passed": True, "metrics": {"top1_agreement": 0.9}}
+    store.put("d1", "status", dict(device.status_document(), blocked=[{"digest": "x", "step": "validate"}]))
+    store.put("d1", "telemetry", device.telemetry_document())
+    served = {s.name for family in text_string_to_metric_families(FleetExporterText(store)) for s in family.samples}
+    served |= {"edge_rollout_devices", "edge_rollout_wave", "edge_rollout_waves", "edge_rollout_status"}  # with a rollout on the broker
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "edge-fleet.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"] for name in re.findall(r"edge_[a-z0-9_]+", target["expr"])}
+    assert used and used <= served, used - served
+
+
+def test_fleet_status_shows_fps_and_temperature_from_the_retained_telemetry(broker: LocalBroker, broker_config: BrokerConfig, make_fleet: Any) -> None:
+    from agent.fleet.operator import Operator
+
+    make_fleet(2, all_pass)
+    with Operator(broker_config, "edge") as op:
+        rows = op.status(wait_s=1.0)
+        one = op.status("cam-0001", wait_s=3.0)
+    assert sorted(rows) == ["cam-0000", "cam-0001"]
+    assert all(row.fps == 30.0 and row.temperature_c == 50.0 for row in rows.values())  # tegrastats' zones (jetson.tegrastats.temps_c)
+    assert one["cam-0001"].fps == 30.0
