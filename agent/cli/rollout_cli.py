@@ -12,10 +12,12 @@ The logic lives in agent/operator/ (rollout.py, rollout_runner.py, exporter.py);
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.cli.output import add_json_flag, print_json
@@ -108,15 +110,17 @@ def _drive(runner: Any, state: Any, as_json: bool) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from agent.cli.operator_cli import deployment_from_args
     from agent.fleet.deployment import DeploymentError, deployment_from_dict
     from agent.operator.rollout import RolloutBusy, RolloutError, parse_criteria, parse_duration, parse_waves
 
-    file_args = argparse.Namespace(file=args.deployment, deployment_id=None, model=None, table=None, validation=None, labels=None,
-                                   precision=None, target=None, batch=None, gpu_fallback=None, camera=None, preprocess=None,
-                                   postprocess=None, telemetry_interval=None, accuracy=None)
     try:
-        deployment = deployment_from_dict(deployment_from_args(file_args))
+        data = json.loads(Path(args.deployment).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--deployment {args.deployment}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("deployment"), dict):  # a desired-state message is fine too
+        data = data["deployment"]
+    try:
+        deployment = deployment_from_dict(data)
         waves = parse_waves(args.waves)
         criteria = parse_criteria(args.abort_if)
         bake_s, wave_timeout_s, rollback_s = parse_duration(args.bake), parse_duration(args.wave_timeout), parse_duration(args.rollback_timeout)
@@ -137,7 +141,6 @@ def _start(args: argparse.Namespace) -> int:
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
         if args.detach:
-            runner.close()
             print(state.id)
             return 0
         return _drive(runner, state, args.json)

@@ -77,9 +77,9 @@ class FleetStore:
                 self.bad_messages += 1
             return
         channel = msg.topic.rsplit("/", 1)[-1]
-        self.put(name, channel, document)
+        self.put(name, channel, document, retained=bool(getattr(msg, "retain", False)))
 
-    def put(self, name: str, channel: str, document: Dict[str, Any], now: Optional[float] = None) -> None:
+    def put(self, name: str, channel: str, document: Dict[str, Any], now: Optional[float] = None, *, retained: bool = True) -> None:
         now = time.time() if now is None else now
         with self.lock:
             self.messages += 1
@@ -89,9 +89,10 @@ class FleetStore:
                     self.refused_devices += 1
                     return
                 record = self.devices[name] = DeviceRecord()
-            # a retained message is as old as its `ts`, not as the moment it was delivered
+            # a retained message is as old as its `ts`, not as the moment it was delivered; a live one is now (a
+            # device's clock may be off, which must not make it look silent)
             ts = figures.number(document.get("ts"))
-            at = min(now, ts) if ts is not None else now
+            at = min(now, ts) if retained and ts is not None else now
             if channel == "status":
                 record.status, record.status_seen = document, at
             elif channel == "telemetry":

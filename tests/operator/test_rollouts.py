@@ -140,6 +140,9 @@ def test_a_killed_operator_resumes_and_a_second_rollout_is_refused(broker: Local
     assert answer["rollout"] == "ro-first" and "runner is gone" in answer["error"]
     status = cli(env, "status", "--group", GROUP, "--json")
     assert json.loads(status.stdout)[0]["status"] == "running" and json.loads(status.stdout)[0]["reached"] == 1
+    watch = subprocess.run([sys.executable, "-m", "agent", "fleet", "watch", "--duration", "1.2", "--interval", "1"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert "rollout ro-first [lobby] effnet-v2: running, wave 1/3" in watch.stdout, watch.stdout + watch.stderr
     # resume: this process drives it to the end
     resumed = subprocess.Popen([sys.executable, "-m", "agent", "fleet", "rollout", "resume", "--group", GROUP, "--json"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
