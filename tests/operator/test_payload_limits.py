@@ -105,3 +105,27 @@ def test_a_document_over_the_limit_arrives_trimmed_with_a_note(small_broker: Loc
     finally:
         link.stop()
         collector.close()
+
+
+def test_blocks_too_big_for_the_broker_are_answered_with_a_reason(small_broker: LocalBroker, tmp_path: Path) -> None:
+    from agent.config import ArtifactsConfig
+    from agent.errors import AgentError
+    from agent.fleet.topics import Topics
+    from agent.fleet.transfer import ArtifactPuller
+    from agent.store.artifacts import ArtifactStore
+
+    kit = FleetKit(small_broker, tmp_path / "fleet", chunk_bytes=256 * 1024)  # published without regard to the limit
+    kit.broker_config.max_payload = LIMIT
+    link = MqttLink(BrokerConfig(host=small_broker.host, port=small_broker.port, max_payload=LIMIT), unique_client_id("dev"), persistent_session=False)
+    try:
+        artifact = kit.publish(wide_classifier_onnx(tmp_path / "wide.onnx"), "model")
+        link.start()
+        assert link.wait_connected(10)
+        puller = ArtifactPuller(link, Topics("edge", "cam-z"), ArtifactStore(tmp_path / "store"),
+                                ArtifactsConfig(public_keys=[kit.public_key], block_timeout_s=1.0), min_free_mb=0)
+        with pytest.raises(AgentError, match="max_payload"):
+            puller.pull(artifact, expect_kind="model", timeout_s=8)
+        assert kit.link.connected.is_set() and kit.link.reconnects == 0  # the server was not disconnected for it
+    finally:
+        link.stop()
+        kit.close()
