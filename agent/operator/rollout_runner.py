@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config import BrokerConfig
 from agent.fleet.commands import decode_reply
@@ -398,11 +398,29 @@ class RolloutRunner:
         self._release()
         return state
 
+    def _publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
+        """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
+        thousand devices costs one round trip to a distant broker, not a thousand."""
+        for topic, payload in messages:
+            if not self.operator.link.fits(topic, payload):
+                raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
+        infos = [(topic, self.operator.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
+        deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
+        for topic, info in infos:
+            try:
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise OperatorError(f"publishing to {topic} failed: {exc}") from None
+            if not info.is_published():
+                raise OperatorError(f"the broker did not acknowledge the message on {topic}")
+
+    def _desired(self, device: str, deployment: Optional[Deployment]) -> Tuple[str, bytes]:
+        return self.operator.desired_topic(device=device), encode_desired(deployment)
+
     def _execute(self, state: RolloutState, action: Action) -> None:
         new = deployment_from_dict(state.deployment)
         if action.kind == "send":
-            for device in action.devices:
-                self.operator.deploy(new, device=device)
+            self._publish_many([self._desired(device, new) for device in action.devices])
         elif action.kind == "rollback":
             for device in action.devices:
                 try:
@@ -410,22 +428,14 @@ class RolloutRunner:
                 except OperatorError as exc:
                     self.say(f"rollback to {device} not sent: {exc}")
         elif action.kind == "restore":
-            for device in action.devices:
-                pin = state.pins.get(device)
-                if pin:
-                    self.operator.deploy(deployment_from_dict(pin), device=device)
-                else:
-                    self.unpin(device)
+            # the pin it had, else `{"deployment": null}`: "nothing from this source", so the group's wins. Not an
+            # empty (clearing) message: a device that was offline would never hear of that one and keep following
+            # the per-device deployment it last received
+            self._publish_many([self._desired(d, deployment_from_dict(state.pins[d]) if state.pins.get(d) else None) for d in action.devices])
         elif action.kind == "complete":
             self.operator.deploy(new, group=state.group)
-            for device in action.devices:  # the group's desired state now says the same; a device pin would shadow later group deploys
-                self.unpin(device)
-
-    def unpin(self, device: str) -> None:
-        """`{"deployment": null}`, retained, on the device's own desired topic: "nothing from this source", so the
-        group's wins. Not an empty (clearing) message: a device that was offline would never hear of that one and
-        keep following the per-device deployment it last received."""
-        self.operator._publish(self.operator.desired_topic(device=device), encode_desired(None), retain=True)
+            # the group's desired state now says the same; a device pin would shadow later group deploys
+            self._publish_many([self._desired(device, None) for device in action.devices])
 
 
 class RolloutBoard:

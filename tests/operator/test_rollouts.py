@@ -163,3 +163,23 @@ def test_a_killed_operator_resumes_and_a_second_rollout_is_refused(broker: Local
     assert result["status"] == "completed" and result["id"] == "ro-first" and result["reached"] == 8
     assert all(d.serving is not None and d.serving.id == NEW.id for d in fleet.devices)
     assert all(d.served.count(NEW.id) == 1 for d in fleet.devices)  # nothing applied twice
+
+
+def test_pause_and_resume_from_another_operator(broker: LocalBroker, broker_config: BrokerConfig, make_fleet: Any) -> None:
+    fleet: SimFleet = make_fleet(6, all_pass)
+    lines: List[str] = []
+    with runner_for(broker_config, lines) as runner:
+        state = runner.start(NEW, waves=parse_waves("1,100%"), criteria=parse_criteria([]), bake_s=1.5, rollout_id="ro-pause")
+        done: Dict[str, Any] = {}
+        driver = threading.Thread(target=lambda: done.setdefault("state", runner.run(state, timeout_s=60)))
+        driver.start()
+        with RolloutRunner(broker_config, "edge", GROUP, say=lambda _t: None).open(settle_s=0.3) as other:
+            wait_until(lambda: other.runner_alive().get("rollout") == "ro-pause", 10, "the runner")
+            other.send_control("pause")
+            wait_until(lambda: (other.docs.state() or state).status == "paused", 10, "the rollout paused")
+            time.sleep(2.5)  # longer than the bake: a paused rollout sends nothing
+            assert sum(1 for d in fleet.devices if NEW.digest() in d.received) == 1
+            other.send_control("resume")
+        driver.join(60)
+    assert done["state"].status == "completed", lines
+    assert any("paused by" in line for line in lines) and any("resumed by" in line for line in lines)
