@@ -183,3 +183,18 @@ def test_pause_and_resume_from_another_operator(broker: LocalBroker, broker_conf
         driver.join(60)
     assert done["state"].status == "completed", lines
     assert any("paused by" in line for line in lines) and any("resumed by" in line for line in lines)
+
+
+def test_a_device_away_during_the_whole_rollout_gets_what_it_should_when_back(broker: LocalBroker, broker_config: BrokerConfig, make_fleet: Any) -> None:
+    fleet: SimFleet = make_fleet(5, all_pass)
+    away = fleet.devices[2]
+    away.stop(clean=False)
+    lines: List[str] = []
+    with runner_for(broker_config, lines) as runner:
+        assert away.id in runner.fleet.members(GROUP)  # its last will still names its groups
+        state = runner.start(NEW, waves=parse_waves("2,100%"), criteria=parse_criteria([]), rollout_id="ro-away")
+        state = runner.run(state, timeout_s=60)
+    assert state.status == "completed" and state.outcomes[away.id] == "absent", lines
+    assert away.serving is not None and away.serving.id == OLD.id
+    away.start()  # back after the rollout: its own desired says none, the group's says NEW
+    wait_until(lambda: away.serving is not None and away.serving.id == NEW.id, 15, "the returning device converging to NEW")
