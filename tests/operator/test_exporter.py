@@ -127,3 +127,30 @@ def test_fleet_status_shows_fps_and_temperature_from_the_retained_telemetry(brok
     assert sorted(rows) == ["cam-0000", "cam-0001"]
     assert all(row.fps == 30.0 and row.temperature_c == 50.0 for row in rows.values())  # tegrastats' zones (jetson.tegrastats.temps_c)
     assert one["cam-0001"].fps == 30.0
+
+
+def test_the_exporter_command(broker: LocalBroker, make_fleet: Any, tmp_path: Any) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    make_fleet(3, all_pass)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update({"EDGE_AGENT_BROKER_HOST": broker.host, "EDGE_AGENT_BROKER_PORT": str(broker.port), "EDGE_AGENT_DEVICE_ID": "operator",
+                "EDGE_AGENT_STATE_DIR": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "fleet", "exporter", "--listen", "127.0.0.1:0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        port = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert port, line
+        url = f"http://127.0.0.1:{port.group(1)}/metrics"
+        wait_until(lambda: urllib.request.urlopen(url).read().count(b"edge_pipeline_fps{") == 3, 10, "three devices' fps")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
