@@ -198,3 +198,19 @@ def test_a_device_away_during_the_whole_rollout_gets_what_it_should_when_back(br
     assert away.serving is not None and away.serving.id == OLD.id
     away.start()  # back after the rollout: its own desired says none, the group's says NEW
     wait_until(lambda: away.serving is not None and away.serving.id == NEW.id, 15, "the returning device converging to NEW")
+
+
+def test_an_fps_drop_after_the_bake_aborts(broker: LocalBroker, broker_config: BrokerConfig, make_fleet: Any) -> None:
+    def verdict(device: str, chosen: Any) -> Verdict:  # the new engine passes its gate but runs at half the speed
+        return Verdict(gate={"passed": True}, fps=15.0 if chosen.id == NEW.id else 30.0, temp_c=50.0)
+
+    fleet: SimFleet = make_fleet(6, verdict)
+    lines: List[str] = []
+    with runner_for(broker_config, lines) as runner:
+        state = runner.start(NEW, waves=parse_waves("2,100%"), criteria=parse_criteria(["gate_failures>0", "fps_drop>20%"]), bake_s=0.5,
+                             rollout_id="ro-fps")
+        state = runner.run(state, timeout_s=60)
+    assert state.status == "aborted" and state.abort is not None and state.abort.metric == "fps_drop", lines
+    assert "mean fps 15.0 against 30.0" in state.abort.detail
+    assert len(state.devices_so_far()) == 2
+    wait_until(lambda: all(d.serving is not None and d.serving.id == OLD.id for d in fleet.devices), 10, "all back on OLD")
