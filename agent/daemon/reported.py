@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from agent import __version__
 from agent.device.fingerprint import fingerprint
@@ -109,6 +109,7 @@ def status_document(
     fingerprint: Dict[str, Any],
     started_at: float,
     progress: Optional[Dict[str, Any]] = None,
+    groups: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
     """The reported state, from the saved state plus what is loaded now (`serving_digest`)."""
     serving = state.serving if state.serving and state.serving.get("digest") == serving_digest else None
@@ -125,6 +126,7 @@ def status_document(
     return {
         "device": device_id,
         "online": True,
+        "groups": list(groups or []),
         "state": word,
         "version": __version__,
         "fingerprint": fingerprint,
@@ -145,11 +147,13 @@ def encode_status(document: Dict[str, Any]) -> bytes:
     return encode(STATUS_KIND, document)
 
 
-def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = None) -> bytes:
-    """The last will (reason 'connection lost') and the clean-shutdown status (reason 'stopped')."""
+def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = None, groups: Optional[List[str]] = None) -> bytes:
+    """The last will (reason 'connection lost') and the clean-shutdown status (reason 'stopped'). The groups stay
+    in it, so a staged rollout still counts an offline device in its group (and sends it what it should have)."""
     return encode(
         STATUS_KIND,
-        {"device": device_id, "online": False, "state": "offline", "reason": reason, "version": __version__, "serving_id": serving_id},
+        {"device": device_id, "online": False, "state": "offline", "reason": reason, "version": __version__, "serving_id": serving_id,
+         "groups": list(groups or [])},
     )
 
 
