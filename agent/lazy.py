@@ -25,7 +25,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
 
@@ -97,6 +97,37 @@ class MissingDependency(AgentError):
     def __init__(self, message: str, problem: Optional[ImportProblem] = None) -> None:
         super().__init__(message)
         self.problem = problem
+
+
+# Modules loaded on first use ----------------------------------------------------------------------------------------
+class Deferred(ModuleType):
+    """A stand-in for a module that is imported on the first access to one of its attributes (thread-safe), after
+    which its attributes are the module's own (plain lookups, no cost per access). It is not in sys.modules
+    until then: an ordinary `import` elsewhere loads the module as usual."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__dict__["_deferred_lock"] = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return "__spec__" in self.__dict__ and self.__dict__["__spec__"] is not None
+
+    def __getattr__(self, attr: str) -> Any:
+        with self.__dict__["_deferred_lock"]:
+            if not self.loaded:
+                module = importlib.import_module(self.__name__)
+                self.__dict__.update(module.__dict__)
+        return getattr(sys.modules[self.__name__], attr)
+
+
+def deferred(name: str) -> Any:
+    """Module `name`, imported when first used. For the heavy modules that the deployment path needs at module
+    level (numpy, cryptography) but an idle agent must not load (issue 13: 40 MB RSS): modules on the daemon's
+    import path bind them with `np = deferred("numpy")` behind `if TYPE_CHECKING: import numpy as np`, so the
+    type checker sees the real module. Attribute access loads it; the ImportError of a missing module surfaces
+    there."""
+    return Deferred(name)
 
 
 # A failed import is classified once per process: a second attempt can fail differently (OpenCV's loader reports
@@ -174,6 +205,8 @@ def module_version(name: str) -> Optional[str]:
     python3-libnvinfer may ship none) is imported to read its `__version__`: there is no other place that says
     its version. A version says what is installed, not that it imports: `import_problem(name)` says that."""
     module = sys.modules.get(name)
+    if isinstance(module, Deferred) and not module.loaded:
+        module = None
     if module is not None and getattr(module, "__version__", None) is not None:
         return str(module.__version__)
     if name in _FAILED:
@@ -217,11 +250,13 @@ VERSION_PARTS: Dict[str, int] = {"cv2": 3}
 def _installed(name: str) -> bool:
     """Whether the import system finds module `name` with code (a namespace folder of type stubs does not count),
     without importing it (only its parent packages, as `paho` for `paho.mqtt`)."""
+    if name in sys.modules:  # find_spec would read its __spec__
+        return True
     try:
         spec = importlib.util.find_spec(name)
     except Exception:  # the parent package fails to import, or `name` is in sys.modules without a spec
         return name in sys.modules
-    return spec is not None and (spec.origin not in (None, "namespace") or spec.loader is not None and spec.submodule_search_locations is None)
+    return spec is not None and (spec.origin not in (None, "namespace") or (spec.loader is not None and spec.submodule_search_locations is None))
 
 
 def _metadata_version(name: str) -> Optional[str]:
