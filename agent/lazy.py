@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib
-import importlib.metadata as metadata
 import importlib.util
 import io
 import os
@@ -25,9 +24,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    import importlib.metadata as metadata
 
 INSTALL_HINTS: Dict[str, str] = {
     "tensorrt": "TensorRT comes with JetPack (python3-libnvinfer); it is never installed from pip",
@@ -221,6 +223,9 @@ def module_version(name: str) -> Optional[str]:
     version = getattr(module, "__version__", None) if module is not None else None
     return str(version) if version is not None else None
 
+
+if not TYPE_CHECKING:  # ~15 ms of start-up (email, zipfile, csv...) that `edge-agent --help` does not need
+    metadata = deferred("importlib.metadata")
 
 # The distributions that install a module, in the order they are tried (Python 3.8 and 3.9 have no
 # importlib.metadata.packages_distributions(), and it reads every installed distribution's file list besides).
