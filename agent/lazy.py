@@ -259,8 +259,8 @@ def _installed(name: str) -> bool:
         return True
     try:
         spec = importlib.util.find_spec(name)
-    except Exception:  # the parent package fails to import, or `name` is in sys.modules without a spec
-        return name in sys.modules
+    except Exception:  # the parent package fails to import
+        return False
     return spec is not None and (spec.origin not in (None, "namespace") or (spec.loader is not None and spec.submodule_search_locations is None))
 
 
