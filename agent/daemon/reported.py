@@ -26,7 +26,7 @@ from agent import __version__
 from agent.device.fingerprint import fingerprint
 from agent.engine.cache import pid_alive
 from agent.fleet.messages import encode
-from agent.lazy import broken_imports, module_version, try_import
+from agent.lazy import broken_imports, module_version
 from agent.store.atomic import atomic_write_json
 from agent.store.state import STATE_FILE, AgentState
 
@@ -37,11 +37,10 @@ STATUS_FRESH_S = 15.0  # the daemon rewrites status.json every few seconds; olde
 
 def versions() -> Dict[str, Optional[str]]:
     """Versions that decide what the agent can do, for the status document and `doctor`."""
-    tensorrt = try_import("tensorrt")
     return {
         "agent": __version__,
         "python": platform.python_version(),
-        "tensorrt": str(getattr(tensorrt, "__version__", "")) or None if tensorrt is not None else None,
+        "tensorrt": module_version("tensorrt"),
         "onnxruntime": module_version("onnxruntime"),
         "numpy": module_version("numpy"),
         "paho_mqtt": module_version("paho.mqtt"),
