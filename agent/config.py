@@ -56,6 +56,7 @@ class BrokerConfig(Model, kw_only=True):
     topic_prefix: str = "edge"
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    max_payload: int = 0  # the broker's packet size limit in bytes (AWS IoT Core: 131072); 0: none
 
     def __post_init__(self) -> None:
         prefix = self.topic_prefix
@@ -176,6 +177,8 @@ def _check(config: AgentConfig) -> None:
         path = getattr(broker, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"broker.{key}: file not found: {path}")
+    if broker.max_payload and broker.max_payload < 4096:
+        raise ConfigError(f"broker.max_payload: 0 (no limit) or at least 4096 bytes, got {broker.max_payload}")
     if not config.device.id:
         raise ConfigError("device.id: must be non-empty without '/', '+' or '#', got ''")
 

@@ -24,9 +24,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    import importlib.metadata as metadata
 
 INSTALL_HINTS: Dict[str, str] = {
     "tensorrt": "TensorRT comes with JetPack (python3-libnvinfer); it is never installed from pip",
@@ -98,6 +101,37 @@ class MissingDependency(AgentError):
         self.problem = problem
 
 
+# Modules loaded on first use ----------------------------------------------------------------------------------------
+class Deferred(ModuleType):
+    """A stand-in for a module that is imported on the first access to one of its attributes (thread-safe), after
+    which its attributes are the module's own (plain lookups, no cost per access). It is not in sys.modules
+    until then: an ordinary `import` elsewhere loads the module as usual."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__dict__["_deferred_lock"] = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return "__spec__" in self.__dict__ and self.__dict__["__spec__"] is not None
+
+    def __getattr__(self, attr: str) -> Any:
+        with self.__dict__["_deferred_lock"]:
+            if not self.loaded:
+                module = importlib.import_module(self.__name__)
+                self.__dict__.update(module.__dict__)
+        return getattr(sys.modules[self.__name__], attr)
+
+
+def deferred(name: str) -> Any:
+    """Module `name`, imported when first used. For the heavy modules that the deployment path needs at module
+    level (numpy, cryptography) but an idle agent must not load (issue 13: 40 MB RSS): modules on the daemon's
+    import path bind them with `np = deferred("numpy")` behind `if TYPE_CHECKING: import numpy as np`, so the
+    type checker sees the real module. Attribute access loads it; the ImportError of a missing module surfaces
+    there."""
+    return Deferred(name)
+
+
 # A failed import is classified once per process: a second attempt can fail differently (OpenCV's loader reports
 # "recursion is detected" the second time, a half-initialized extension cannot be loaded again).
 _FAILED: Dict[str, ImportProblem] = {}
@@ -161,12 +195,92 @@ def broken_imports() -> Dict[str, Dict[str, str]]:
 
 
 def module_version(name: str) -> Optional[str]:
-    """The module's __version__ if it imports, else None. Never raises."""
-    module = try_import(name)
-    if module is None:
+    """The installed version of module `name`, or None when it is not installed. Never raises; imports nothing
+    that is not already imported, where it can.
+
+    The status document, `doctor`, the fingerprint and `edge-agent version` ask for the versions of onnxruntime,
+    cv2, numpy and TensorRT in every agent, also the idle one that serves nothing: importing them only to read
+    `__version__` costs the idle agent some 50 MB of RSS (its budget is 40 MB). So: a module already imported
+    answers with its `__version__`; otherwise the version comes from the metadata of the distribution that
+    installed it (`DISTRIBUTIONS`, else `importlib.metadata.packages_distributions()` on Python 3.10+). Only a
+    module installed without any distribution metadata (Debian/JetPack packages such as python3-opencv or
+    python3-libnvinfer may ship none) is imported to read its `__version__`: there is no other place that says
+    its version. A version says what is installed, not that it imports: `import_problem(name)` says that."""
+    module = sys.modules.get(name)
+    if isinstance(module, Deferred) and not module.loaded:
+        module = None
+    if module is not None and getattr(module, "__version__", None) is not None:
+        return str(module.__version__)
+    if name in _FAILED:
+        return None if not _FAILED[name].installed else _metadata_version(name)
+    if not _installed(name):
         return None
-    version = getattr(module, "__version__", None)
+    version = _metadata_version(name)
+    if version is not None:
+        return version
+    # No distribution metadata: the module itself is the only source (at the cost of importing it).
+    module = try_import(name)
+    version = getattr(module, "__version__", None) if module is not None else None
     return str(version) if version is not None else None
+
+
+if not TYPE_CHECKING:  # ~15 ms of start-up (email, zipfile, csv...) that `edge-agent --help` does not need
+    metadata = deferred("importlib.metadata")
+
+# The distributions that install a module, in the order they are tried (Python 3.8 and 3.9 have no
+# importlib.metadata.packages_distributions(), and it reads every installed distribution's file list besides).
+DISTRIBUTIONS: Dict[str, Tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
+    "cv2": ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"),
+    "onnx": ("onnx",),
+    "paho.mqtt": ("paho-mqtt",),
+    "pycuda": ("pycuda",),
+    # pip's TensorRT: the `tensorrt` meta package, the bindings that hold the module, and the libraries (one version)
+    "tensorrt": (
+        "tensorrt", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings", "tensorrt-cu11-bindings", "tensorrt-bindings",
+        "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt-libs",
+    ),
+    "msgspec": ("msgspec",),
+    "psutil": ("psutil",),
+    "pynvml": ("nvidia-ml-py", "pynvml"),
+}
+
+
+# How much of a distribution's version the module's __version__ has: opencv-python 4.10.0.84 is cv2 4.10.0 (the
+# last number counts the wheel builds).
+VERSION_PARTS: Dict[str, int] = {"cv2": 3}
+
+
+def _installed(name: str) -> bool:
+    """Whether the import system finds module `name` with code (a namespace folder of type stubs does not count),
+    without importing it (only its parent packages, as `paho` for `paho.mqtt`)."""
+    if name in sys.modules:  # find_spec would read its __spec__
+        return True
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:  # the parent package fails to import
+        return False
+    return spec is not None and (spec.origin not in (None, "namespace") or (spec.loader is not None and spec.submodule_search_locations is None))
+
+
+def _metadata_version(name: str) -> Optional[str]:
+    """The version in the metadata of the distribution that installs module `name`, or None if there is none."""
+    candidates = list(DISTRIBUTIONS.get(name, ()))
+    if not candidates and hasattr(metadata, "packages_distributions"):
+        try:
+            found = metadata.packages_distributions().get(name.split(".")[0], [])
+        except Exception:  # a broken distribution in the path: no answer from metadata
+            found = []
+        candidates = [d for d in found if not d.endswith("-stubs") and not d.startswith("types-")]
+    for distribution in candidates:
+        try:
+            version = str(metadata.version(distribution))
+        except Exception:  # PackageNotFoundError, or unreadable metadata
+            continue
+        parts = VERSION_PARTS.get(name)
+        return ".".join(version.split(".")[:parts]) if parts else version
+    return None
 
 
 # the classification ------------------------------------------------------------------------------------------------

@@ -225,3 +225,65 @@ def test_the_configuration_is_a_foundation_module() -> None:
     """agent/config.py is read by every layer, so it imports only the error types and the document models."""
     found = {target for target, _line, _inside in imports(AGENT / "config.py") if target.startswith("agent")}
     assert found <= {"agent", "agent.errors", "agent.models"}, sorted(found)
+
+
+# What an idle agent loads (issue 13: 40 MB RSS, bench/startup.py measures it) -------------------------------------
+# `edge-agent run` imports the whole deployment path at start-up (the daemon holds the steps that apply a
+# deployment), so the heavy third-party modules that path needs at module level are bound with
+# agent.lazy.deferred instead (the real import behind `if TYPE_CHECKING:`), and load at the first deployment.
+IDLE_ENTRY = ("agent.cli.main", "agent.cli.run_cmd")
+NOT_AT_IDLE = frozenset({"numpy", "cryptography"}) | LAZY_THIRD_PARTY
+
+
+def _runtime_imports(path: Path) -> Iterator[Tuple[str, int]]:
+    """(module, line) of the imports that run when the module is imported: not in functions, not in
+    `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    skipped = _function_nodes(tree)
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            assert isinstance(node, ast.If)
+            for child in node.body:
+                skipped.update(id(n) for n in ast.walk(child))
+    imported = {(target, line) for target, line, _inside in imports(path)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skipped:
+            yield from ((target, line) for target, line in imported if line == node.lineno)
+
+
+def _module_file(module: str) -> Optional[Path]:
+    base = AGENT.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def idle_modules() -> Dict[str, Path]:
+    """The project's modules that `edge-agent run` imports before any deployment (with their packages)."""
+    found: Dict[str, Path] = {}
+    todo = list(IDLE_ENTRY)
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            path = _module_file(name)
+            if path is None or name in found:
+                continue
+            found[name] = path
+            todo.extend(target for target, _line in _runtime_imports(path) if target.split(".")[0] == "agent")
+    return found
+
+
+def test_the_idle_agent_imports_no_heavy_module() -> None:
+    modules = idle_modules()
+    assert "agent.daemon.daemon" in modules and "agent.daemon.pipeline_steps" in modules
+    found = [
+        f"{name}:{line}: {target}"
+        for name, path in sorted(modules.items())
+        for target, line in _runtime_imports(path)
+        if target.split(".")[0] in NOT_AT_IDLE
+    ]
+    assert not found, "heavy modules an idle agent would load (bind them with agent.lazy.deferred):\n" + "\n".join(found)

@@ -193,3 +193,53 @@ def test_the_status_document_lists_what_failed_to_import(site: Path) -> None:
     assert problem is not None
     document = status_document(device_id="d", state=AgentState(), serving_digest=None, desired={}, fingerprint={}, started_at=0.0)
     assert document["broken_imports"] == {"edge_agent_status_lib": {"cause": MISSING_LIBRARY, "detail": problem.detail, "fix": problem.fix}}
+
+
+# versions without importing ---------------------------------------------------------------------------------------
+def _fresh_python(code: str) -> str:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    return out.stdout.strip()
+
+
+def test_module_version_reads_the_distribution_without_importing() -> None:
+    pytest.importorskip("numpy")
+    code = (
+        "import sys, importlib.metadata as m; from agent.lazy import module_version; "
+        "v = module_version('numpy'); print(v == m.version('numpy'), 'numpy' in sys.modules)"
+    )
+    assert _fresh_python(code) == "True False"
+
+
+def test_module_version_agrees_with_the_imported_module() -> None:
+    """opencv-python 4.10.0.84 installs cv2 4.10.0: the wheel's build number is not the module's version."""
+    code = (
+        "import sys; from agent.lazy import module_version; before = module_version('cv2'); "
+        "import cv2; print(before == cv2.__version__ == module_version('cv2'), before is not None)"
+    )
+    pytest.importorskip("cv2")
+    assert _fresh_python(code) == "True True"
+
+
+def test_module_version_of_a_module_without_metadata_imports_it(site: Path) -> None:
+    (site / "edge_agent_apt_module.py").write_text("__version__ = '4.5.4'\n")
+    assert lazy.module_version("edge_agent_apt_module") == "4.5.4"
+    assert lazy.module_version("edge_agent_not_installed") is None
+
+
+def test_module_version_of_type_stubs_alone_is_none(site: Path) -> None:
+    (site / "edge_agent_stubs_only").mkdir()
+    (site / "edge_agent_stubs_only" / "__init__.pyi").write_text("def f() -> int: ...\n")
+    assert lazy.module_version("edge_agent_stubs_only") is None
+
+
+def test_a_deferred_module_loads_on_first_use(site: Path) -> None:
+    (site / "edge_agent_deferred.py").write_text("__version__ = '1.0'\nLOADS = []\nLOADS.append(1)\n")
+    module = lazy.deferred("edge_agent_deferred")
+    assert "edge_agent_deferred" not in sys.modules and not module.loaded
+    assert lazy.module_version("edge_agent_deferred") == "1.0"  # read from the file by importing it (no metadata)
+    assert module.LOADS == [1] and module.loaded and module.__version__ == "1.0"
+    assert sys.modules["edge_agent_deferred"].LOADS is module.LOADS
+    missing = lazy.deferred("edge_agent_no_such_deferred")
+    with pytest.raises(ImportError):
+        missing.anything  # noqa: B018 - the access is the test

@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
-
 from agent.calib.graph import (
     FLOAT,
     WEIGHT_INPUTS,
@@ -35,7 +33,12 @@ from agent.calib.graph import (
     require_plain_float_model,
 )
 from agent.calib.table import CalibError, CalibTable, is_usable_scale
-from agent.lazy import require
+from agent.lazy import deferred, require
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 if TYPE_CHECKING:
     import onnx

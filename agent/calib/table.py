@@ -24,9 +24,7 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from agent.device.versions import (
     Version,
@@ -37,7 +35,13 @@ from agent.device.versions import (
     parse_version,
 )
 from agent.errors import AgentError
+from agent.lazy import deferred
 from agent.store.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 
 class CalibError(AgentError):

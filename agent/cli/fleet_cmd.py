@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.cli import gate_cmd, operator_cmd, plans_cmd
+from agent.cli import gate_cmd, operator_cmd, plans_cmd, rollout_cmd
 from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json
 from agent.config import load_config
@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     publish.add_argument("--name", help="a label without path separators (default: the file name)")
     publish.add_argument("--key", help="ed25519 private key PEM (default: <state dir>/fleet-keys/fleet-signing.key)")
     publish.add_argument("--unsigned", action="store_true", help="publish without a signature (only devices with allow_unsigned take it)")
-    publish.add_argument("--chunk-size", type=int, help="block size in bytes (default: artifacts.chunk_bytes)")
+    publish.add_argument("--chunk-size", type=int, help="block size in bytes (default: artifacts.chunk_bytes, less if broker.max_payload needs it)")
     publish.add_argument("--artifacts", help="the operator's artifacts folder (default: <state dir>/fleet-artifacts)")
     publish.add_argument("--offline", action="store_true", help="only add it to the folder; fleet serve publishes the manifest when it connects")
     publish.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker (default 15)")
@@ -59,6 +59,7 @@ def register(sub: Any) -> None:
     gate_cmd.register_fleet(actions)  # make-validation
     operator_cmd.register_operator(actions)  # deploy, cmd, status, watch
     plans_cmd.register_fleet(actions)  # build, builder (shared plans, docs/engines.md)
+    rollout_cmd.register(actions)  # rollout start|status|pause|resume|abort, exporter
     require_action(parser)
 
 

@@ -28,6 +28,7 @@ from agent.fleet.messages import MessageError
 from agent.operator.client import Operator, format_reply
 from agent.operator.desired import deployment_document
 from agent.operator.plan_builds import build_plans, format_plan_view, plan_view, with_plans
+from agent.operator.rollout_runner import RolloutBoard
 
 
 def register_operator(actions: Any) -> None:
@@ -221,6 +222,7 @@ def _print_rows(rows: List[Any], with_error: bool = False) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     operator = _operator(args)
+    board = RolloutBoard(operator.link, operator.prefix)  # staged rollouts in progress, one line each
     try:
         for rows in operator.watch(interval_s=args.interval, duration_s=args.duration, device=args.device):
             if args.json:
@@ -229,6 +231,8 @@ def _watch(args: argparse.Namespace) -> int:
                 if sys.stdout.isatty():
                     sys.stdout.write("\x1b[H\x1b[2J")
                 sys.stdout.write(time.strftime("%H:%M:%S ") + f"{len(rows)} devices\n")
+                for line in board.lines():
+                    sys.stdout.write(line + "\n")
                 _print_rows(rows)
                 if getattr(args, "plans", False):
                     sys.stdout.write("\n".join(format_plan_view(plan_view(rows))) + "\n")

@@ -82,7 +82,7 @@ class Daemon:
         self.link = MqttLink(
             config.broker,
             client_id=f"edge-agent-{self.device_id}",
-            will=Will(self.topics.status, offline_payload(self.device_id, "connection lost")),
+            will=Will(self.topics.status, offline_payload(self.device_id, "connection lost", groups=list(config.device.groups))),
             outbox=self.outbox,
             on_connected=self._on_connected,
         )
@@ -160,7 +160,7 @@ class Daemon:
         if self._supervisor is not None:
             self._supervisor.join(timeout=2.0)
         serving_id = self.serving.deployment.id if self.serving.deployment else None
-        final = OutboxItem(self.topics.status, offline_payload(self.device_id, reason, serving_id), 1, True)
+        final = OutboxItem(self.topics.status, offline_payload(self.device_id, reason, serving_id, list(self.config.device.groups)), 1, True)
         self.link.stop(final=final, flush_timeout=max(0.5, min(3.0, deadline - time.monotonic())))
         self._write_status_file(online=False)
         log.info("stopped")
@@ -241,6 +241,7 @@ class Daemon:
             fingerprint=self.fingerprint,
             started_at=self.started_at,
             progress=self._progress,
+            groups=list(self.config.device.groups),
         )
 
     def publish_status(self) -> Dict[str, Any]:
@@ -348,7 +349,8 @@ class Daemon:
         }
         try:
             collector = TelemetryCollector(self.config.telemetry, self.state_dir, providers, device_id=self.device_id)
-            self.telemetry = TelemetryPublisher(self.link, self.topics.telemetry, collector, self.config.telemetry.interval_s).start()
+            # retained: `fleet status` and the exporter see every device's latest figures the moment they subscribe
+            self.telemetry = TelemetryPublisher(self.link, self.topics.telemetry, collector, self.config.telemetry.interval_s, retain=True).start()
         except Exception as exc:  # telemetry is worth having, never worth not starting for
             log.warning("telemetry could not start: %s", exc)
             self.telemetry = None
@@ -413,6 +415,9 @@ class Daemon:
     def _job_snapshot(self, job: Job) -> Dict[str, Any]:
         camera = job.command.args.camera  # SnapshotArgs
         image, result = self.serving.snapshot(camera)
+        if not self.link.fits(self.topics.snapshot, image):
+            raise AgentError(f"the snapshot is {len(image)} bytes, over broker.max_payload ({self.config.broker.max_payload}); "
+                             "lower the camera resolution or raise the limit")
         publish_snapshot(self.link, self.topics, image)
         return {"topic": self.topics.snapshot, "bytes": len(image), "camera": camera, "result": result}
 

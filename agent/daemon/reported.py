@@ -20,13 +20,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from agent import __version__
 from agent.device.fingerprint import fingerprint
 from agent.engine.cache import pid_alive
 from agent.fleet.messages import encode
-from agent.lazy import broken_imports, module_version, try_import
+from agent.lazy import broken_imports, module_version
 from agent.store.atomic import atomic_write_json
 from agent.store.state import STATE_FILE, AgentState
 
@@ -37,11 +37,10 @@ STATUS_FRESH_S = 15.0  # the daemon rewrites status.json every few seconds; olde
 
 def versions() -> Dict[str, Optional[str]]:
     """Versions that decide what the agent can do, for the status document and `doctor`."""
-    tensorrt = try_import("tensorrt")
     return {
         "agent": __version__,
         "python": platform.python_version(),
-        "tensorrt": str(getattr(tensorrt, "__version__", "")) or None if tensorrt is not None else None,
+        "tensorrt": module_version("tensorrt"),
         "onnxruntime": module_version("onnxruntime"),
         "numpy": module_version("numpy"),
         "paho_mqtt": module_version("paho.mqtt"),
@@ -109,6 +108,7 @@ def status_document(
     fingerprint: Dict[str, Any],
     started_at: float,
     progress: Optional[Dict[str, Any]] = None,
+    groups: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
     """The reported state, from the saved state plus what is loaded now (`serving_digest`)."""
     serving = state.serving if state.serving and state.serving.get("digest") == serving_digest else None
@@ -125,6 +125,7 @@ def status_document(
     return {
         "device": device_id,
         "online": True,
+        "groups": list(groups or []),
         "state": word,
         "version": __version__,
         "fingerprint": fingerprint,
@@ -145,11 +146,13 @@ def encode_status(document: Dict[str, Any]) -> bytes:
     return encode(STATUS_KIND, document)
 
 
-def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = None) -> bytes:
-    """The last will (reason 'connection lost') and the clean-shutdown status (reason 'stopped')."""
+def offline_payload(device_id: str, reason: str, serving_id: Optional[str] = None, groups: Optional[List[str]] = None) -> bytes:
+    """The last will (reason 'connection lost') and the clean-shutdown status (reason 'stopped'). The groups stay
+    in it, so a staged rollout still counts an offline device in its group (and sends it what it should have)."""
     return encode(
         STATUS_KIND,
-        {"device": device_id, "online": False, "state": "offline", "reason": reason, "version": __version__, "serving_id": serving_id},
+        {"device": device_id, "online": False, "state": "offline", "reason": reason, "version": __version__, "serving_id": serving_id,
+         "groups": list(groups or [])},
     )
 
 

@@ -13,8 +13,9 @@ from typing import Any, Dict, Optional
 
 from agent.fleet.messages import encode
 from agent.fleet.topics import Topics
+from agent.vision.options import ResultsConfig
 from agent.vision.pipeline import FrameResult
-from agent.vision.results import ResultsConfig, ResultThrottle, result_message
+from agent.vision.results import ResultThrottle, result_message
 
 RESULT_KIND = "result"
 

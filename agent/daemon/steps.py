@@ -18,11 +18,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from agent.errors import AgentError
+from agent.lazy import deferred
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 log = logging.getLogger(__name__)
 

@@ -205,11 +205,10 @@ def _read_captures(root: _Root) -> Dict[str, str]:
 
 
 def _probe_python_libraries(built: _Builder) -> None:
-    trt = try_import("tensorrt")
-    if trt is not None:
-        version = getattr(trt, "__version__", None)
-        built.set("tensorrt", str(version) if version else None, "python tensorrt.__version__")
-    built.set("onnxruntime", module_version("onnxruntime"), "python onnxruntime.__version__")
+    # the installed versions, read without importing the modules (TensorRT alone would cost the idle agent more
+    # than its whole memory budget); whether they import is for doctor (agent.lazy.import_problem)
+    built.set("tensorrt", module_version("tensorrt"), "python tensorrt version")
+    built.set("onnxruntime", module_version("onnxruntime"), "python onnxruntime version")
 
 
 def _read_l4t(root: _Root, built: _Builder) -> None:

@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import BrokerConfig
+from agent.fleet.limits import fit_json, fits, payload_budget
 from agent.store.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.reconnects = 0
         self.connects = 0
+        self.oversize = 0  # messages refused because they could not be made to fit broker.max_payload
         self.last_error = ""
         self._on_connected = on_connected
         self._subscriptions: Dict[str, Tuple[int, Handler]] = {}
@@ -236,7 +238,12 @@ class MqttLink:
     ) -> bool:
         """Publish now if connected; otherwise keep it in the outbox (unless keep_if_offline is False, for
         values that are stale by the time the broker returns, such as per-frame results). Returns True if
-        handed to the broker connection."""
+        handed to the broker connection. A payload over `broker.max_payload` is trimmed to fit (JSON, with a
+        note saying what went) or refused (anything else): a broker disconnects a client that sends more."""
+        fitted = self.fit(topic, payload)
+        if fitted is None:
+            return False
+        payload = fitted
         if self.connected.is_set():
             info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -244,6 +251,19 @@ class MqttLink:
         if keep_if_offline:
             self.outbox.put(OutboxItem(topic, payload, qos, retain))
         return False
+
+    def fits(self, topic: str, payload: bytes) -> bool:
+        return fits(topic, payload, self.broker.max_payload)
+
+    def fit(self, topic: str, payload: bytes) -> Optional[bytes]:
+        """`payload` as it can go out under broker.max_payload: itself, a trimmed copy, or None (logged, counted)."""
+        if fits(topic, payload, self.broker.max_payload):
+            return payload
+        fitted = fit_json(payload, payload_budget(topic, self.broker.max_payload))
+        if fitted is None:
+            self.oversize += 1
+            log.warning("not sent to %s: %d bytes do not fit broker.max_payload (%d) and cannot be trimmed", topic, len(payload), self.broker.max_payload)
+        return fitted
 
     # paho callbacks (network thread: short) -----------------------------------------------------------
     def _dispatch(self, handler: Handler, msg: mqtt.MQTTMessage) -> None:

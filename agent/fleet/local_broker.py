@@ -87,6 +87,8 @@ class LocalBroker:
         return "\n".join(lines) + "\n"
 
     def start(self) -> LocalBroker:
+        if self.running:  # already started (e.g. started by hand, then used in a with-block)
+            return self
         binary = find_mosquitto()
         if binary is None:
             raise AgentError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")

@@ -14,14 +14,20 @@ import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Dict, Iterable, Tuple
 
 from agent.errors import AgentError
+from agent.lazy import deferred
 from agent.store.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from cryptography import exceptions
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+else:  # loaded on first use: the idle agent imports this module but must not load cryptography (agent.lazy.deferred)
+    exceptions = deferred("cryptography.exceptions")
+    serialization = deferred("cryptography.hazmat.primitives.serialization")
+    ed25519 = deferred("cryptography.hazmat.primitives.asymmetric.ed25519")
 
 PRIVATE_KEY_NAME = "fleet-signing.key"
 PUBLIC_KEY_NAME = "fleet-signing.pub"
@@ -42,11 +48,11 @@ class GeneratedKeys:
     public_hex: str
 
 
-def public_raw(public_key: Ed25519PublicKey) -> bytes:
+def public_raw(public_key: ed25519.Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
+def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     return hashlib.sha256(public_raw(public_key)).hexdigest()[:KEY_ID_CHARS]
 
 
@@ -59,7 +65,7 @@ def generate_keys(folder: Path, *, overwrite: bool = False) -> GeneratedKeys:
             if path.exists():
                 raise SigningKeyError(f"{path} already exists; refusing to overwrite a signing key (pass --force to replace it)")
     folder.mkdir(parents=True, exist_ok=True)
-    private_key = Ed25519PrivateKey.generate()
+    private_key = ed25519.Ed25519PrivateKey.generate()
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -70,7 +76,7 @@ def generate_keys(folder: Path, *, overwrite: bool = False) -> GeneratedKeys:
     return GeneratedKeys(private_path, public_path, key_id(public_key), public_raw(public_key).hex())
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -81,7 +87,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise SigningKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SigningKeyError(f"{path} holds a {type(key).__name__}, not an ed25519 key (make one: edge-agent fleet keys generate)")
     mode = os.stat(path).st_mode & 0o077
     if mode:
@@ -90,11 +96,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(spec: str) -> Ed25519PublicKey:
+def load_public_key(spec: str) -> ed25519.Ed25519PublicKey:
     """A public key from a PEM file path or a 64-character hex string (the raw 32 bytes)."""
     text = spec.strip()
     if len(text) == 64 and all(ch in string.hexdigits for ch in text):
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+        return ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
     try:
         data = Path(text).read_bytes()
     except OSError as exc:
@@ -105,32 +111,32 @@ def load_public_key(spec: str) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise SigningKeyError(f"artifacts.public_keys: {spec} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
+    if not isinstance(key, ed25519.Ed25519PublicKey):
         raise SigningKeyError(f"artifacts.public_keys: {spec} holds a {type(key).__name__}, not an ed25519 key")
     return key
 
 
-def load_public_keys(specs: Iterable[str]) -> Dict[str, Ed25519PublicKey]:
+def load_public_keys(specs: Iterable[str]) -> Dict[str, ed25519.Ed25519PublicKey]:
     """Key id -> public key, for every configured key."""
-    keys: Dict[str, Ed25519PublicKey] = {}
+    keys: Dict[str, ed25519.Ed25519PublicKey] = {}
     for spec in specs:
         key = load_public_key(spec)
         keys[key_id(key)] = key
     return keys
 
 
-def sign(private_key: Ed25519PrivateKey, data: bytes) -> Tuple[str, str]:
+def sign(private_key: ed25519.Ed25519PrivateKey, data: bytes) -> Tuple[str, str]:
     """(key id, hex signature) of `data`."""
     return key_id(private_key.public_key()), private_key.sign(data).hex()
 
 
-def verify(public_key: Ed25519PublicKey, signature_hex: str, data: bytes) -> bool:
+def verify(public_key: ed25519.Ed25519PublicKey, signature_hex: str, data: bytes) -> bool:
     try:
         signature = bytes.fromhex(signature_hex)
     except ValueError:
         return False
     try:
         public_key.verify(signature, data)
-    except InvalidSignature:
+    except exceptions.InvalidSignature:
         return False
     return True

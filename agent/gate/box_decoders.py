@@ -9,19 +9,23 @@ through an identity geometry that maps model-input pixels to 0..1.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Tuple
 
 from agent.gate.metrics import Detections
 from agent.gate.thresholds import GateError
+from agent.lazy import deferred
 from agent.vision.postprocess import create
 from agent.vision.postprocess.base import Findings, PostprocessError, Postprocessor
 from agent.vision.postprocess.blazeface import VARIANTS, split_outputs, variant_for
 from agent.vision.preprocess import FrameGeometry
 
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
+
 BOX_KINDS = ("blazeface", "yolo")
-Decoder = Callable[[Mapping[str, np.ndarray], float], Detections]
+Decoder = Callable[[Mapping[str, "np.ndarray"], float], Detections]
 
 
 def normalising_geometry(input_w: int, input_h: int) -> FrameGeometry:

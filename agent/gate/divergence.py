@@ -16,9 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.calib.qdq import to_qdq
 from agent.gate.culprits import (
@@ -33,6 +31,12 @@ from agent.gate.culprits import (
 from agent.gate.onnx_reference import ModelSource, ReferenceSession, load_model, with_all_outputs
 from agent.gate.thresholds import GateError
 from agent.gate.validation import ValidationSet
+from agent.lazy import deferred
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 log = logging.getLogger(__name__)
 

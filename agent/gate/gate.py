@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from agent.gate.box_decoders import Decoder, resolve_decoder
 from agent.gate.culprits import Culprit, scale_issues, table_scales
@@ -30,7 +28,13 @@ from agent.gate.metrics import (
 from agent.gate.onnx_reference import ModelSource
 from agent.gate.thresholds import GateError, GateThresholds
 from agent.gate.validation import ValidationSet
+from agent.lazy import deferred
 from agent.runtime.base import Runner, batch_size_of
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 DYNAMIC_BATCH = 8  # frames per inference when the engine takes any batch
 MIN_LABELLED_SHARE = 0.5  # labels on at least half the frames before they may overrule agreement

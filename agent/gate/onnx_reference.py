@@ -6,12 +6,15 @@ never do."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from agent.gate.thresholds import GateError
-from agent.lazy import require
+from agent.lazy import deferred, require
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 ModelSource = Union[str, Path, Any]  # a path or an onnx.ModelProto
 

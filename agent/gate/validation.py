@@ -24,19 +24,24 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import msgspec
-import numpy as np
 
 from agent.gate.box_decoders import Decoder, resolve_decoder
 from agent.gate.metrics import NEAR_TIE_MARGIN, Detections, to_probabilities
 from agent.gate.onnx_reference import ReferenceSession
 from agent.gate.thresholds import TASKS, GateError
+from agent.lazy import deferred
 from agent.runtime.onnxruntime_runner import numpy_dtype_of
 from agent.store.atomic import atomic_write_bytes
 from agent.store.hashing import sha256_bytes, sha256_file
 from agent.vision.preprocess import PreprocessSpec, normalise, prepare, spec_from
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 FORMAT = "edge-agent-validation"
 VERSION = 1

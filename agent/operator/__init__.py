@@ -1,4 +1,5 @@
 """The operator's side, over the fleet protocol (agent.fleet): publishing and serving artifacts, desired state,
-commands, and the fleet's status. See docs/protocol.md."""
+commands, the fleet's status, staged rollouts and the Prometheus exporter. See docs/protocol.md and
+docs/rollouts.md."""
 
 from __future__ import annotations

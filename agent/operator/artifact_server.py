@@ -99,7 +99,11 @@ def publish_manifest(link: MqttLink, prefix: str, manifest: ArtifactManifest, ti
     if not link.wait_connected(timeout_s):
         raise AgentError(f"cannot reach the broker {link.broker.host}:{link.broker.port} ({link.last_error or 'no answer'})")
     topic = Topics(prefix, "fleet").artifact_manifest(manifest.artifact_id)
-    info = link.client.publish(topic, encode_manifest(manifest), qos=1, retain=True)
+    payload = encode_manifest(manifest)
+    if not link.fits(topic, payload):
+        raise AgentError(f"the manifest of {manifest.name!r} ({manifest.block_count} blocks) is {len(payload)} bytes, over "
+                         f"broker.max_payload ({link.broker.max_payload}): the artifact is too large for this broker's limit")
+    info = link.client.publish(topic, payload, qos=1, retain=True)
     try:
         info.wait_for_publish(timeout=timeout_s)
     except (RuntimeError, ValueError) as exc:
@@ -233,6 +237,10 @@ class ArtifactServer:
             offset, data, digest, size = block
             self._throttle(len(data))
             frame = encode_block(request.artifact_id, index, offset, data, digest)
+            if not self.link.fits(reply_topic, frame):
+                self._error(reply_topic, request, index, f"a block of {request.chunk_size} bytes does not fit broker.max_payload "
+                            f"({self.link.broker.max_payload}); publish the artifact again (fleet publish sizes blocks to the limit)")
+                return
             if not self.link.publish(reply_topic, frame, qos=0, keep_if_offline=False):
                 continue  # the broker is away; the device asks again after it returns
             self._count(device, request, index, len(data), size)

@@ -29,7 +29,7 @@ from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import Topics, all_devices, device_of
 from agent.models import dump
-from agent.telemetry.document import from_compact
+from agent.operator import figures
 
 
 class OperatorError(AgentError):
@@ -80,21 +80,14 @@ class DeviceRow:
 
     @property
     def fps(self) -> Optional[float]:
-        value: Any = _section(self.telemetry, "pipeline").get("fps")
-        return round(float(value), 1) if _is_number(value) else None
+        value = figures.fps(self.telemetry)
+        return round(value, 1) if value is not None else None
 
     @property
     def temperature_c(self) -> Optional[float]:
         """The hottest zone the device reports (tegrastats on a Jetson, thermal zones elsewhere, NVML GPUs)."""
-        values: List[float] = []
-        for name in ("jetson", "system"):
-            temps = _section(_section(self.telemetry, name), "temps_c")
-            values += [float(v) for v in temps.values() if _is_number(v)]
-        devices = _section(self.telemetry, "gpu").get("devices")
-        for gpu in devices if isinstance(devices, list) else []:
-            if isinstance(gpu, dict) and _is_number(gpu.get("temp_c")):
-                values.append(float(gpu["temp_c"]))
-        return round(max(values), 1) if values else None
+        value = figures.hottest_c(self.telemetry)
+        return round(value, 1) if value is not None else None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -113,10 +106,6 @@ class DeviceRow:
 def _section(document: Any, key: str) -> Dict[str, Any]:
     value = document.get(key) if isinstance(document, dict) else None
     return value if isinstance(value, dict) else {}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 class Operator:
@@ -153,6 +142,8 @@ class Operator:
         return Topics(self.prefix, device)
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+        if not self.link.fits(topic, payload):
+            raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
         info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         try:
             info.wait_for_publish(timeout=self.connect_timeout_s)
@@ -285,26 +276,40 @@ class Operator:
             return None
 
     def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:
-        """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`)."""
+        """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`),
+        with the latest telemetry of each (retained too), so FPS and temperature are filled in."""
         rows: Dict[str, DeviceRow] = {}
+        lock = threading.Lock()
         got = threading.Event()
         topic = self.topics(device).status if device else all_devices(self.prefix, "status")
+        telemetry_topic = self.topics(device).telemetry if device else all_devices(self.prefix, "telemetry")
 
-        def on_status(msg: Any) -> None:
+        def on_message(msg: Any) -> None:
             found = self._device_document(msg)
-            if found is not None:
-                rows[found[0]] = DeviceRow(found[0], status=found[1], status_at=time.time())
-                got.set()
+            if found is None:
+                return
+            name, document = found
+            with lock:
+                row = rows.setdefault(name, DeviceRow(name))
+                if msg.topic.endswith("/status"):
+                    row.status, row.status_at = document, time.time()
+                    got.set()
+                else:
+                    row.telemetry, row.telemetry_at = figures.expand(document), time.time()
 
-        self.link.subscribe(topic, on_status, qos=1)
+        self.link.subscribe(telemetry_topic, on_message, qos=0)
+        self.link.subscribe(topic, on_message, qos=1)
         try:
             if device:
-                got.wait(wait_s)
+                if got.wait(wait_s):
+                    time.sleep(min(0.3, wait_s))  # the retained telemetry comes with it
             else:
                 time.sleep(wait_s)
         finally:
             self.link.unsubscribe(topic)
-        return rows
+            self.link.unsubscribe(telemetry_topic)
+        with lock:
+            return {name: row for name, row in rows.items() if row.status}
 
     def watch(self, *, interval_s: float = 1.0, duration_s: Optional[float] = None, device: Optional[str] = None) -> Iterator[List[DeviceRow]]:
         """Yield the fleet table every `interval_s` (status and telemetry of every device, or of one)."""
@@ -325,7 +330,7 @@ class Operator:
                 if msg.topic.endswith("/status"):
                     row(name).status, row(name).status_at = document, time.time()
                 else:
-                    row(name).telemetry, row(name).telemetry_at = from_compact(document), time.time()
+                    row(name).telemetry, row(name).telemetry_at = figures.expand(document), time.time()
 
         filters = (
             [self.topics(device).status, self.topics(device).telemetry]

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fleet.artifact_protocol import ArtifactManifest, describe_file, sign_manifest, validate_name
+from agent.fleet.limits import block_size_for
 from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.signing import PRIVATE_KEY_NAME, load_private_key
 from agent.fleet.topics import Topics
@@ -70,7 +71,11 @@ def publish_artifact(
         raise AgentError(f"no such file: {source}")
     label = validate_name(name if name else source.name)
     private_key = None if unsigned else load_private_key(Path(key) if key else keys_folder(config) / PRIVATE_KEY_NAME)
-    manifest = describe_file(source, kind, label, chunk_size or config.artifacts.chunk_bytes)
+    try:  # blocks sized so that one block frame fits the broker's packet limit
+        chunk = chunk_size or block_size_for(config.broker.max_payload, config.artifacts.chunk_bytes)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    manifest = describe_file(source, kind, label, chunk)
     if private_key is not None:
         manifest = sign_manifest(manifest, private_key)
     stored = add_to_folder(artifacts_folder(config, folder), source, manifest)

@@ -19,12 +19,15 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from agent.lazy import require
+from agent.lazy import deferred, require
 from agent.runtime.base import RunnerError
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 FEATURE = "the CUDA buffer path (TensorRT runner)"
 

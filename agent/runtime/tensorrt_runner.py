@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
 from agent.device.versions import VersionError, parse_version
-from agent.lazy import require
+from agent.lazy import deferred, require
 from agent.runtime.base import Dim, Runner, RunnerError, TensorSpec
 from agent.runtime.cuda_buffers import CudaContext, HostDeviceBuffer
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 if TYPE_CHECKING:  # the stubs (tensorrt-stubs) type-check this module; the real module loads on activate()
     import tensorrt as trt  # type: ignore[import-untyped]  # the stubs need a patched copy to parse; see docs/camera.md

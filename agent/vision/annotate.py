@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Tuple
 
 from agent.errors import AgentError
+from agent.lazy import deferred
 from agent.vision.postprocess.base import Findings
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 PALETTE: Tuple[Tuple[int, int, int], ...] = ((0, 200, 0), (0, 128, 255), (255, 64, 64), (200, 0, 200), (0, 200, 200), (255, 200, 0))
 

@@ -25,10 +25,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple
 
-import numpy as np
-
+from agent.lazy import deferred
 from agent.vision.sources import (
     FrameReader,
     OpenPlan,
@@ -39,6 +38,11 @@ from agent.vision.sources import (
     opencv_has_gstreamer,
     plan_source,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 log = logging.getLogger(__name__)
 

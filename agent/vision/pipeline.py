@@ -23,11 +23,10 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from agent.errors import AgentError
+from agent.lazy import deferred
 from agent.runtime.base import Runner, TensorSpec, batch_size_of
 from agent.vision import postprocess as postprocess_plugins
 from agent.vision.annotate import draw_findings, encode_jpeg
@@ -37,6 +36,11 @@ from agent.vision.options import PostprocessConfig
 from agent.vision.postprocess.base import Findings, Postprocessor
 from agent.vision.preprocess import FrameGeometry, PreprocessSpec, prepare, spec_from
 from agent.vision.sources import SourceOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,9 @@ BlazeFace:          {"size": [128, 128], "resize": "letterbox", "color": "rgb", 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-import numpy as np
-
+from agent.lazy import deferred
 from agent.vision.options import (
     BLAZEFACE,
     EFFICIENTNET_LITE,
@@ -20,6 +19,11 @@ from agent.vision.options import (
     PreprocessSpec,
     spec_from,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 __all__ = [
     "BLAZEFACE",

@@ -22,14 +22,17 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlparse
 
-import numpy as np
-
 from agent.errors import AgentError
-from agent.lazy import require
+from agent.lazy import deferred, require
 from agent.vision.options import SourceOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKENDS = ("auto", "gstreamer", "ffmpeg", "v4l2", "any")

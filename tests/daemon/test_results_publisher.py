@@ -14,8 +14,9 @@ from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.topics import Topics
 from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from agent.vision.capture import Capture
+from agent.vision.options import ResultsConfig
 from agent.vision.pipeline import Pipeline
-from agent.vision.results import ResultsConfig, ResultThrottle
+from agent.vision.results import ResultThrottle
 from agent.vision.sources import SourceOptions
 from tests.helpers import Collector, json_of, tiny_classifier_onnx
 from tests.vision.conftest import TINY_PREPROCESS, write_video

@@ -9,10 +9,9 @@ Boxes come out in frame pixels through the letterbox geometry of preprocessing.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
-import numpy as np
-
+from agent.lazy import deferred
 from agent.vision.options import BlazeFaceConfig
 from agent.vision.postprocess.base import (
     Detection,
@@ -24,6 +23,11 @@ from agent.vision.postprocess.base import (
 )
 from agent.vision.postprocess.nms import nms
 from agent.vision.preprocess import FrameGeometry
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 KEY = "blazeface"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
-import numpy as np
-
+from agent.lazy import deferred
 from agent.vision.options import ClassificationConfig
 from agent.vision.postprocess.base import (
     Classification,
@@ -16,6 +15,11 @@ from agent.vision.postprocess.base import (
     pick_output,
 )
 from agent.vision.preprocess import FrameGeometry
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 KEY = "classification"
 

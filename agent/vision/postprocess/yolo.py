@@ -8,10 +8,9 @@ Boxes are in model-input pixels (or 0..1 with `normalized`) and come back in fra
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
-import numpy as np
-
+from agent.lazy import deferred
 from agent.vision.options import YoloConfig
 from agent.vision.postprocess.base import (
     Detection,
@@ -25,6 +24,11 @@ from agent.vision.postprocess.base import (
 )
 from agent.vision.postprocess.nms import nms
 from agent.vision.preprocess import FrameGeometry
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded on first use: the idle agent imports this module but must not load numpy (agent.lazy.deferred)
+    np = deferred("numpy")
 
 KEY = "yolo"
 
