@@ -179,8 +179,7 @@ class SharedPlans:
         plugins = resolve_plugins(spec.plugins, self.config.engine.plugin_dir) if spec.backend == Backend.TENSORRT else []
         trial = trial_load(Path(path), spec, plugins, timeout_s=min(600.0, float(self.config.engine.build_timeout_s)))
         outcome.trial_s = trial.seconds
-        if not trial.ok:
-            self.puller.store.remove(artifact_id)  # a plan that does not load here is of no use to keep
+        if not trial.ok:  # the stored artifact stays as it is (gc drops it once no deployment names it)
             raise PlanRefusedError(f"plan {artifact_id[:12]} refused: {trial.reason}", "trial_load")
         self._install(cache, key, Path(path), manifest, artifact_id, outcome.builder)
         outcome.source = "shared"
