@@ -358,3 +358,28 @@ def test_a_rebuild_of_a_device_on_the_shared_plan_still_reports_the_plan(fleet: 
     again, _gate = device.apply(deployment)  # a restart's or a rebuild's pass: the engine is cached now
     assert first.plan["source"] == again.plan["source"] == "shared"
     assert again.plan["artifact_id"] == x86_plan["artifact_id"] and "installed earlier" in again.plan["reason"]
+
+
+def test_a_plan_that_does_not_load_here_is_refused_by_the_trial_load_and_the_device_builds(
+    fleet: Fleet, tiny: Dict[str, str], x86_plan: Dict[str, Any]
+) -> None:
+    """Signed by the builder's key, for this class and spec, gate passed, the manifest describing these very bytes:
+    but the bytes are half an ONNX model. Only the trial load in a child (a real onnxruntime session) can tell."""
+    from agent.store.hashing import sha256_file
+
+    builder = next(b for b in fleet.builders if b.device_id == x86_plan["builder"])
+    original = decode_manifest(read_json(builder.folder / f"{x86_plan['artifact_id']}.manifest.json"))
+    broken = fleet.root / "half-a-model.onnx"
+    whole = (builder.folder / x86_plan["artifact_id"]).read_bytes()
+    broken.write_bytes(whole[: len(whole) // 2])
+    embedded = dict(original.extra["engine"])
+    embedded["engine"] = dict(embedded["engine"], engine_sha256=sha256_file(broken), engine_bytes=broken.stat().st_size)
+    manifest = dataclasses.replace(describe_file(broken, "engine", original.name, 1024), extra={"engine": embedded})
+    manifest = sign_manifest(manifest, load_private_key(fleet.keys.private_path))
+    add_to_folder(fleet.kit.folder, broken, manifest)
+    publish_manifest(fleet.kit.link, "edge", manifest)
+    device = fleet.device("trial-victim")
+    engine, gate = device.apply(with_plans(deployment_of(tiny), {x86_plan["class"]: manifest.artifact_id}))
+    assert engine.plan["source"] == "local" and engine.plan["refused"]["field"] == "trial_load", engine.plan
+    assert "onnxruntime cannot load the plan" in engine.plan["refused"]["reason"]
+    assert device.named("engine.build_started") and gate["passed"]
