@@ -383,3 +383,24 @@ def test_a_plan_that_does_not_load_here_is_refused_by_the_trial_load_and_the_dev
     assert engine.plan["source"] == "local" and engine.plan["refused"]["field"] == "trial_load", engine.plan
     assert "onnxruntime cannot load the plan" in engine.plan["refused"]["reason"]
     assert device.named("engine.build_started") and gate["passed"]
+
+
+def test_device_and_engine_inspect_show_the_class(fleet: Fleet, tiny: Dict[str, str], x86_plan: Dict[str, Any], tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    device = fleet.device("inspected")
+    engine, _gate = device.apply(with_plans(deployment_of(tiny), {x86_plan["class"]: x86_plan["artifact_id"]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "EDGE_AGENT_STATE_DIR": str(device.config.state_dir), "EDGE_AGENT_DEVICE_ID": "inspected"})
+
+    def run(*args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return json.loads(done.stdout)
+
+    assert run("engine", "inspect", engine.key, "--json")["hardware_class"]["key"] == x86_plan["class"]
+    assert run("device", "--json")["hardware_classes"]["cpu"]["key"] == x86_plan["class"]
