@@ -78,6 +78,8 @@ class StateConfig(Model, kw_only=True):
 
 class ArtifactsConfig(Model, kw_only=True):
     public_keys: List[str] = msgspec.field(default_factory=list)  # paths to ed25519 public keys (PEM) or raw hex
+    # "KEY=kind[,kind]": which keys may sign which kinds; engine plans only from keys named for them (agent.fleet.artifact_trust)
+    key_kinds: List[str] = msgspec.field(default_factory=list)
     allow_unsigned: bool = False
     max_bytes: int = 2 * 1024**3
     chunk_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024

@@ -10,6 +10,7 @@ from typing import Any
 from agent.cli.options import add_json_flag
 from agent.cli.output import print_json, print_table
 from agent.device.fingerprint import fingerprint
+from agent.engine.hardware_class import device_classes
 from agent.errors import UsageError
 
 # Printed first, in this order; the JSON always has them, null where unknown.
@@ -34,15 +35,18 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--sysroot {args.sysroot}: not a folder")
     fp = fingerprint(root, probe_libraries=not args.no_probe)
     data = fp.to_dict()
+    classes = device_classes(fp)  # the plan-sharing class per usable target (docs/engines.md)
     if args.json:
         ordered = {name: data[name] for name in MAIN_FIELDS}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
+        ordered["hardware_classes"] = classes
         print_json(ordered)
         return 0
     rows = []
     for name in MAIN_FIELDS + tuple(k for k in data if k not in MAIN_FIELDS and k not in ("sources", "notes")):
         value = data[name]
         rows.append((name, "-" if value is None else value, fp.sources.get(name, "")))
+    rows += [(f"class ({target})", item["key"], "fingerprint + target") for target, item in classes.items()]
     print_table(("field", "value", "from"), rows)
     for note in fp.notes:
         sys.stdout.write(f"note: {note}\n")

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from agent.cli import gate_cmd
 from agent.cli.options import add_json_flag, add_target_option, require_action
@@ -25,8 +25,9 @@ from agent.device.target import Backend, resolve_target, tensorrt_usable
 from agent.engine.build import BuildOptions, ensure_engine
 from agent.engine.cache import BUILD_LOG, EngineCache, keys_in_state_file
 from agent.engine.diagnose import diagnose_log
+from agent.engine.hardware_class import manifest_class
 from agent.engine.remedy import decide
-from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision
+from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision, SpecError
 from agent.engine.verify import verify_engine_file
 from agent.errors import AgentError, UsageError
 from agent.lazy import module_version, try_import
@@ -208,11 +209,13 @@ def _inspect(args: argparse.Namespace) -> int:
         "failure": entry.failure,
         "manifest": entry.manifest.to_dict() if entry.manifest else None,
         "build_log": str(log_path) if log_path.is_file() else None,
+        "hardware_class": _built_for(entry.manifest),
     }
     if args.json:
         print_json(data)
         return 0
     rows: List[Any] = [(k, data[k]) for k in ("key", "status", "backend", "precision", "target", "built_at", "engine", "size_bytes", "loadable_here")]
+    rows.append(("hardware class", (data["hardware_class"] or {}).get("key")))
     if entry.manifest is not None:
         rows += [(k, v) for k, v in entry.manifest.versions.items()]
         report = entry.manifest.report
@@ -223,6 +226,16 @@ def _inspect(args: argparse.Namespace) -> int:
     for reason in data["reasons"]:
         sys.stdout.write(f"  - {reason}\n")
     return 0
+
+
+def _built_for(manifest: Any) -> Optional[Dict[str, Any]]:
+    """The hardware class the engine was built for (agent.engine.hardware_class), from its manifest."""
+    if manifest is None:
+        return None
+    try:
+        return manifest_class(manifest).to_dict()
+    except SpecError:
+        return None
 
 
 def _list(args: argparse.Namespace) -> int:

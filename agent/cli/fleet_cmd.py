@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.cli import gate_cmd, operator_cmd, rollout_cmd
+from agent.cli import gate_cmd, operator_cmd, plans_cmd, rollout_cmd
 from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json
 from agent.config import load_config
@@ -58,6 +58,7 @@ def register(sub: Any) -> None:
 
     gate_cmd.register_fleet(actions)  # make-validation
     operator_cmd.register_operator(actions)  # deploy, cmd, status, watch
+    plans_cmd.register_fleet(actions)  # build, builder (shared plans, docs/engines.md)
     rollout_cmd.register(actions)  # rollout start|status|pause|resume|abort, exporter
     require_action(parser)
 

@@ -27,6 +27,7 @@ from agent.fleet.deployment import DeploymentError, deployment_from_dict
 from agent.fleet.messages import MessageError
 from agent.operator.client import Operator, format_reply
 from agent.operator.desired import deployment_document
+from agent.operator.plan_builds import build_plans, format_plan_view, plan_view, with_plans
 from agent.operator.rollout_runner import RolloutBoard
 
 
@@ -51,6 +52,8 @@ def register_operator(actions: Any) -> None:
     deploy.add_argument("--telemetry-interval", type=float, help="seconds between telemetry documents")
     deploy.add_argument("--clear", action="store_true", help="remove the retained desired state (devices keep serving what they have)")
     deploy.add_argument("--dry-run", action="store_true", help="validate and print, do not publish")
+    deploy.add_argument("--build-plans", action="append", default=None, metavar="CLASS",
+                        help="first ask the builder of this hardware class for a shared plan, and name it in the deployment (repeat)")
     add_json_flag(deploy)
     deploy.set_defaults(func=_deploy)
 
@@ -68,6 +71,7 @@ def register_operator(actions: Any) -> None:
     status = actions.add_parser("status", help="the reported state of one device or all")
     status.add_argument("device", nargs="?")
     status.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained statuses (default 1.5)")
+    status.add_argument("--plans", action="store_true", help="per deployment and class: devices on the shared plan, and who built locally and why")
     add_json_flag(status)
     status.set_defaults(func=_status)
 
@@ -76,6 +80,7 @@ def register_operator(actions: Any) -> None:
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     watch.add_argument("--json", action="store_true", help="one JSON line per refresh instead of a table")
+    watch.add_argument("--plans", action="store_true", help="also show, per deployment and class, who uses the shared plan")
     watch.set_defaults(func=_watch)
 
 
@@ -117,6 +122,9 @@ def _deploy(args: argparse.Namespace) -> int:
             deployment = deployment_from_dict(deployment_from_args(args))
         except DeploymentError as exc:
             raise UsageError(str(exc)) from None
+    if deployment is not None and getattr(args, "build_plans", None) and not args.dry_run:
+        answers = build_plans(load_config(args.config), deployment, args.build_plans, 3600.0)
+        deployment = with_plans(deployment, {k: v["artifact_id"] for k, v in answers.items()})
     if args.dry_run:
         print_json({"deployment": deployment.to_dict() if deployment else None, "digest": deployment.digest() if deployment else None})
         return 0
@@ -187,6 +195,13 @@ def _status(args: argparse.Namespace) -> int:
         else:
             sys.stderr.write(raise_missing + "\n")
         return 1
+    if getattr(args, "plans", False):
+        view = plan_view(rows.values())
+        if args.json:
+            print_json(view)
+        else:
+            sys.stdout.write("\n".join(format_plan_view(view) or ["no device reports a deployment"]) + "\n")
+        return 0
     if args.json:
         print_json(rows[args.device].status if args.device else {name: row.status for name, row in rows.items()})
         return 0
@@ -219,6 +234,8 @@ def _watch(args: argparse.Namespace) -> int:
                 for line in board.lines():
                     sys.stdout.write(line + "\n")
                 _print_rows(rows)
+                if getattr(args, "plans", False):
+                    sys.stdout.write("\n".join(format_plan_view(plan_view(rows))) + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass

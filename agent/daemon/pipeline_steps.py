@@ -44,6 +44,7 @@ from agent.vision.pipeline import build_pipeline
 from agent.vision.sources import SourceOptions, probe_source
 
 from .results_publisher import ResultsPublisher
+from .shared_plan import SharedPlans
 from .steps import ROLE_KINDS, Beat, EngineInfo, Loaded, StepFailed, Steps, warm_up
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class PackageSteps(Steps):
             link, topics, self.artifacts, config.artifacts, events, min_free_mb=config.state.min_free_mb, manifest_timeout_s=config.artifacts.block_timeout_s
         )
         self._fingerprint: Any = None
+        self.shared_plans: Optional[SharedPlans] = SharedPlans(link, topics, self.puller, self.state_dir, config, self._emit)  # None: never use one
         self._lock = threading.Lock()
         self._active_cancel: Optional[threading.Event] = None
 
@@ -159,6 +161,8 @@ class PackageSteps(Steps):
 
         with self._lock:
             self._active_cancel = cancel
+        plan = self.shared_plans.prepare(deployment, spec, self.fingerprint, cold=cold, cancel=cancel) if self.shared_plans else None
+        shared = plan is not None and plan.installed_now
         try:
             result = ensure_engine(
                 spec,
@@ -166,7 +170,7 @@ class PackageSteps(Steps):
                 self.fingerprint,
                 model=artifacts["model"],
                 calib=artifacts.get("table"),
-                options=BuildOptions.from_config(self.config, force=cold),
+                options=BuildOptions.from_config(self.config, force=cold, trial_load=not shared),  # a shared plan was just trial-loaded
                 on_event=on_event,
                 cancel=cancel,
             )
@@ -196,6 +200,7 @@ class PackageSteps(Steps):
                 "warnings": (result.warnings or [])[:10],
                 "rebuilt_because": result.rebuilt_because,
             },
+            plan=_plan_record(plan, result.cache_hit),
         )
 
     def _disk_shortage(self, model: Path) -> str:
@@ -217,14 +222,17 @@ class PackageSteps(Steps):
     def validate(self, deployment: Deployment, artifacts: Dict[str, Path], engine: EngineInfo) -> Loaded:
         runner = self._open(deployment, engine, "validate")
         try:
-            gate = self._gate(deployment, artifacts, runner)
+            gate = self._gate(deployment, artifacts, runner, engine)
             warmup_ms = warm_up(runner)
         except BaseException:
             runner.deactivate()
             raise
         return Loaded(runner, engine, warmup_ms=warmup_ms, gate=gate)
 
-    def _gate(self, deployment: Deployment, artifacts: Dict[str, Path], runner: Any) -> Dict[str, Any]:
+    def _gate(self, deployment: Deployment, artifacts: Dict[str, Path], runner: Any, engine: Optional[EngineInfo] = None) -> Dict[str, Any]:
+        if engine is not None and deployment.skip_plan_gate and (engine.plan or {}).get("source") == "shared":
+            return {"skipped": True, "reason": "the deployment relies on the builder's gate for shared plans (skip_plan_gate)",
+                    "builder_gate": (engine.plan or {}).get("builder_gate")}
         if "validation" not in artifacts:
             if deployment.accuracy is not None:
                 raise StepFailed("validate", "accuracy thresholds are set but the deployment names no validation set")
@@ -308,6 +316,16 @@ class PackageSteps(Steps):
     def cancel(self) -> None:
         self.puller.cancel()
         self.cancel_build()
+
+
+def _plan_record(plan: Any, cache_hit: bool) -> Dict[str, Any]:
+    """What the status says about the shared plan (agent.daemon.shared_plan): used, or built locally and why."""
+    if plan is None:
+        return {}
+    record = plan.to_dict()
+    if plan.source == "cache" and not cache_hit:
+        record["source"] = "local"
+    return record
 
 
 def _load_onnx(path: Path) -> Any:

@@ -36,6 +36,7 @@ from agent.store.state import StateStore
 
 from .failpoints import Failpoints
 from .serving import Serving
+from .shared_plan import shared_plan_ids
 from .steps import EngineInfo, Loaded, StepFailed, Steps
 
 log = logging.getLogger(__name__)
@@ -538,6 +539,7 @@ class Reconciler:
                     value = record["deployment"].get(key)
                     if isinstance(value, str) and value not in keep:
                         keep.append(value)
+                keep.extend(p for p in shared_plan_ids(record) if p not in keep)  # the plans these deployments use
         state.keep_artifacts = keep
 
     # start-up ----------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def _serving_view(record: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
         "precision": deployment.get("precision"),
         "target": deployment.get("target"),
         "cameras": len(deployment.get("cameras") or []),
-        "engine": {k: engine.get(k) for k in ("backend", "cache_hit", "key", "build_s")},
+        "engine": {k: engine.get(k) for k in ("backend", "cache_hit", "key", "build_s", "plan")},
         "gate": _gate_summary(record.get("gate")),
         "warmup_ms": record.get("warmup_ms"),
     }

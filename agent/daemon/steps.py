@@ -53,6 +53,7 @@ class EngineInfo:
     key: str = ""
     build_s: float = 0.0
     manifest: Dict[str, Any] = field(default_factory=dict)
+    plan: Dict[str, Any] = field(default_factory=dict)  # the shared plan: used, or why built locally (agent.daemon.shared_plan)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

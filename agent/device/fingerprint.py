@@ -32,7 +32,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from agent.device import identity as src
 from agent.device import tables, versions
@@ -44,6 +44,12 @@ MAX_READ = 1 << 20
 MAX_DPKG_READ = 64 << 20
 CAPTURES = "captures"
 ARCH_NAMES = {"arm64": "aarch64", "amd64": "x86_64", "armhf": "armv7l", "i386": "i686"}
+# CPU extensions that decide which onnxruntime (MLAS) kernels run, INT8 ones above all (x86: AVX2 without VNNI
+# saturates u8*s8 sums; aarch64: dot product and i8mm kernels); /proc/cpuinfo "flags" (x86) or "Features" (arm)
+CPU_FEATURES = (
+    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16", "fphp", "asimdhp",
+)
 
 
 @dataclass
@@ -64,6 +70,7 @@ class DeviceFingerprint:
     gpu: Optional[str] = None
     power_mode: Optional[str] = None
     cpu_arch: Optional[str] = None
+    cpu_features: List[str] = field(default_factory=list)  # ISA extensions onnxruntime's kernels pick (agent.engine.hardware_class)
     sources: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
@@ -178,6 +185,7 @@ def fingerprint(sysroot: Path = Path("/"), probe_libraries: bool = True) -> Devi
             built.set("cpu_arch", ARCH_NAMES.get(arch, arch), "dpkg Architecture")
     if live and probe_libraries and not built.fp.is_jetson:
         _probe_discrete_gpu(built)
+    _read_cpu_features(root, built)
     return built.fp
 
 
@@ -455,6 +463,22 @@ def _read_dla(root: _Root, built: _Builder, probe_tensorrt: bool, live: bool) ->
         built.note("DLA core count unknown: no DLA device nodes and the module is not in the table")
     elif live and not fp.is_jetson:
         built.set("dla_cores", 0, "not a Jetson (DLA exists only on Jetson modules)")
+
+
+def _read_cpu_features(root: _Root, built: _Builder) -> None:
+    """The CPU extensions that change which onnxruntime kernels run (CPU_FEATURES above)."""
+    text = root.read_text("proc/cpuinfo")
+    if text is None:
+        return
+    flags: Set[str] = set()
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    found = sorted(f for f in CPU_FEATURES if f in flags)
+    if found:
+        built.fp.cpu_features = found
+        built.fp.sources["cpu_features"] = "/proc/cpuinfo"
 
 
 def _trt_dla_cores() -> Optional[int]:

@@ -31,7 +31,7 @@ from agent.fleet.messages import MessageError
 from agent.fleet.signing import key_id, sign, verify
 
 MANIFEST_SCHEMA = 1
-KINDS = ("model", "calib", "validation", "labels")
+KINDS = ("model", "calib", "validation", "labels", "engine")  # engine: a shared plan (agent.fleet.plans)
 NAME_MAX = 128
 MIN_CHUNK = 1024
 MAX_CHUNK = 4 * 1024 * 1024

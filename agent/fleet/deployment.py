@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, get_args
 
+import msgspec
+
 from agent.errors import AgentError
 from agent.fleet.messages import MessageError, decode, encode
 from agent.gate.thresholds import GateThresholds
@@ -38,6 +40,7 @@ PRECISIONS: Tuple[str, ...] = get_args(Precision)
 TARGET_PATTERN = re.compile(r"^(auto|gpu|cpu|dla:[0-9])$")
 ARTIFACT_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 DEPLOYMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+CLASS_KEY_PATTERN = re.compile(r"^(trt|ort)-[a-z0-9.-]{1,64}-[0-9a-f]{12}$")  # agent.engine.hardware_class.key_of
 MAX_CAMERAS = 16
 MAX_BATCH = 256
 
@@ -66,6 +69,9 @@ class Deployment(FrozenModel, frozen=True, kw_only=True):
     results: ResultsConfig = ResultsConfig()  # rate limit / on-change
     accuracy: Optional[GateThresholds] = None  # accuracy gate limits; None: none given
     telemetry_interval_s: Optional[Annotated[float, Meta(ge=0.1, le=86400)]] = None  # None: the agent's configured interval
+    # shared plans (docs/engines.md): hardware class key -> the prebuilt plan artifact of that class (agent.fleet.plans)
+    plans: Annotated[Dict[str, str], Meta(max_length=64)] = msgspec.field(default_factory=dict)
+    skip_plan_gate: bool = False  # a device serving a shared plan may rely on the builder's accuracy gate
 
     def __post_init__(self) -> None:
         if not DEPLOYMENT_ID_PATTERN.match(self.id):
@@ -83,6 +89,11 @@ class Deployment(FrozenModel, frozen=True, kw_only=True):
                 raise ValueError(f"cameras[{index}]: must be a non-empty URI of at most 2048 characters, got {uri[:80]!r}")
         if isinstance(self.preprocess, str) and self.preprocess not in PRESETS:
             raise ValueError(f"preprocess: preset {self.preprocess!r} unknown (known: {', '.join(sorted(PRESETS))})")
+        for klass, plan in self.plans.items():
+            if not CLASS_KEY_PATTERN.match(klass):
+                raise ValueError(f"plans: {klass[:80]!r} is not a hardware class key (edge-agent device --json shows it)")
+            if not ARTIFACT_ID_PATTERN.match(plan):
+                raise ValueError(f"plans.{klass}: not an artifact id (64 lowercase hex characters): {plan[:80]!r}")
 
     # derived ------------------------------------------------------------------------------------------
     def artifact_ids(self) -> List[Tuple[str, str]]:
@@ -102,6 +113,9 @@ class Deployment(FrozenModel, frozen=True, kw_only=True):
         for key in ("postprocess", "accuracy"):  # none given: an empty block, as in the document
             if data[key] is None:
                 data[key] = {}
+        for name, default in (("plans", {}), ("skip_plan_gate", False)):  # absent when unused: digests stay as before
+            if data.get(name) == default:
+                data.pop(name, None)
         return data
 
     def digest(self) -> str:

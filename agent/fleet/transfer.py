@@ -59,6 +59,7 @@ from agent.fleet.artifact_protocol import (
     validate_artifact_id,
     verify_manifest,
 )
+from agent.fleet.artifact_trust import KindTrust
 from agent.fleet.link import MqttLink, ensure_no_delay
 from agent.fleet.signing import load_public_keys
 from agent.fleet.topics import Topics
@@ -241,7 +242,8 @@ class ArtifactPuller:
         self.config = config
         self.min_free_mb = min_free_mb
         self.manifest_timeout_s = manifest_timeout_s if manifest_timeout_s is not None else max(5.0, config.block_timeout_s)
-        self.public_keys = load_public_keys(config.public_keys)
+        self.trust = KindTrust.parse(getattr(config, "key_kinds", []) or [])  # which keys may sign which kinds
+        self.public_keys = self.trust.public_keys(load_public_keys(config.public_keys))
         self.last_stats = TransferStats()
         self._events = events
         self._run: Optional[_Transfer] = None  # the transfer frames go to, while one runs
@@ -265,15 +267,20 @@ class ArtifactPuller:
         expect_kind: Optional[str] = None,
         expect_name: Optional[str] = None,
         timeout_s: Optional[float] = None,
+        precheck: Optional[Callable[[Dict[str, Any]], None]] = None,
+        manifest: Optional[ArtifactManifest] = None,
     ) -> Path:
         """The stored path of `artifact_id`, fetching it if needed. Raises an ArtifactError subclass, after an
         `artifact.refused` event and a log line, when the artifact is refused or cannot be fetched; nothing
-        already stored is touched then."""
+        already stored is touched then. `precheck(fields)` runs on the accepted manifest's fields before any block is
+        fetched (a shared plan's embedded engine manifest against this device); an ArtifactError it raises refuses.
+        `manifest`: use this one (checked like any other) instead of the retained one at the artifact's topic (a plan's
+        manifest comes with its class's index, agent.fleet.plans: the same bytes may be the plan of two classes)."""
         try:
             validate_artifact_id(artifact_id)
             with self._lock:
                 try:
-                    return self._pull(artifact_id, expect_kind, expect_name, timeout_s)
+                    return self._pull(artifact_id, expect_kind, expect_name, timeout_s, precheck, manifest)
                 except OSError as exc:
                     raise _write_error(artifact_id, self.store.root, exc) from None
         except ArtifactError as exc:
@@ -283,14 +290,19 @@ class ArtifactPuller:
             raise
 
     # the steps ------------------------------------------------------------------------------------------
-    def _pull(self, artifact_id: str, expect_kind: Optional[str], expect_name: Optional[str], timeout_s: Optional[float]) -> Path:
+    def _pull(self, artifact_id: str, expect_kind: Optional[str], expect_name: Optional[str], timeout_s: Optional[float],
+              precheck: Optional[Callable[[Dict[str, Any]], None]] = None, given: Optional[ArtifactManifest] = None) -> Path:
         if self._cancel.is_set():
             raise TransferCancelledError(f"artifact {artifact_id[:12]}: the agent is shutting down")
         deadline = time.monotonic() + timeout_s if timeout_s else None
+        if given is not None:
+            self._accept(given, artifact_id, expect_kind, expect_name)
         if self.store.has(artifact_id):
+            if precheck is not None:  # the stored manifest was checked and signed when it was stored
+                precheck(given.to_dict() if given is not None else self.store.manifest(artifact_id) or {})
             return self._already_stored(artifact_id, expect_kind, expect_name)
-        manifest = self._cached_manifest(artifact_id)
-        if manifest is not None:
+        manifest = given if given is not None else self._cached_manifest(artifact_id)
+        if manifest is not None and given is None:
             try:
                 self._accept(manifest, artifact_id, expect_kind, expect_name)
             except ArtifactError as exc:  # keys rotated or labels corrected since: ask the broker for the current one
@@ -300,6 +312,8 @@ class ArtifactPuller:
         if manifest is None:
             manifest = self._fetch_manifest(artifact_id, deadline)
             self._accept(manifest, artifact_id, expect_kind, expect_name)
+        if precheck is not None:
+            precheck(manifest.to_dict())
         partial = PartialFile(self.store, manifest)
         fresh = not partial.log_path.exists()
         have = partial.open()
@@ -351,6 +365,7 @@ class ArtifactPuller:
     def _accept(self, manifest: ArtifactManifest, artifact_id: str, expect_kind: Optional[str], expect_name: Optional[str]) -> None:
         """Signature, identity, name, kind, size: raises the specific refusal."""
         verdict = verify_manifest(manifest, self.public_keys, self.config.allow_unsigned)
+        self.trust.check(manifest, verdict)
         if verdict != "signed":
             log.warning("artifact %s: accepting an unverified manifest because artifacts.allow_unsigned is on", artifact_id[:12])
         check_expectations(manifest, artifact_id, expect_kind=expect_kind, expect_name=expect_name, max_bytes=self.config.max_bytes)
