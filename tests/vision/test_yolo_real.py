@@ -10,6 +10,7 @@ Its 18 classes are body parts; on these photos and videos it finds faces: the as
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -105,13 +106,19 @@ def test_our_decoding_equals_the_packages_on_the_same_raw_output(
     assert compared >= 40
 
 
-def test_our_pipeline_finds_what_the_package_finds(frames: List[Tuple[str, np.ndarray]], reference: Any, yolo_model: Path) -> None:
+def test_our_pipeline_finds_what_the_package_finds(
+    frames: List[Tuple[str, np.ndarray]], reference: Any, yolo_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """End to end: our letterbox (centred) and runner against the package's detect() (bottom-right padding):
     every box the package is sure of (score >= 0.5) is found, at IoU >= 0.5."""
     from agent.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     ours = postprocess.create({"type": "yolo", **YOLO_CONFIG})
     spec = spec_from(PREPROCESS)
+    # the package makes its session without `providers`, which onnxruntime builds with a second provider (the
+    # 1.16 wheel has Azure's) refuse; its own code otherwise runs as shipped
+    cpu_session = functools.partial(reference.onnxruntime.InferenceSession, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(reference.onnxruntime, "InferenceSession", cpu_session)
     detector = reference.NudeDetector(str(yolo_model))
     sure = matched = 0
     ious: List[float] = []
