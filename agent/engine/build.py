@@ -190,7 +190,7 @@ def ensure_engine(
     started = time.monotonic()
     options = options or BuildOptions()
     spec = spec.validate()
-    fp = _with_local_backend(fingerprint, spec.backend)
+    fp = fingerprint_for_backend(fingerprint, spec.backend)
     key = cache_key(spec, fp)
     events: List[EngineEvent] = []
 
@@ -273,9 +273,10 @@ def ensure_engine(
     return result
 
 
-def _with_local_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
-    """The onnxruntime that builds and loads the artifact is this interpreter's; fill it in when the fingerprint
-    came from files alone (a --sysroot)."""
+def fingerprint_for_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
+    """The fingerprint the cache key and the hardware class of `backend` are computed from: the onnxruntime that
+    builds and loads the artifact is this interpreter's, filled in when the fingerprint came from files alone
+    (a --sysroot). The build, the shared-plan install and the plan builder all key engines through it."""
     if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
         return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
     return fp
@@ -702,4 +703,5 @@ __all__ = [
     "EngineEvent",
     "PolicyError",
     "ensure_engine",
+    "fingerprint_for_backend",
 ]

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from agent.config import AgentConfig
 from agent.daemon.pipeline_steps import PackageSteps
-from agent.engine.build import _with_local_backend
+from agent.engine.build import fingerprint_for_backend
 from agent.engine.hardware_class import hardware_class, is_class_key
 from agent.engine.manifest import read_manifest
 from agent.errors import AgentError, UsageError
@@ -151,7 +151,7 @@ class PlanBuilder:
         {ok, artifact_id, class, engine_key, build_s, gate, builder}; raises PlanBuildError with the reason."""
         with self._lock:
             spec = self.steps.build_spec(deployment).validate()
-            fp = _with_local_backend(self.steps.fingerprint, spec.backend)
+            fp = fingerprint_for_backend(self.steps.fingerprint, spec.backend)
             klass = hardware_class(fp, spec)
             if request_class and request_class != klass.key:
                 raise NotThisClass(f"this builder ({self.device_id}) is class {klass.key}, not {request_class}: it builds only for its own class")
