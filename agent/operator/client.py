@@ -89,6 +89,14 @@ class DeviceRow:
         value = figures.hottest_c(self.telemetry)
         return round(value, 1) if value is not None else None
 
+    def take(self, topic: str, document: Dict[str, Any]) -> bool:
+        """A message of the device's `status` or `telemetry` channel; True when it was the status."""
+        if topic.endswith("/status"):
+            self.status, self.status_at = document, time.time()
+            return True
+        self.telemetry, self.telemetry_at = figures.expand(document), time.time()
+        return False
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "device": self.device,
@@ -141,16 +149,34 @@ class Operator:
     def topics(self, device: str) -> Topics:
         return Topics(self.prefix, device)
 
-    def _publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+        """One QoS 1 message, waited for until the broker acknowledges it (OperatorError otherwise)."""
+        self._check_fits(topic, payload)
+        info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        self._wait_acked(topic, info, self.connect_timeout_s)
+
+    def publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
+        """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
+        thousand devices costs one round trip to a distant broker, not a thousand."""
+        for topic, payload in messages:
+            self._check_fits(topic, payload)
+        infos = [(topic, self.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
+        deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
+        for topic, info in infos:
+            self._wait_acked(topic, info, max(0.1, deadline - time.monotonic()))
+
+    def _check_fits(self, topic: str, payload: bytes) -> None:
         if not self.link.fits(topic, payload):
             raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
-        info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+
+    @staticmethod
+    def _wait_acked(topic: str, info: Any, timeout_s: float) -> None:
         try:
-            info.wait_for_publish(timeout=self.connect_timeout_s)
+            info.wait_for_publish(timeout=timeout_s)
         except (RuntimeError, ValueError) as exc:
             raise OperatorError(f"publishing to {topic} failed: {exc}") from None
         if not info.is_published():
-            raise OperatorError(f"the broker did not acknowledge the message on {topic} within {self.connect_timeout_s:g} s")
+            raise OperatorError(f"the broker did not acknowledge the message on {topic} within {timeout_s:g} s")
 
     # desired state -----------------------------------------------------------------------------------------
     def desired_topic(self, device: Optional[str] = None, group: Optional[str] = None) -> str:
@@ -167,7 +193,7 @@ class Operator:
         """Publish the desired state (retained); None clears it (the device keeps serving what it has)."""
         topic = self.desired_topic(device, group)
         payload = encode_desired(deployment) if deployment is not None else b""
-        self._publish(topic, payload, retain=True)
+        self.publish(topic, payload, retain=True)
         return topic
 
     # commands --------------------------------------------------------------------------------------------
@@ -207,7 +233,7 @@ class Operator:
                 reply_to = topics.reply
             sent_args = {k: v for k, v in dump(checked).items() if k in (args or {})}
             payload = encode_command(command_id, command_type, sent_args, device=device, timeout_s=timeout_s, reply_to=reply_to)
-            self._publish(topics.cmd, payload, properties=properties)
+            self.publish(topics.cmd, payload, properties=properties)
             if not wait:
                 return []
             return self._collect(device, command_id, replies, wait_s, on_reply)
@@ -290,12 +316,8 @@ class Operator:
                 return
             name, document = found
             with lock:
-                row = rows.setdefault(name, DeviceRow(name))
-                if msg.topic.endswith("/status"):
-                    row.status, row.status_at = document, time.time()
+                if rows.setdefault(name, DeviceRow(name)).take(msg.topic, document):
                     got.set()
-                else:
-                    row.telemetry, row.telemetry_at = figures.expand(document), time.time()
 
         self.link.subscribe(telemetry_topic, on_message, qos=0)
         self.link.subscribe(topic, on_message, qos=1)
@@ -316,21 +338,13 @@ class Operator:
         rows: Dict[str, DeviceRow] = {}
         lock = threading.Lock()
 
-        def row(name: str) -> DeviceRow:
-            if name not in rows:
-                rows[name] = DeviceRow(name)
-            return rows[name]
-
         def on_message(msg: Any) -> None:
             found = self._device_document(msg)
             if found is None:
                 return
             name, document = found
             with lock:
-                if msg.topic.endswith("/status"):
-                    row(name).status, row(name).status_at = document, time.time()
-                else:
-                    row(name).telemetry, row(name).telemetry_at = figures.expand(document), time.time()
+                rows.setdefault(name, DeviceRow(name)).take(msg.topic, document)
 
         filters = (
             [self.topics(device).status, self.topics(device).telemetry]

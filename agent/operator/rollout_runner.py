@@ -282,17 +282,17 @@ class RolloutRunner:
         if self.state_file is not None:
             atomic_write_bytes(self.state_file, payload)
         for topic, part in split(self.topic("state"), payload, self.broker.max_payload):
-            self.operator._publish(topic, part, retain=True)
+            self.operator.publish(topic, part, retain=True)
         self._saved = payload
 
     def _claim(self, state: RolloutState) -> None:
-        self.operator._publish(self.topic("runner"), json.dumps({"alive": True, "owner": self.owner, "rollout": state.id,
+        self.operator.publish(self.topic("runner"), json.dumps({"alive": True, "owner": self.owner, "rollout": state.id,
                                                                  "ts": round(time.time(), 3)}).encode(), retain=True)
         self._driving = True
 
     def _release(self) -> None:
         try:
-            self.operator._publish(self.topic("runner"), json.dumps({"alive": False, "owner": self.owner}).encode(), retain=True)
+            self.operator.publish(self.topic("runner"), json.dumps({"alive": False, "owner": self.owner}).encode(), retain=True)
         except OperatorError:
             pass
         self._driving = False
@@ -355,7 +355,7 @@ class RolloutRunner:
         if state is None or not state.active:
             raise RolloutError(f"group {self.group} has no active rollout")
         message = {"rollout": state.id, "action": action, "ts": round(time.time(), 3), "by": self.owner}
-        self.operator._publish(self.topic("control"), json.dumps(message).encode(), retain=True)
+        self.operator.publish(self.topic("control"), json.dumps(message).encode(), retain=True)
         return state
 
     # running ----------------------------------------------------------------------------------------------------------
@@ -394,25 +394,9 @@ class RolloutRunner:
             if state.status not in ("completed", "aborted"):
                 self.stop.wait(self.tick_s)
         if state.status in ("completed", "aborted"):
-            self.operator._publish(self.topic("control"), b"", retain=True)
+            self.operator.publish(self.topic("control"), b"", retain=True)
         self._release()
         return state
-
-    def _publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
-        """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
-        thousand devices costs one round trip to a distant broker, not a thousand."""
-        for topic, payload in messages:
-            if not self.operator.link.fits(topic, payload):
-                raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
-        infos = [(topic, self.operator.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
-        deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
-        for topic, info in infos:
-            try:
-                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-            except (RuntimeError, ValueError) as exc:
-                raise OperatorError(f"publishing to {topic} failed: {exc}") from None
-            if not info.is_published():
-                raise OperatorError(f"the broker did not acknowledge the message on {topic}")
 
     def _desired(self, device: str, deployment: Optional[Deployment]) -> Tuple[str, bytes]:
         return self.operator.desired_topic(device=device), encode_desired(deployment)
@@ -420,7 +404,7 @@ class RolloutRunner:
     def _execute(self, state: RolloutState, action: Action) -> None:
         new = deployment_from_dict(state.deployment)
         if action.kind == "send":
-            self._publish_many([self._desired(device, new) for device in action.devices])
+            self.operator.publish_many([self._desired(device, new) for device in action.devices])
         elif action.kind == "rollback":
             for device in action.devices:
                 try:
@@ -431,11 +415,11 @@ class RolloutRunner:
             # the pin it had, else `{"deployment": null}`: "nothing from this source", so the group's wins. Not an
             # empty (clearing) message: a device that was offline would never hear of that one and keep following
             # the per-device deployment it last received
-            self._publish_many([self._desired(d, deployment_from_dict(state.pins[d]) if state.pins.get(d) else None) for d in action.devices])
+            self.operator.publish_many([self._desired(d, deployment_from_dict(state.pins[d]) if state.pins.get(d) else None) for d in action.devices])
         elif action.kind == "complete":
             self.operator.deploy(new, group=state.group)
             # the group's desired state now says the same; a device pin would shadow later group deploys
-            self._publish_many([self._desired(device, None) for device in action.devices])
+            self.operator.publish_many([self._desired(device, None) for device in action.devices])
 
 
 class RolloutBoard:
