@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.daemon.pipeline_steps import PackageSteps
@@ -264,3 +264,10 @@ def build_plans(config: AgentConfig, deployment: Any, classes: List[str], timeou
         return {klass: request_build(link, config.broker.topic_prefix, deployment, klass, timeout_s) for klass in classes}
     finally:
         link.stop()
+
+
+def build_and_name_plans(config: AgentConfig, deployment: Any, classes: List[str], timeout_s: float) -> Tuple[Dict[str, Dict[str, Any]], Any]:
+    """`build_plans`, then the deployment naming each plan built (`fleet build`, `fleet deploy --build-plans`):
+    (class -> the builder's answer, the deployment with its `plans`)."""
+    answers = build_plans(config, deployment, classes, timeout_s)
+    return answers, with_plans(deployment, {klass: answer["artifact_id"] for klass, answer in answers.items()})

@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -192,6 +193,16 @@ class FleetView:
             return View(statuses=dict(self.statuses), telemetry=dict(self.telemetry), rollback_replies=replies)
 
 
+@dataclass
+class ControlOutcome:
+    """What `RolloutRunner.apply_control` did: sent the action to the live runner (`sent_to` names it), or applied
+    it here (`drive`: a resume or an abort that `run(state)` carries on from this process)."""
+
+    state: RolloutState
+    sent_to: str = ""
+    drive: bool = False
+
+
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -358,6 +369,22 @@ class RolloutRunner:
         self.operator.publish(self.topic("control"), json.dumps(message).encode(), retain=True)
         return state
 
+    def apply_control(self, action: str) -> ControlOutcome:
+        """`fleet rollout pause|resume|abort`: sent to the live runner when one drives the rollout; else the rollout
+        is taken over here and the action applied: a pause is saved, a resume or an abort is for `run` to carry on."""
+        alive = self.runner_alive()
+        if alive:
+            return ControlOutcome(self.send_control(action), sent_to=str(alive.get("owner")))
+        state = self.take_over()
+        if action != "resume":
+            control(state, action, time.time(), by=self.owner)
+        if action == "pause":
+            self.save(state)
+            return ControlOutcome(state)
+        if state.status == "paused":
+            control(state, "resume", time.time(), by=self.owner)
+        return ControlOutcome(state, drive=True)
+
     # running ----------------------------------------------------------------------------------------------------------
     def _apply_control(self, state: RolloutState) -> None:
         message = self.docs.json_doc("control")
@@ -439,3 +466,11 @@ class RolloutBoard:
 
     def close(self) -> None:
         self.link.unsubscribe(self.docs.filter)
+
+
+def read_rollouts(broker: BrokerConfig, prefix: str, *, group: Optional[str] = None, wait_s: float = 1.0) -> List[RolloutState]:
+    """The retained rollout state of every group, or of `group`, collected for `wait_s` (`fleet rollout status`)."""
+    with Operator(broker, prefix) as operator:
+        board = RolloutBoard(operator.link, prefix)
+        time.sleep(wait_s)
+        return [s for s in board.states() if not group or s.group == group]
