@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--artifacts", help="the operator's artifacts folder (default: <state dir>/fleet-artifacts)")
     serve.add_argument("--rate-limit", type=float, default=0.0, metavar="MB_PER_S", help="cap the upload rate (0: none)")
     serve.add_argument("--share", default="", metavar="GROUP", help="MQTT shared subscription group, to run several servers")
-    serve.add_argument("--json", action="store_true", help="print the counters as JSON when stopped")
+    add_json_flag(serve, help="print the counters as JSON when stopped")
     serve.set_defaults(func=_serve)
 
     gate_cmd.register_fleet(actions)  # make-validation

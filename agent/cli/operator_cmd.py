@@ -79,7 +79,7 @@ def register_operator(actions: Any) -> None:
     watch.add_argument("device", nargs="?")
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
-    watch.add_argument("--json", action="store_true", help="one JSON line per refresh instead of a table")
+    add_json_flag(watch, help="one JSON line per refresh instead of a table")
     watch.add_argument("--plans", action="store_true", help="also show, per deployment and class, who uses the shared plan")
     watch.set_defaults(func=_watch)
 
