@@ -277,9 +277,13 @@ def fingerprint_for_backend(fp: DeviceFingerprint, backend: str) -> DeviceFinger
     """The fingerprint the cache key and the hardware class of `backend` are computed from: the onnxruntime that
     builds and loads the artifact is this interpreter's, filled in when the fingerprint came from files alone
     (a --sysroot). The build, the shared-plan install and the plan builder all key engines through it."""
-    if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
-        return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
-    return fp
+    return with_local_onnxruntime(fp) if backend == Backend.ONNXRUNTIME else fp
+
+
+def with_local_onnxruntime(fp: DeviceFingerprint) -> DeviceFingerprint:
+    """`fp` with this interpreter's onnxruntime version where it has none (a fingerprint read from a --sysroot,
+    or an engine of either backend judged here: `engine check`, `engine inspect`)."""
+    return fp if fp.onnxruntime else dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
 
 
 def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, options: BuildOptions, emit: Callable[..., None]) -> Any:
@@ -704,4 +708,5 @@ __all__ = [
     "PolicyError",
     "ensure_engine",
     "fingerprint_for_backend",
+    "with_local_onnxruntime",
 ]
