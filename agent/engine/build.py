@@ -42,7 +42,7 @@ from agent.calib.table import read_table, without_entries, write_table_file
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
 from agent.device.target import Backend
-from agent.device.versions import VersionError, dla_support, parse_version
+from agent.device.versions import reported_dla_support
 from agent.engine import compat
 from agent.engine.build_job import RESULT_NAME, BuildJob
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
@@ -341,11 +341,7 @@ def _check_target(spec: BuildSpec, fp: DeviceFingerprint, key: str) -> None:
     """Refuse a DLA core this device cannot have, with the reason, before anything is started."""
     if spec.dla_core is None:
         return
-    try:
-        version = parse_version(fp.tensorrt) if fp.tensorrt else None
-    except VersionError:
-        version = None
-    support = dla_support(version, fp.dla_cores, fp.module)
+    support = reported_dla_support(fp.tensorrt, fp.dla_cores, fp.module)
     if not support.available:
         raise BuildError(f"DLA core {spec.dla_core} refused: {support.reason}", kind="dla", key=key)
     if fp.dla_cores is not None and spec.dla_core >= fp.dla_cores:
