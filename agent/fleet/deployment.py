@@ -164,8 +164,6 @@ def decode_desired(payload: bytes) -> Optional[Deployment]:
         data = decode(payload, expected_kind=KIND)
     except MessageError as exc:
         raise DeploymentError(f"desired state: {exc}") from None
-    except RecursionError:
-        raise DeploymentError("desired state: the JSON is nested too deeply") from None
     if "deployment" not in data:
         raise DeploymentError("desired state: 'deployment' is required (an object, or null for none)")
     extra = sorted(set(data) - {"schema", "kind", "ts", "deployment"})

@@ -124,7 +124,7 @@ class PlanBuilder:
     def _on_request(self, msg: Any) -> None:
         try:
             self._requests.put(decode_request(bytes(msg.payload)))
-        except (MessageError, RecursionError) as exc:
+        except MessageError as exc:
             log.warning("plan-build request refused: %s", exc)
 
     def _work(self) -> None:
