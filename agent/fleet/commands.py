@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Type
 
-from agent.fleet.messages import MessageError, decode, encode
+from agent.fleet.messages import ENVELOPE_KEYS, MessageError, decode, encode
 from agent.models import Annotated, FrozenModel, Meta, dump, parse
 
 COMMAND_KIND = "cmd"
@@ -149,7 +149,7 @@ def decode_command(payload: bytes, *, device_id: str, source: str = "device", to
     def reject(reason: str) -> CommandRejected:
         return CommandRejected(reason, command_id if COMMAND_ID_PATTERN.match(command_id) else "", command_type, reply_to)
 
-    unknown = sorted(set(data) - {"schema", "kind", "ts", "id", "type", "args", "timeout_s", "reply_to", "device"})
+    unknown = sorted(set(data) - ENVELOPE_KEYS - {"id", "type", "args", "timeout_s", "reply_to", "device"})
     if unknown:
         raise reject(f"malformed command: unknown keys {unknown}")
     if not COMMAND_ID_PATTERN.match(command_id):

@@ -37,13 +37,14 @@ from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.messages import MessageError
 from agent.fleet.plans import (
     PLAN_KIND,
+    BuildRequest,
+    decode_build_request,
     decode_reply,
-    decode_request,
     describe_plan,
     embedded_of,
+    encode_build_request,
     encode_index,
     encode_reply,
-    encode_request,
     index_topic,
     reply_topic,
     request_topic,
@@ -79,7 +80,7 @@ class PlanBuilder:
         self.steps = PackageSteps(config, self.link, self.topics, config.state_dir, events)
         self.steps.shared_plans = None  # the builder builds; it never takes a plan from elsewhere
         self.server = ArtifactServer(self.link, self.prefix, self.folder, rate_limit_bps=rate_limit_bps)
-        self._requests: queue.Queue[Optional[Dict[str, Any]]] = queue.Queue()
+        self._requests: queue.Queue[Optional[BuildRequest]] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self.builds = 0
@@ -123,7 +124,7 @@ class PlanBuilder:
 
     def _on_request(self, msg: Any) -> None:
         try:
-            self._requests.put(decode_request(bytes(msg.payload)))
+            self._requests.put(decode_build_request(bytes(msg.payload)))
         except MessageError as exc:
             log.warning("plan-build request refused: %s", exc)
 
@@ -133,17 +134,17 @@ class PlanBuilder:
             if request is None:
                 return
             try:
-                deployment = deployment_from_dict(request["deployment"])
-                result = self.build(deployment, request_class=str(request["class"]))
+                deployment = deployment_from_dict(request.deployment)
+                result = self.build(deployment, request_class=request.class_key)
             except NotThisClass as exc:
-                log.info("plan-build %s: %s", request["id"], exc)
+                log.info("plan-build %s: %s", request.id, exc)
                 continue
             except (AgentError, DeploymentError) as exc:
                 result = {"ok": False, "reason": str(exc), "builder": self.device_id}
             except Exception as exc:  # a bug in one build must not end the service
                 log.exception("plan build failed")
                 result = {"ok": False, "reason": f"internal error: {type(exc).__name__}: {exc}", "builder": self.device_id}
-            self.link.publish(reply_topic(self.prefix, str(request["id"])), encode_reply(str(request["id"]), result), qos=1)
+            self.link.publish(reply_topic(self.prefix, request.id), encode_reply(request.id, result), qos=1)
 
     # one build -----------------------------------------------------------------------------------------
     def build(self, deployment: Any, *, request_class: Optional[str] = None) -> Dict[str, Any]:
@@ -196,7 +197,7 @@ def request_build(link: Any, prefix: str, deployment: Any, class_key: str, timeo
     link.subscribe(topic, lambda msg: answers.put(bytes(msg.payload)), qos=1)
     try:
         time.sleep(0.1)  # let the subscription reach the broker before the builder can answer
-        link.publish(request_topic(prefix, class_key), encode_request(request_id, class_key, deployment.to_dict()), qos=1)
+        link.publish(request_topic(prefix, class_key), encode_build_request(request_id, class_key, deployment.to_dict()), qos=1)
         try:
             reply = decode_reply(answers.get(timeout=timeout_s))
         except queue.Empty:
