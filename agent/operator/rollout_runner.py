@@ -23,7 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+
+import msgspec
 
 from agent.config import BrokerConfig
 from agent.fleet.commands import decode_reply
@@ -37,6 +39,7 @@ from agent.fleet.deployment import (
 from agent.fleet.limits import join, parts_header, split
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import all_devices, device_of
+from agent.models import Model, parse
 from agent.operator import figures
 from agent.operator.client import Operator, OperatorError, new_command_id
 from agent.operator.rollout import (
@@ -68,6 +71,15 @@ def check_group(group: str) -> str:
     if not group or any(ch in group for ch in "/+#"):
         raise RolloutError(f"{group!r} is not a group name (no '/', '+' or '#')")
     return group
+
+
+class ControlMessage(Model, kw_only=True):
+    """The retained `control` document: `fleet rollout pause|resume|abort` for the runner of rollout `rollout`."""
+
+    rollout: str
+    action: Literal["pause", "resume", "abort"]
+    ts: float  # the sender's clock: a message is applied once (RolloutState.control_ts)
+    by: str = "operator"
 
 
 class RolloutDocs:
@@ -116,6 +128,16 @@ class RolloutDocs:
         try:
             return decode_state(payload)
         except RolloutError:
+            return None
+
+    def control(self) -> Optional[ControlMessage]:
+        """The group's retained control message; None when there is none or it is not one."""
+        payload = self._doc(rollout_topic(self.prefix, self.group, "control"))
+        if not payload:
+            return None
+        try:
+            return msgspec.json.decode(payload, type=ControlMessage)
+        except (msgspec.ValidationError, msgspec.DecodeError):
             return None
 
     def json_doc(self, leaf: str, group: Optional[str] = None) -> Dict[str, Any]:
@@ -365,8 +387,8 @@ class RolloutRunner:
         state = self.current()
         if state is None or not state.active:
             raise RolloutError(f"group {self.group} has no active rollout")
-        message = {"rollout": state.id, "action": action, "ts": round(time.time(), 3), "by": self.owner}
-        self.operator.publish(self.topic("control"), json.dumps(message).encode(), retain=True)
+        message = parse(ControlMessage, {"rollout": state.id, "action": action, "ts": round(time.time(), 3), "by": self.owner}, error=RolloutError)
+        self.operator.publish(self.topic("control"), msgspec.json.encode(message), retain=True)
         return state
 
     def apply_control(self, action: str) -> ControlOutcome:
@@ -387,12 +409,11 @@ class RolloutRunner:
 
     # running ----------------------------------------------------------------------------------------------------------
     def _apply_control(self, state: RolloutState) -> None:
-        message = self.docs.json_doc("control")
-        ts = message.get("ts")
-        if message.get("rollout") != state.id or not isinstance(ts, (int, float)) or ts <= state.control_ts:
+        message = self.docs.control()
+        if message is None or message.rollout != state.id or message.ts <= state.control_ts:
             return
-        state.control_ts = float(ts)
-        if control(state, str(message.get("action")), time.time(), by=str(message.get("by") or "operator")):
+        state.control_ts = message.ts
+        if control(state, message.action, time.time(), by=message.by or "operator"):
             self.say(state.history[-1])
 
     def tick(self, state: RolloutState) -> List[Action]:
