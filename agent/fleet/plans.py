@@ -145,9 +145,9 @@ def decode_build_request(payload: bytes) -> BuildRequest:
     return parse(BuildRequest, body, error=MessageError, root="plan-build")
 
 
-def encode_reply(request_id: str, result: Dict[str, Any]) -> bytes:
+def encode_build_reply(request_id: str, result: Dict[str, Any]) -> bytes:
     return encode(REPLY_KIND, {"id": request_id, **result})
 
 
-def decode_reply(payload: bytes) -> Dict[str, Any]:
+def decode_build_reply(payload: bytes) -> Dict[str, Any]:
     return decode(payload, expected_kind=REPLY_KIND)

@@ -38,13 +38,13 @@ from agent.fleet.messages import MessageError
 from agent.fleet.plans import (
     PLAN_KIND,
     BuildRequest,
+    decode_build_reply,
     decode_build_request,
-    decode_reply,
     describe_plan,
     embedded_of,
+    encode_build_reply,
     encode_build_request,
     encode_index,
-    encode_reply,
     index_topic,
     reply_topic,
     request_topic,
@@ -144,7 +144,7 @@ class PlanBuilder:
             except Exception as exc:  # a bug in one build must not end the service
                 log.exception("plan build failed")
                 result = {"ok": False, "reason": f"internal error: {type(exc).__name__}: {exc}", "builder": self.device_id}
-            self.link.publish(reply_topic(self.prefix, request.id), encode_reply(request.id, result), qos=1)
+            self.link.publish(reply_topic(self.prefix, request.id), encode_build_reply(request.id, result), qos=1)
 
     # one build -----------------------------------------------------------------------------------------
     def build(self, deployment: Any, *, request_class: Optional[str] = None) -> Dict[str, Any]:
@@ -199,7 +199,7 @@ def request_build(link: Any, prefix: str, deployment: Any, class_key: str, timeo
         time.sleep(0.1)  # let the subscription reach the broker before the builder can answer
         link.publish(request_topic(prefix, class_key), encode_build_request(request_id, class_key, deployment.to_dict()), qos=1)
         try:
-            reply = decode_reply(answers.get(timeout=timeout_s))
+            reply = decode_build_reply(answers.get(timeout=timeout_s))
         except queue.Empty:
             raise PlanBuildError(f"no builder for class {class_key} answered within {timeout_s:g} s (is `edge-agent fleet builder` running there?)") from None
     finally:
