@@ -137,16 +137,13 @@ def _gc(args: argparse.Namespace) -> int:
         if not is_artifact_id(artifact_id):
             raise UsageError(f"--keep: not an artifact id: {artifact_id!r}")
     keep = load_keep_list(config.state_dir / "state.json") | set(args.keep)
-    if args.dry_run:
-        removed = [a for a in store.ids() if a not in keep] + [p for p in store.partials() if p not in keep]
-    else:
-        removed = store.gc(keep)
+    removed = store.gc(keep, dry_run=args.dry_run)
     if args.json:
-        print_json({"kept": sorted(keep), "removed": sorted(set(removed)), "dry_run": args.dry_run})
+        print_json({"kept": sorted(keep), "removed": removed, "dry_run": args.dry_run})
     else:
         verb = "would remove" if args.dry_run else "removed"
-        print(f"{verb} {len(set(removed))} artifacts; kept {len([a for a in store.ids() if a in keep])}")
-        for artifact_id in sorted(set(removed)):
+        print(f"{verb} {len(removed)} artifacts; kept {len([a for a in store.ids() if a in keep])}")
+        for artifact_id in removed:
             print(f"  {artifact_id}")
     return 0
 
