@@ -25,7 +25,7 @@ from agent.config import BrokerConfig
 from agent.errors import AgentError
 from agent.fleet.commands import COMMANDS, Reply, check_args, decode_reply, encode_command
 from agent.fleet.deployment import Deployment, encode_desired
-from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.link import MqttLink, unique_client_id, wait_acknowledged
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import Topics, all_devices, device_of
 from agent.models import dump
@@ -153,7 +153,7 @@ class Operator:
         """One QoS 1 message, waited for until the broker acknowledges it (OperatorError otherwise)."""
         self._check_fits(topic, payload)
         info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
-        self._wait_acked(topic, info, self.connect_timeout_s)
+        wait_acknowledged(info, self.connect_timeout_s, f"the message on {topic}", OperatorError)
 
     def publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
         """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
@@ -163,20 +163,11 @@ class Operator:
         infos = [(topic, self.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
         deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
         for topic, info in infos:
-            self._wait_acked(topic, info, max(0.1, deadline - time.monotonic()))
+            wait_acknowledged(info, max(0.1, deadline - time.monotonic()), f"the message on {topic}", OperatorError)
 
     def _check_fits(self, topic: str, payload: bytes) -> None:
         if not self.link.fits(topic, payload):
             raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
-
-    @staticmethod
-    def _wait_acked(topic: str, info: Any, timeout_s: float) -> None:
-        try:
-            info.wait_for_publish(timeout=timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            raise OperatorError(f"publishing to {topic} failed: {exc}") from None
-        if not info.is_published():
-            raise OperatorError(f"the broker did not acknowledge the message on {topic} within {timeout_s:g} s")
 
     # desired state -----------------------------------------------------------------------------------------
     def desired_topic(self, device: Optional[str] = None, group: Optional[str] = None) -> str:
@@ -301,6 +292,21 @@ class Operator:
         except MessageError:
             return None
 
+    def _row_updater(self, rows: Dict[str, DeviceRow], lock: threading.Lock, got_status: Optional[threading.Event] = None) -> Callable[[Any], None]:
+        """A subscription handler that files each device's status and telemetry into `rows` (under `lock`),
+        setting `got_status` when a status arrives."""
+
+        def on_message(msg: Any) -> None:
+            found = self._device_document(msg)
+            if found is None:
+                return
+            name, document = found
+            with lock:
+                if rows.setdefault(name, DeviceRow(name)).take(msg.topic, document) and got_status is not None:
+                    got_status.set()
+
+        return on_message
+
     def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:
         """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`),
         with the latest telemetry of each (retained too), so FPS and temperature are filled in."""
@@ -310,15 +316,7 @@ class Operator:
         topic = self.topics(device).status if device else all_devices(self.prefix, "status")
         telemetry_topic = self.topics(device).telemetry if device else all_devices(self.prefix, "telemetry")
 
-        def on_message(msg: Any) -> None:
-            found = self._device_document(msg)
-            if found is None:
-                return
-            name, document = found
-            with lock:
-                if rows.setdefault(name, DeviceRow(name)).take(msg.topic, document):
-                    got.set()
-
+        on_message = self._row_updater(rows, lock, got)
         self.link.subscribe(telemetry_topic, on_message, qos=0)
         self.link.subscribe(topic, on_message, qos=1)
         try:
@@ -338,14 +336,7 @@ class Operator:
         rows: Dict[str, DeviceRow] = {}
         lock = threading.Lock()
 
-        def on_message(msg: Any) -> None:
-            found = self._device_document(msg)
-            if found is None:
-                return
-            name, document = found
-            with lock:
-                rows.setdefault(name, DeviceRow(name)).take(msg.topic, document)
-
+        on_message = self._row_updater(rows, lock)
         filters = (
             [self.topics(device).status, self.topics(device).telemetry]
             if device
