@@ -25,6 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import msgspec
 
+from agent.device.target import Backend
 from agent.fleet.artifact_protocol import ArtifactError, ArtifactManifest, decode_manifest, describe_file
 from agent.fleet.artifact_trust import ENGINE_KIND
 from agent.fleet.messages import ENVELOPE_KEYS, MessageError, decode, encode
@@ -76,7 +77,7 @@ def describe_plan(
     chunk_size: int,
 ) -> ArtifactManifest:
     """The (unsigned) artifact manifest of a plan file, with the engine manifest embedded."""
-    name = f"{engine_manifest.get('key', 'engine')}.{'plan' if engine_manifest.get('backend') == 'tensorrt' else 'opt.onnx'}"
+    name = f"{engine_manifest.get('key', 'engine')}.{'plan' if engine_manifest.get('backend') == Backend.TENSORRT else 'opt.onnx'}"
     manifest = describe_file(engine_path, PLAN_KIND, name, chunk_size)
     embedded = {
         "class": dict(hardware_class),
