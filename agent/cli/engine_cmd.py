@@ -90,12 +90,8 @@ def register(sub: Any) -> None:
     gate_cmd.register_engine(esub)  # engine validate: the accuracy gate by hand
 
 
-def _config(args: argparse.Namespace) -> Any:
-    return load_config(getattr(args, "config", None))
-
-
 def _cache(args: argparse.Namespace) -> Any:
-    return EngineCache.for_state(_config(args).state_dir)
+    return EngineCache.for_state(load_config(args.config).state_dir)
 
 
 # --- build -----------------------------------------------------------------------------------------------------
@@ -126,7 +122,7 @@ class _Progress:
 
 
 def _build(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args.config)
     model = Path(args.model)
     if not model.is_file():
         raise UsageError(f"model not found: {model}")
@@ -249,7 +245,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args.config)
 
     cache = EngineCache.for_state(config.state_dir)
     keep = set(args.keep) | keys_in_state_file(config.state_dir / "state.json")
