@@ -93,6 +93,18 @@ def broker(mosquitto_available: None) -> Iterator[LocalBroker]:
         yield local
 
 
+@pytest.fixture(scope="module")
+def kit(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An operator's FleetKit (tests/daemon/fleet_kit.py: keys, artifacts folder, artifact server) on the session's
+    broker, one per test module (deployments, shared plans, plan recovery)."""
+    # imported here, not at the top: numpy and the operator side load only for the modules that use a kit
+    from tests.daemon.fleet_kit import FleetKit
+
+    fleet = FleetKit(broker, tmp_path_factory.mktemp("fleet"))
+    yield fleet
+    fleet.close()
+
+
 @pytest.fixture()
 def fresh_broker(mosquitto_available: None) -> Iterator[LocalBroker]:
     """A broker of the test's own, for tests that stop, kill or restart it."""

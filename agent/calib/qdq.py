@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from agent.calib.graph import (
     FLOAT,
@@ -34,6 +35,7 @@ from agent.calib.graph import (
 )
 from agent.calib.table import CalibError, CalibTable, is_usable_scale
 from agent.lazy import deferred, require
+from agent.store.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,6 +88,19 @@ def to_qdq(model: onnx.ModelProto, table: CalibTable, flavor: str, exclude_op_ty
 
 
 # --- shared preparation --------------------------------------------------------------------------------
+
+
+def write_qdq_model(
+    model: onnx.ModelProto, table: CalibTable, flavor: str, output: Union[str, Path], exclude_op_types: Sequence[str] = ()
+) -> Tuple[QdqResult, int]:
+    """`to_qdq`, written atomically to `output` (`calib to-qdq`, `bench --precision int8`): (the result, bytes written)."""
+    result = to_qdq(model, table, flavor, exclude_op_types)
+    try:
+        data = result.model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        raise CalibError(f"the quantized model cannot be serialized: {exc}") from None
+    atomic_write_bytes(output, data)
+    return result, len(data)
 
 
 def _tensor_names(model: onnx.ModelProto) -> Set[str]:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from agent.calib.qdq import to_qdq
+from agent.calib.qdq import FLAVOR_ONNXRUNTIME, write_qdq_model
 from agent.calib.table import read_table
 from agent.cli.options import add_json_flag
 from agent.cli.output import print_json, print_table
@@ -53,9 +53,8 @@ def _int8_model(model: Path, table: str, workdir: str) -> Path:
     if not table:
         raise UsageError("--precision int8 needs --table (a TensorRT-format calibration table)")
     import onnx  # heavy (protobuf): imported only when a Q/DQ model is made
-    quantized = to_qdq(onnx.load(str(model)), read_table(table), "onnxruntime").model
     out = Path(workdir) / f"{model.stem}.int8.onnx"
-    onnx.save(quantized, str(out))
+    write_qdq_model(onnx.load(str(model)), read_table(table), FLAVOR_ONNXRUNTIME, out)
     return out
 
 

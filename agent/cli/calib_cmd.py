@@ -26,7 +26,7 @@ from agent.calib.check import check_table
 from agent.calib.diff import diff_tables
 from agent.calib.make import Candidate, auto_candidates, make_tables
 from agent.calib.provenance import table_provenance, write_provenance
-from agent.calib.qdq import describe, to_qdq
+from agent.calib.qdq import describe, write_qdq_model
 from agent.calib.table import (
     DEGENERATE_KINDS,
     CalibError,
@@ -393,19 +393,14 @@ def _command(args: argparse.Namespace) -> List[str]:
 def _to_qdq(args: argparse.Namespace) -> int:
     table = read_table(args.table)
     model = _load_model(args.model)
-    result = to_qdq(model, table, args.flavor, exclude_op_types=args.exclude_op)
-    try:
-        data = result.model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GB
-        raise CalibError(f"the quantized model cannot be serialized: {exc}") from None
-    atomic_write_bytes(args.output, data)
-    summary: Dict[str, Any] = {"output": args.output, "bytes": len(data), **describe(result)}
+    result, size = write_qdq_model(model, table, args.flavor, args.output, exclude_op_types=args.exclude_op)
+    summary: Dict[str, Any] = {"output": args.output, "bytes": size, **describe(result)}
     if args.json:
         print_json(summary)
     else:
         skipped: List[str] = result.skipped
         sys.stdout.write(
-            f"wrote {args.output} ({args.flavor} flavour, {len(data)} bytes): {result.quantized_nodes} nodes quantized, "
+            f"wrote {args.output} ({args.flavor} flavour, {size} bytes): {result.quantized_nodes} nodes quantized, "
             f"{summary['quantize_linear']} QuantizeLinear, {summary['dequantize_linear']} DequantizeLinear\n"
         )
         if skipped:

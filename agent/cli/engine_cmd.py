@@ -22,7 +22,7 @@ from agent.cli.output import print_json, print_table
 from agent.config import load_config
 from agent.device.fingerprint import fingerprint
 from agent.device.target import Backend, resolve_target, tensorrt_usable
-from agent.engine.build import BuildOptions, ensure_engine
+from agent.engine.build import BuildOptions, ensure_engine, with_local_onnxruntime
 from agent.engine.cache import BUILD_LOG, EngineCache, keys_in_state_file
 from agent.engine.diagnose import diagnose_log
 from agent.engine.hardware_class import manifest_class
@@ -30,7 +30,7 @@ from agent.engine.remedy import decide
 from agent.engine.spec import BatchProfile, BuildPolicy, BuildSpec, PluginLib, Precision, SpecError
 from agent.engine.verify import verify_engine_file
 from agent.errors import AgentError, UsageError
-from agent.lazy import module_version, try_import
+from agent.lazy import try_import
 from agent.store.hashing import sha256_file
 
 
@@ -90,12 +90,8 @@ def register(sub: Any) -> None:
     gate_cmd.register_engine(esub)  # engine validate: the accuracy gate by hand
 
 
-def _config(args: argparse.Namespace) -> Any:
-    return load_config(getattr(args, "config", None))
-
-
 def _cache(args: argparse.Namespace) -> Any:
-    return EngineCache.for_state(_config(args).state_dir)
+    return EngineCache.for_state(load_config(args.config).state_dir)
 
 
 # --- build -----------------------------------------------------------------------------------------------------
@@ -126,7 +122,7 @@ class _Progress:
 
 
 def _build(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args.config)
     model = Path(args.model)
     if not model.is_file():
         raise UsageError(f"model not found: {model}")
@@ -175,9 +171,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    fp = fingerprint(Path(args.sysroot)) if args.sysroot else fingerprint()
-    if not fp.onnxruntime:
-        fp.onnxruntime = module_version("onnxruntime")
+    fp = with_local_onnxruntime(fingerprint(Path(args.sysroot)) if args.sysroot else fingerprint())
     result = verify_engine_file(Path(args.path), fp, trial=not args.no_trial)
     if args.json:
         print_json(result)
@@ -196,9 +190,7 @@ def _check(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     cache = _cache(args)
     entry = cache.find(args.engine)
-    fp = fingerprint()
-    if not fp.onnxruntime:
-        fp.onnxruntime = module_version("onnxruntime")
+    fp = with_local_onnxruntime(fingerprint())
     verdict = cache.verify(entry, fp) if entry.manifest is not None else None
     log_path = entry.path / BUILD_LOG
     data: Dict[str, Any] = {
@@ -253,7 +245,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args.config)
 
     cache = EngineCache.for_state(config.state_dir)
     keep = set(args.keep) | keys_in_state_file(config.state_dir / "state.json")

@@ -8,15 +8,14 @@ folders), so one TOML serves a laptop that both publishes and pulls.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from agent.cli import gate_cmd, operator_cmd, plans_cmd, rollout_cmd
 from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json
+from agent.cli.signals import stop_on_signals
 from agent.config import load_config
 from agent.fleet.artifact_protocol import KINDS as ARTIFACT_KINDS
 from agent.fleet.signing import generate_keys
@@ -53,13 +52,13 @@ def register(sub: Any) -> None:
     serve.add_argument("--artifacts", help="the operator's artifacts folder (default: <state dir>/fleet-artifacts)")
     serve.add_argument("--rate-limit", type=float, default=0.0, metavar="MB_PER_S", help="cap the upload rate (0: none)")
     serve.add_argument("--share", default="", metavar="GROUP", help="MQTT shared subscription group, to run several servers")
-    serve.add_argument("--json", action="store_true", help="print the counters as JSON when stopped")
+    add_json_flag(serve, help="print the counters as JSON when stopped")
     serve.set_defaults(func=_serve)
 
     gate_cmd.register_fleet(actions)  # make-validation
     operator_cmd.register_operator(actions)  # deploy, cmd, status, watch
     plans_cmd.register_fleet(actions)  # build, builder (shared plans, docs/engines.md)
-    rollout_cmd.register(actions)  # rollout start|status|pause|resume|abort, exporter
+    rollout_cmd.register_fleet(actions)  # rollout start|status|pause|resume|abort, exporter
     require_action(parser)
 
 
@@ -95,9 +94,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     folder = artifacts_folder(config, args.artifacts)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_a: stop.set())
+    stop = stop_on_signals()
 
     def started(link: Any, count: int) -> None:
         where = f"{config.broker.host}:{config.broker.port}"

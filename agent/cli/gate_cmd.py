@@ -12,19 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from agent.calib.table import read_table
 from agent.cli.options import add_json_flag, add_preprocess_option, json_or_name
 from agent.cli.output import print_json
-from agent.engine.manifest import Manifest, read_manifest
 from agent.engine.spec import Precision
-from agent.errors import AgentError, UsageError
+from agent.errors import UsageError
 from agent.gate.gate import run_gate
 from agent.gate.thresholds import parse_thresholds
 from agent.gate.validation import load_validation, make_validation
-from agent.runtime.base import Runner
-from agent.runtime.factory import open_runner
+from agent.runtime.factory import open_engine
 from agent.vision.framesets import collect_frames
 from agent.vision.preprocess import spec_from
 
@@ -137,22 +135,6 @@ def make_validation_command(args: argparse.Namespace) -> int:
 # engine validate --------------------------------------------------------------------------------------------
 
 
-ENGINE_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
-
-
-def _open_runner(engine: str) -> Tuple[Runner, Optional[Manifest]]:
-    """(runner not yet activated, its manifest or None) for an engine file or a cached engine folder."""
-    path = Path(engine)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        return open_runner(manifest.backend, path / manifest.engine_file, dla_core=manifest.spec.dla_core), manifest
-    if not path.is_file():
-        raise AgentError(f"engine not found: {path}")
-    if path.suffix.lower() not in ENGINE_SUFFIXES:
-        raise AgentError(f"{path}: give an engine file ({', '.join(ENGINE_SUFFIXES)}) or a cached engine folder (with manifest.json)")
-    return open_runner("auto", path), None
-
-
 def _read_table(path: Optional[str]) -> Any:
     if path is None:
         return None
@@ -170,7 +152,7 @@ def validate_command(args: argparse.Namespace) -> int:
     thresholds = parse_thresholds(block)
     validation = load_validation(Path(args.validation))
     table = _read_table(args.table)
-    runner, manifest = _open_runner(args.engine)
+    runner, manifest = open_engine(args.engine)
     result = run_gate(
         runner,
         validation,

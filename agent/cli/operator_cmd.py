@@ -27,7 +27,7 @@ from agent.fleet.deployment import DeploymentError, deployment_from_dict
 from agent.fleet.messages import MessageError
 from agent.operator.client import Operator, format_reply
 from agent.operator.desired import deployment_document
-from agent.operator.plan_builds import build_plans, format_plan_view, plan_view, with_plans
+from agent.operator.plan_builds import build_and_name_plans, format_plan_view, plan_view
 from agent.operator.rollout_runner import RolloutBoard
 
 
@@ -79,7 +79,7 @@ def register_operator(actions: Any) -> None:
     watch.add_argument("device", nargs="?")
     watch.add_argument("--interval", type=float, default=2.0)
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
-    watch.add_argument("--json", action="store_true", help="one JSON line per refresh instead of a table")
+    add_json_flag(watch, help="one JSON line per refresh instead of a table")
     watch.add_argument("--plans", action="store_true", help="also show, per deployment and class, who uses the shared plan")
     watch.set_defaults(func=_watch)
 
@@ -123,8 +123,7 @@ def _deploy(args: argparse.Namespace) -> int:
         except DeploymentError as exc:
             raise UsageError(str(exc)) from None
     if deployment is not None and getattr(args, "build_plans", None) and not args.dry_run:
-        answers = build_plans(load_config(args.config), deployment, args.build_plans, 3600.0)
-        deployment = with_plans(deployment, {k: v["artifact_id"] for k, v in answers.items()})
+        _answers, deployment = build_and_name_plans(load_config(args.config), deployment, args.build_plans, 3600.0)
     if args.dry_run:
         print_json({"deployment": deployment.to_dict() if deployment else None, "digest": deployment.digest() if deployment else None})
         return 0

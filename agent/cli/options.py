@@ -46,8 +46,8 @@ def add_global_options(parser: argparse.ArgumentParser, default: Any = None) -> 
     parser.add_argument("--log-level", default=default, help=LOG_LEVEL_HELP)
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")
+def add_json_flag(parser: argparse.ArgumentParser, help: str = "print JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
 
 
 def require_action(parser: argparse.ArgumentParser) -> None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from agent.cli.options import add_json_flag
 from agent.cli.output import print_json
+from agent.cli.signals import wait_for_stop
 from agent.config import load_config
-from agent.errors import UsageError
-from agent.fleet.deployment import DeploymentError, deployment_from_dict
 from agent.fleet.signing import load_private_key
-from agent.operator.plan_builds import PlanBuilder, build_plans, with_plans
+from agent.operator.desired import read_deployment
+from agent.operator.plan_builds import PlanBuilder, build_and_name_plans
 
 
 def register_fleet(actions: Any) -> None:
@@ -42,12 +40,8 @@ def register_fleet(actions: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    try:
-        deployment = deployment_from_dict(json.loads(Path(args.deployment).read_text(encoding="utf-8")))
-    except (OSError, ValueError, DeploymentError) as exc:
-        raise UsageError(f"--deployment {args.deployment}: {exc}") from None
-    answers = build_plans(load_config(args.config), deployment, args.classes, args.timeout)
-    named = with_plans(deployment, {k: v["artifact_id"] for k, v in answers.items()})
+    deployment = read_deployment(args.deployment)
+    answers, named = build_and_name_plans(load_config(args.config), deployment, args.classes, args.timeout)
     if args.json:
         print_json({"plans": answers, "deployment": named.to_dict()})
         return 0
@@ -61,15 +55,10 @@ def _build(args: argparse.Namespace) -> int:
 def _builder(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     builder = PlanBuilder(config, load_private_key(Path(args.key)), folder=Path(args.folder) if args.folder else None).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     sys.stdout.write(f"building plans for {config.device.id} on {config.broker.host}:{config.broker.port} (Ctrl-C stops)\n")
     sys.stdout.flush()
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        wait_for_stop()
     finally:
         builder.stop()
     return 0

@@ -12,35 +12,30 @@ The logic lives in agent/operator/ (rollout.py, rollout_runner.py, exporter.py);
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from agent.cli.options import add_json_flag
+from agent.cli.options import add_json_flag, require_action
 from agent.cli.output import print_json
+from agent.cli.signals import stop_on_signals, wait_for_stop
 from agent.config import load_config
 from agent.errors import UsageError
-from agent.fleet.deployment import DeploymentError, deployment_from_dict
-from agent.operator.client import Operator
+from agent.operator.desired import read_deployment
 from agent.operator.exporter import FleetExporter, serve_http
 from agent.operator.rollout import (
     RolloutBusy,
     RolloutError,
-    control,
     one_line,
     parse_criteria,
     parse_duration,
     parse_waves,
     summary,
 )
-from agent.operator.rollout_runner import RolloutBoard, RolloutRunner
+from agent.operator.rollout_runner import RolloutRunner, read_rollouts
 
 
-def register(actions: Any) -> None:
+def register_fleet(actions: Any) -> None:
     rollout = actions.add_parser("rollout", help="staged rollout of a deployment to a group, wave by wave, that stops itself")
     steps = rollout.add_subparsers(dest="rollout_action", metavar="ACTION")
 
@@ -76,10 +71,7 @@ def register(actions: Any) -> None:
         add_json_flag(parser)
         parser.set_defaults(func=_control, action=action)
 
-    def missing(_args: argparse.Namespace) -> int:
-        raise UsageError(f"choose an action:\n{rollout.format_usage().strip()}")
-
-    rollout.set_defaults(func=missing)
+    require_action(rollout)
 
     exporter = actions.add_parser("exporter", help="serve the fleet's telemetry and status as Prometheus metrics")
     exporter.add_argument("--listen", default=":9108", help="[HOST]:PORT (default :9108)")
@@ -89,23 +81,18 @@ def register(actions: Any) -> None:
     exporter.set_defaults(func=_exporter)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    return load_config(args.config)
-
-
 def _say(text: str) -> None:
     sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
     sys.stderr.flush()
 
 
 def _runner(args: argparse.Namespace, group: str) -> Any:
-    config = _config(args)
+    config = load_config(args.config)
     return RolloutRunner(config.broker, config.broker.topic_prefix, group, state_file=getattr(args, "state_file", None), say=_say).open()
 
 
 def _drive(runner: Any, state: Any, as_json: bool) -> int:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_a: runner.stop.set())
+    stop_on_signals(runner.stop)
     state = runner.run(state)
     if as_json:
         print_json(summary(state))
@@ -120,18 +107,12 @@ def _drive(runner: Any, state: Any, as_json: bool) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
+    deployment = read_deployment(args.deployment)
     try:
-        data = json.loads(Path(args.deployment).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--deployment {args.deployment}: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("deployment"), dict):  # a desired-state message is fine too
-        data = data["deployment"]
-    try:
-        deployment = deployment_from_dict(data)
         waves = parse_waves(args.waves)
         criteria = parse_criteria(args.abort_if)
         bake_s, wave_timeout_s, rollback_s = parse_duration(args.bake), parse_duration(args.wave_timeout), parse_duration(args.rollback_timeout)
-    except (DeploymentError, RolloutError) as exc:
+    except RolloutError as exc:
         raise UsageError(str(exc)) from None
     canary = [d.strip() for d in args.canary.split(",") if d.strip()]
     runner = _runner(args, args.group)
@@ -157,13 +138,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    operator = Operator(config.broker, config.broker.topic_prefix).connect()
-    try:
-        board = RolloutBoard(operator.link, config.broker.topic_prefix)
-        time.sleep(args.wait)
-        states = [s for s in board.states() if not args.group or s.group == args.group]
-    finally:
-        operator.close()
+    states = read_rollouts(config.broker, config.broker.topic_prefix, group=args.group, wait_s=args.wait)
     if args.json:
         print_json([dict(summary(s), history=s.history[-10:]) for s in states])
         return 0
@@ -181,26 +156,19 @@ def _control(args: argparse.Namespace) -> int:
     runner = _runner(args, args.group)
     try:
         try:
-            alive = runner.runner_alive()
-            if alive:
-                state = runner.send_control(args.action)
-                message = f"{args.action} sent to rollout {state.id} (driven by {alive.get('owner')})"
-                if args.json:
-                    print_json({"rollout": state.id, "action": args.action, "sent_to": alive.get("owner")})
-                else:
-                    print(message)
-                return 0
-            state = runner.take_over()
+            done = runner.apply_control(args.action)
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
-        if args.action != "resume":
-            control(state, args.action, time.time(), by=runner.owner)
-        if args.action == "pause":
-            runner.save(state)
+        state = done.state
+        if done.sent_to:
+            if args.json:
+                print_json({"rollout": state.id, "action": args.action, "sent_to": done.sent_to})
+            else:
+                print(f"{args.action} sent to rollout {state.id} (driven by {done.sent_to})")
+            return 0
+        if not done.drive:
             print_json(summary(state)) if args.json else print(one_line(state))
             return 0
-        if state.status == "paused":
-            control(state, "resume", time.time(), by=runner.owner)
         return _drive(runner, state, args.json)
     finally:
         runner.close()
@@ -215,7 +183,7 @@ def _listen(text: str) -> Any:
 
 
 def _exporter(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args.config)
     try:
         stale, drop = parse_duration(args.stale_after), parse_duration(args.drop_after)
     except RolloutError as exc:
@@ -223,13 +191,9 @@ def _exporter(args: argparse.Namespace) -> int:
     host, port = _listen(args.listen)
     exporter = FleetExporter(config.broker, config.broker.topic_prefix, stale_after_s=stale, drop_after_s=drop, max_devices=args.max_devices).start()
     server = serve_http(exporter, host, port)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_a: stop.set())
     _say(f"serving fleet metrics on http://{host}:{server.server_port}/metrics (broker {config.broker.host}:{config.broker.port})")
     try:
-        while not stop.wait(0.5):
-            pass
+        wait_for_stop()
     finally:
         server.shutdown()
         exporter.close()

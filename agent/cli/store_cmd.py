@@ -48,17 +48,9 @@ def register(sub: Any) -> None:
     require_action(parser)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    return load_config(args.config)
-
-
-def _store(config: Any) -> Any:
-    return store_for(config.state_dir)
-
-
 def _pull(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = _store(config)
+    config = load_config(args.config)
+    store = store_for(config.state_dir)
     link = MqttLink(config.broker, unique_client_id(f"{config.device.id}-store"), persistent_session=False)
     events: List[Dict[str, Any]] = []
 
@@ -102,7 +94,7 @@ def _stats(puller: Any) -> Optional[Dict[str, Any]]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = store_for(load_config(args.config).state_dir)
     items = store.list()
     partials = store.partials()
     if args.json:
@@ -118,7 +110,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = store_for(load_config(args.config).state_dir)
     problems = store.verify()
     if args.json:
         print_json({"root": str(store.root), "checked": len(store.ids()), "problems": problems})
@@ -131,22 +123,19 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    config = _config(args)
-    store = _store(config)
+    config = load_config(args.config)
+    store = store_for(config.state_dir)
     for artifact_id in args.keep:
         if not is_artifact_id(artifact_id):
             raise UsageError(f"--keep: not an artifact id: {artifact_id!r}")
     keep = load_keep_list(config.state_dir / "state.json") | set(args.keep)
-    if args.dry_run:
-        removed = [a for a in store.ids() if a not in keep] + [p for p in store.partials() if p not in keep]
-    else:
-        removed = store.gc(keep)
+    removed = store.gc(keep, dry_run=args.dry_run)
     if args.json:
-        print_json({"kept": sorted(keep), "removed": sorted(set(removed)), "dry_run": args.dry_run})
+        print_json({"kept": sorted(keep), "removed": removed, "dry_run": args.dry_run})
     else:
         verb = "would remove" if args.dry_run else "removed"
-        print(f"{verb} {len(set(removed))} artifacts; kept {len([a for a in store.ids() if a in keep])}")
-        for artifact_id in sorted(set(removed)):
+        print(f"{verb} {len(removed)} artifacts; kept {len([a for a in store.ids() if a in keep])}")
+        for artifact_id in removed:
             print(f"  {artifact_id}")
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
@@ -46,13 +45,6 @@ def register(sub: Any) -> None:
 
 
 def _run_documents(args: argparse.Namespace) -> int:
-    try:
-        return _print_documents(args)
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
-
-
-def _print_documents(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.count < 0:
         raise UsageError("--count must be 0 (until Ctrl-C) or more")
@@ -84,15 +76,6 @@ def _print_documents(args: argparse.Namespace) -> int:
             time.sleep(interval)
     finally:
         collector.close()
-
-
-def _quiet_broken_pipe() -> int:
-    """`edge-agent telemetry ... | head`: the reader left; stop quietly like other Unix tools."""
-    try:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout for the rest of the process
-    except OSError:
-        pass
-    return 0
 
 
 def _print_summary(doc: Dict[str, Any]) -> None:
@@ -142,17 +125,15 @@ def _tegra_summary(sample: Dict[str, Any]) -> str:
 
 
 def _run_parse(args: argparse.Namespace) -> int:
+    # `... | head` (BrokenPipeError) ends quietly in agent.cli.main, as for every command
+    if args.file == "-":
+        return _parse_stream(sys.stdin, args.json)
     try:
-        if args.file == "-":
-            return _parse_stream(sys.stdin, args.json)
-        try:
-            handle = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115 - `with handle` below
-        except OSError as exc:
-            raise AgentError(f"cannot read {args.file}: {exc.strerror or exc}") from None
-        with handle:
-            return _parse_stream(handle, args.json)
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
+        handle = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115 - `with handle` below
+    except OSError as exc:
+        raise AgentError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    with handle:
+        return _parse_stream(handle, args.json)
 
 
 def _parse_stream(lines: Iterable[str], as_json: bool) -> int:

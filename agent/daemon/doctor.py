@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig
-from agent.device.versions import JETPACK_STACK, VersionError, dla_support, major_minor, parse_version
+from agent.device.versions import JETPACK_STACK, major_minor, reported_dla_support
 from agent.fleet.signing import load_public_keys
 from agent.lazy import import_problem, probe
 from agent.store.state import read_state
@@ -164,11 +164,7 @@ def check_dla(fingerprint: Dict[str, Any]) -> Check:
     trt_text = fingerprint.get("tensorrt")
     if not fingerprint.get("is_jetson"):
         return Check("dla", SKIP, "not a Jetson: no DLA")
-    try:
-        trt = parse_version(trt_text) if trt_text else None
-    except VersionError:
-        trt = None
-    support = dla_support(trt, cores, module)
+    support = reported_dla_support(trt_text, cores, module)
     detail = f"{module or 'unknown module'}: {cores if cores is not None else '?'} DLA cores; {support.reason}"
     if support.available:
         return Check("dla", OK, detail + (" (Q/DQ networks only)" if support.qdq_only else ""))

@@ -28,7 +28,15 @@ from agent.engine.build import BuildOptions, EngineEvent, ensure_engine
 from agent.engine.cache import EngineCache
 from agent.engine.spec import BatchProfile, BuildSpec, Precision
 from agent.errors import AgentError
-from agent.fleet.artifact_protocol import ArtifactError
+from agent.fleet.artifact_protocol import (
+    ArtifactError,
+    ArtifactUnavailableError,
+    DiskSpaceError,
+    ManifestNotFoundError,
+    TransferBusyError,
+    TransferStalledError,
+    TransferTimeoutError,
+)
 from agent.fleet.deployment import Deployment
 from agent.fleet.link import MqttLink
 from agent.fleet.topics import Topics
@@ -53,12 +61,12 @@ EventSink = Callable[[Dict[str, Any]], None]
 
 # refusals that time can fix: the artifact is not published yet, the server or broker is away, the disk is full
 RETRYABLE_FETCH_ERRORS = (
-    "ManifestNotFoundError",
-    "ArtifactUnavailableError",
-    "TransferStalledError",
-    "TransferTimeoutError",
-    "DiskSpaceError",
-    "TransferBusyError",
+    ManifestNotFoundError,
+    ArtifactUnavailableError,
+    TransferStalledError,
+    TransferTimeoutError,
+    DiskSpaceError,
+    TransferBusyError,
 )
 GATE_KEYS = ("passed", "task", "frames", "seconds", "metrics", "gated", "failed", "notes", "fallback", "better_than_reference")
 
@@ -101,7 +109,7 @@ class PackageSteps(Steps):
             try:
                 paths[role] = self.puller.pull(artifact_id, expect_kind=ROLE_KINDS.get(role))
             except ArtifactError as exc:
-                retryable = type(exc).__name__ in RETRYABLE_FETCH_ERRORS
+                retryable = isinstance(exc, RETRYABLE_FETCH_ERRORS)
                 raise StepFailed("fetch", f"{role} {artifact_id[:12]}: {exc}", retryable=retryable) from None
         return paths
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.errors import AgentError
 from agent.fleet.deployment import Deployment
@@ -120,10 +120,9 @@ class Serving:
         metrics = self.metrics() or {}
         if metrics.get("running") is False or "error" in metrics:
             return False
-        sources = [s for s in metrics.get("sources") or [] if isinstance(s, dict)]
-        if not sources:
-            age = last_frame_age(metrics)
-            return age is not None and age <= max_age_s
+        sources: List[Dict[str, Any]] = metrics.get("sources") or []  # Pipeline.metrics(): one CaptureStats each
+        if not sources:  # a pipeline has at least one capture: none reported, nothing flows
+            return False
         now = time.monotonic()
         for source in sources:
             name = str(source.get("name"))
@@ -131,7 +130,7 @@ class Serving:
             if self._progress.get(name, ((), 0.0))[0] != mark:
                 self._progress[name] = (mark, now)
             age = source.get("seconds_since_frame")
-            if source.get("state") == "streaming" and isinstance(age, (int, float)) and age <= max_age_s:
+            if source.get("state") == "streaming" and age is not None and age <= max_age_s:
                 return True
             if source.get("state") in RECONNECTING and now - self._progress[name][1] <= progress_s:
                 return True
@@ -150,17 +149,3 @@ class Serving:
             raise AgentError("no frame has been processed yet: try again in a moment")
         latest = pipeline.latest()
         return bytes(image), (latest.to_dict() if latest is not None else {})
-
-
-def last_frame_age(metrics: Dict[str, Any]) -> Optional[float]:
-    """Seconds since the pipeline's last frame, from its metrics (several spellings accepted)."""
-    for key in ("last_frame_age_s", "since_last_frame_s"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-    stamp = metrics.get("last_frame_at") or metrics.get("last_frame_ts")
-    if isinstance(stamp, (int, float)) and stamp > 0:
-        return max(0.0, time.time() - float(stamp))
-    ages = [s.get("seconds_since_frame") for s in metrics.get("sources") or [] if isinstance(s, dict)]
-    known = [float(a) for a in ages if isinstance(a, (int, float))]
-    return min(known) if known else None  # the freshest camera: frames flow while any camera delivers

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.device.target import Backend
-from agent.engine.build import _with_local_backend
+from agent.engine.build import fingerprint_for_backend
 from agent.engine.cache import EngineCache
 from agent.engine.hardware_class import check_plan, hardware_class
 from agent.engine.manifest import Manifest, write_manifest
@@ -82,7 +82,7 @@ class SharedPlans:
     def prepare(self, deployment: Any, spec: Any, fingerprint: Any, *, cold: bool, cancel: Optional[threading.Event] = None) -> PlanOutcome:
         """Install a verified shared plan into the engine cache when one fits; never raises for a plan problem."""
         spec = spec.validate()
-        fp = _with_local_backend(fingerprint, spec.backend)
+        fp = fingerprint_for_backend(fingerprint, spec.backend)
         klass = hardware_class(fp, spec)
         outcome = PlanOutcome(class_key=klass.key)
         cache = EngineCache.for_state(self.state_dir)

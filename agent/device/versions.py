@@ -84,6 +84,15 @@ def dla_support(trt: Optional[Version], dla_cores: Optional[int], module: Option
     return DlaSupport(True, "DLA available")
 
 
+def reported_dla_support(tensorrt: Optional[str], dla_cores: Optional[int], module: Optional[str] = None) -> DlaSupport:
+    """`dla_support` from a fingerprint's fields: the TensorRT version as text (missing or unreadable: no TensorRT)."""
+    try:
+        trt = parse_version(tensorrt) if tensorrt else None
+    except VersionError:
+        trt = None
+    return dla_support(trt, dla_cores, module)
+
+
 # L4T release -> JetPack (NVIDIA's JetPack archive; the R32.1 / R32.5 / R36.4.7 / R39.2 rows from the device samples).
 # Keys with two parts match any patch of that release.
 L4T_JETPACK: Dict[str, str] = {

@@ -42,7 +42,7 @@ from agent.calib.table import read_table, without_entries, write_table_file
 from agent.config import AgentConfig
 from agent.device.fingerprint import DeviceFingerprint
 from agent.device.target import Backend
-from agent.device.versions import VersionError, dla_support, parse_version
+from agent.device.versions import reported_dla_support
 from agent.engine import compat
 from agent.engine.build_job import RESULT_NAME, BuildJob
 from agent.engine.cache import BUILD_LOG, CacheEntry, EngineCache, EngineCacheError
@@ -190,7 +190,7 @@ def ensure_engine(
     started = time.monotonic()
     options = options or BuildOptions()
     spec = spec.validate()
-    fp = _with_local_backend(fingerprint, spec.backend)
+    fp = fingerprint_for_backend(fingerprint, spec.backend)
     key = cache_key(spec, fp)
     events: List[EngineEvent] = []
 
@@ -273,12 +273,17 @@ def ensure_engine(
     return result
 
 
-def _with_local_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
-    """The onnxruntime that builds and loads the artifact is this interpreter's; fill it in when the fingerprint
-    came from files alone (a --sysroot)."""
-    if backend == Backend.ONNXRUNTIME and not fp.onnxruntime:
-        return dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
-    return fp
+def fingerprint_for_backend(fp: DeviceFingerprint, backend: str) -> DeviceFingerprint:
+    """The fingerprint the cache key and the hardware class of `backend` are computed from: the onnxruntime that
+    builds and loads the artifact is this interpreter's, filled in when the fingerprint came from files alone
+    (a --sysroot). The build, the shared-plan install and the plan builder all key engines through it."""
+    return with_local_onnxruntime(fp) if backend == Backend.ONNXRUNTIME else fp
+
+
+def with_local_onnxruntime(fp: DeviceFingerprint) -> DeviceFingerprint:
+    """`fp` with this interpreter's onnxruntime version where it has none (a fingerprint read from a --sysroot,
+    or an engine of either backend judged here: `engine check`, `engine inspect`)."""
+    return fp if fp.onnxruntime else dataclasses.replace(fp, onnxruntime=module_version("onnxruntime"))
 
 
 def _try_cached(entry: CacheEntry, spec: BuildSpec, fp: DeviceFingerprint, options: BuildOptions, emit: Callable[..., None]) -> Any:
@@ -336,11 +341,7 @@ def _check_target(spec: BuildSpec, fp: DeviceFingerprint, key: str) -> None:
     """Refuse a DLA core this device cannot have, with the reason, before anything is started."""
     if spec.dla_core is None:
         return
-    try:
-        version = parse_version(fp.tensorrt) if fp.tensorrt else None
-    except VersionError:
-        version = None
-    support = dla_support(version, fp.dla_cores, fp.module)
+    support = reported_dla_support(fp.tensorrt, fp.dla_cores, fp.module)
     if not support.available:
         raise BuildError(f"DLA core {spec.dla_core} refused: {support.reason}", kind="dla", key=key)
     if fp.dla_cores is not None and spec.dla_core >= fp.dla_cores:
@@ -702,4 +703,6 @@ __all__ = [
     "EngineEvent",
     "PolicyError",
     "ensure_engine",
+    "fingerprint_for_backend",
+    "with_local_onnxruntime",
 ]

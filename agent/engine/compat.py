@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from agent.device.fingerprint import DeviceFingerprint
 from agent.device.target import Backend, TargetError
-from agent.device.versions import VersionError, dla_support, parse_version
+from agent.device.versions import reported_dla_support
 from agent.engine.diagnose import sniff_plan
 from agent.engine.manifest import Manifest
 from agent.engine.spec import device_fields
@@ -107,11 +107,7 @@ def check_manifest(manifest: Manifest, fp: DeviceFingerprint) -> Verdict:
         verdict.add(reason)
     dla_core = manifest.spec.dla_core
     if backend == Backend.TENSORRT and dla_core is not None:
-        try:
-            trt_version = parse_version(fp.tensorrt) if fp.tensorrt else None
-        except VersionError:
-            trt_version = None
-        support = dla_support(trt_version, fp.dla_cores, fp.module)
+        support = reported_dla_support(fp.tensorrt, fp.dla_cores, fp.module)
         if not support.available:
             verdict.add(f"dla: the engine runs on DLA core {dla_core}, but {support.reason}")
         elif fp.dla_cores is not None and dla_core >= fp.dla_cores:

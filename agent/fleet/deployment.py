@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple,
 import msgspec
 
 from agent.errors import AgentError
-from agent.fleet.messages import MessageError, decode, encode
+from agent.fleet.messages import ENVELOPE_KEYS, MessageError, decode, encode
 from agent.gate.thresholds import GateThresholds
 from agent.models import Annotated, FrozenModel, Meta, dump, parse
 from agent.vision.options import (
@@ -164,11 +164,9 @@ def decode_desired(payload: bytes) -> Optional[Deployment]:
         data = decode(payload, expected_kind=KIND)
     except MessageError as exc:
         raise DeploymentError(f"desired state: {exc}") from None
-    except RecursionError:
-        raise DeploymentError("desired state: the JSON is nested too deeply") from None
     if "deployment" not in data:
         raise DeploymentError("desired state: 'deployment' is required (an object, or null for none)")
-    extra = sorted(set(data) - {"schema", "kind", "ts", "deployment"})
+    extra = sorted(set(data) - ENVELOPE_KEYS - {"deployment"})
     if extra:
         raise DeploymentError(f"desired state: unknown keys {extra}")
     if data["deployment"] is None:

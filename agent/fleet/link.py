@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import BrokerConfig
+from agent.errors import AgentError
 from agent.fleet.limits import fit_json, fits, payload_budget
 from agent.store.atomic import atomic_write_bytes
 
@@ -343,3 +344,14 @@ _ids = itertools.count(1)
 
 def unique_client_id(role: str) -> str:
     return f"edge-agent-{role}-{int(time.time() * 1000) % 10**9}-{next(_ids)}"
+
+
+def wait_acknowledged(info: Any, timeout_s: float, what: str, error: Type[AgentError] = AgentError) -> None:
+    """Wait until the broker acknowledges a QoS 1 publish (`info`, from client.publish); raise `error` naming `what`
+    ("the manifest for ab12...") when paho gives up on it or no acknowledgement comes within `timeout_s`."""
+    try:
+        info.wait_for_publish(timeout=timeout_s)
+    except (RuntimeError, ValueError) as exc:
+        raise error(f"the broker did not take {what}: {exc}") from None
+    if not info.is_published():
+        raise error(f"the broker did not acknowledge {what} within {timeout_s:g} s")

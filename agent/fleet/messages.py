@@ -14,6 +14,7 @@ from agent.errors import AgentError
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+ENVELOPE_KEYS = frozenset({"schema", "kind", "ts"})  # what `encode` adds to every body
 
 
 class MessageError(AgentError):

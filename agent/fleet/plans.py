@@ -20,20 +20,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+import msgspec
+
+from agent.device.target import Backend
 from agent.fleet.artifact_protocol import ArtifactError, ArtifactManifest, decode_manifest, describe_file
 from agent.fleet.artifact_trust import ENGINE_KIND
-from agent.fleet.messages import MessageError, decode, encode
+from agent.fleet.messages import ENVELOPE_KEYS, MessageError, decode, encode
+from agent.models import Annotated, FrozenModel, Meta, parse
 
 PLAN_KIND = ENGINE_KIND
 EMBED_FIELD = "engine"
 INDEX_KIND = "plan-index"
 REQUEST_KIND = "plan-build"
 REPLY_KIND = "plan-built"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class PlanRefusedError(ArtifactError):
@@ -75,7 +77,7 @@ def describe_plan(
     chunk_size: int,
 ) -> ArtifactManifest:
     """The (unsigned) artifact manifest of a plan file, with the engine manifest embedded."""
-    name = f"{engine_manifest.get('key', 'engine')}.{'plan' if engine_manifest.get('backend') == 'tensorrt' else 'opt.onnx'}"
+    name = f"{engine_manifest.get('key', 'engine')}.{'plan' if engine_manifest.get('backend') == Backend.TENSORRT else 'opt.onnx'}"
     manifest = describe_file(engine_path, PLAN_KIND, name, chunk_size)
     embedded = {
         "class": dict(hardware_class),
@@ -124,24 +126,29 @@ def decode_index(payload: bytes) -> Optional[ArtifactManifest]:
         return None
 
 
-def encode_request(request_id: str, class_key: str, deployment: Dict[str, Any]) -> bytes:
+class BuildRequest(FrozenModel, frozen=True, kw_only=True):
+    """The operator's plan-build request to the builder of a class (`fleet build`). The deployment stays a
+    document here: the builder validates it and answers a bad one with the reason."""
+
+    id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]  # the reply topic's last level
+    class_key: str = msgspec.field(name="class")
+    deployment: Dict[str, Any]
+
+
+def encode_build_request(request_id: str, class_key: str, deployment: Dict[str, Any]) -> bytes:
     return encode(REQUEST_KIND, {"id": request_id, "class": class_key, "deployment": deployment})
 
 
-def decode_request(payload: bytes) -> Dict[str, Any]:
+def decode_build_request(payload: bytes) -> BuildRequest:
+    """Raises MessageError naming the field."""
     data = decode(payload, expected_kind=REQUEST_KIND)
-    if not isinstance(data.get("id"), str) or not _REQUEST_ID.match(data["id"]):
-        raise MessageError("plan-build: 'id' is required (letters, digits and ._:-)")
-    if not isinstance(data.get("deployment"), dict):
-        raise MessageError("plan-build: 'deployment' must be an object")
-    if not isinstance(data.get("class"), str):
-        raise MessageError("plan-build: 'class' is required")
-    return data
+    body = {key: value for key, value in data.items() if key not in ENVELOPE_KEYS}
+    return parse(BuildRequest, body, error=MessageError, root="plan-build")
 
 
-def encode_reply(request_id: str, result: Dict[str, Any]) -> bytes:
+def encode_build_reply(request_id: str, result: Dict[str, Any]) -> bytes:
     return encode(REPLY_KIND, {"id": request_id, **result})
 
 
-def decode_reply(payload: bytes) -> Dict[str, Any]:
+def decode_build_reply(payload: bytes) -> Dict[str, Any]:
     return decode(payload, expected_kind=REPLY_KIND)

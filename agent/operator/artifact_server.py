@@ -30,7 +30,7 @@ from agent.fleet.artifact_protocol import (
     encode_block_error,
     encode_manifest,
 )
-from agent.fleet.link import MqttLink, ensure_no_delay
+from agent.fleet.link import MqttLink, ensure_no_delay, wait_acknowledged
 from agent.fleet.messages import MessageError
 from agent.fleet.topics import Topics, all_devices, device_of
 from agent.store.artifacts import is_artifact_id
@@ -104,12 +104,7 @@ def publish_manifest(link: MqttLink, prefix: str, manifest: ArtifactManifest, ti
         raise AgentError(f"the manifest of {manifest.name!r} ({manifest.block_count} blocks) is {len(payload)} bytes, over "
                          f"broker.max_payload ({link.broker.max_payload}): the artifact is too large for this broker's limit")
     info = link.client.publish(topic, payload, qos=1, retain=True)
-    try:
-        info.wait_for_publish(timeout=timeout_s)
-    except (RuntimeError, ValueError) as exc:
-        raise AgentError(f"the broker did not take the manifest for {manifest.artifact_id[:12]}: {exc}") from None
-    if not info.is_published():
-        raise AgentError(f"the broker did not acknowledge the manifest for {manifest.artifact_id[:12]} within {timeout_s:g} s")
+    wait_acknowledged(info, timeout_s, f"the manifest for {manifest.artifact_id[:12]}")
 
 
 # ------------------------------------------------------------------------------------------------ server

@@ -25,7 +25,7 @@ from agent.config import BrokerConfig
 from agent.errors import AgentError
 from agent.fleet.commands import COMMANDS, Reply, check_args, decode_reply, encode_command
 from agent.fleet.deployment import Deployment, encode_desired
-from agent.fleet.link import MqttLink, unique_client_id
+from agent.fleet.link import MqttLink, unique_client_id, wait_acknowledged
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import Topics, all_devices, device_of
 from agent.models import dump
@@ -89,6 +89,14 @@ class DeviceRow:
         value = figures.hottest_c(self.telemetry)
         return round(value, 1) if value is not None else None
 
+    def take(self, topic: str, document: Dict[str, Any]) -> bool:
+        """A message of the device's `status` or `telemetry` channel; True when it was the status."""
+        if topic.endswith("/status"):
+            self.status, self.status_at = document, time.time()
+            return True
+        self.telemetry, self.telemetry_at = figures.expand(document), time.time()
+        return False
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "device": self.device,
@@ -141,16 +149,25 @@ class Operator:
     def topics(self, device: str) -> Topics:
         return Topics(self.prefix, device)
 
-    def _publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, properties: Optional[Properties] = None) -> None:
+        """One QoS 1 message, waited for until the broker acknowledges it (OperatorError otherwise)."""
+        self._check_fits(topic, payload)
+        info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        wait_acknowledged(info, self.connect_timeout_s, f"the message on {topic}", OperatorError)
+
+    def publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
+        """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
+        thousand devices costs one round trip to a distant broker, not a thousand."""
+        for topic, payload in messages:
+            self._check_fits(topic, payload)
+        infos = [(topic, self.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
+        deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
+        for topic, info in infos:
+            wait_acknowledged(info, max(0.1, deadline - time.monotonic()), f"the message on {topic}", OperatorError)
+
+    def _check_fits(self, topic: str, payload: bytes) -> None:
         if not self.link.fits(topic, payload):
             raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
-        info = self.link.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
-        try:
-            info.wait_for_publish(timeout=self.connect_timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            raise OperatorError(f"publishing to {topic} failed: {exc}") from None
-        if not info.is_published():
-            raise OperatorError(f"the broker did not acknowledge the message on {topic} within {self.connect_timeout_s:g} s")
 
     # desired state -----------------------------------------------------------------------------------------
     def desired_topic(self, device: Optional[str] = None, group: Optional[str] = None) -> str:
@@ -167,7 +184,7 @@ class Operator:
         """Publish the desired state (retained); None clears it (the device keeps serving what it has)."""
         topic = self.desired_topic(device, group)
         payload = encode_desired(deployment) if deployment is not None else b""
-        self._publish(topic, payload, retain=True)
+        self.publish(topic, payload, retain=True)
         return topic
 
     # commands --------------------------------------------------------------------------------------------
@@ -207,7 +224,7 @@ class Operator:
                 reply_to = topics.reply
             sent_args = {k: v for k, v in dump(checked).items() if k in (args or {})}
             payload = encode_command(command_id, command_type, sent_args, device=device, timeout_s=timeout_s, reply_to=reply_to)
-            self._publish(topics.cmd, payload, properties=properties)
+            self.publish(topics.cmd, payload, properties=properties)
             if not wait:
                 return []
             return self._collect(device, command_id, replies, wait_s, on_reply)
@@ -275,6 +292,21 @@ class Operator:
         except MessageError:
             return None
 
+    def _row_updater(self, rows: Dict[str, DeviceRow], lock: threading.Lock, got_status: Optional[threading.Event] = None) -> Callable[[Any], None]:
+        """A subscription handler that files each device's status and telemetry into `rows` (under `lock`),
+        setting `got_status` when a status arrives."""
+
+        def on_message(msg: Any) -> None:
+            found = self._device_document(msg)
+            if found is None:
+                return
+            name, document = found
+            with lock:
+                if rows.setdefault(name, DeviceRow(name)).take(msg.topic, document) and got_status is not None:
+                    got_status.set()
+
+        return on_message
+
     def status(self, device: Optional[str] = None, wait_s: float = 1.5) -> Dict[str, DeviceRow]:
         """The retained status of one device (waits up to `wait_s` for it) or of all (collects for `wait_s`),
         with the latest telemetry of each (retained too), so FPS and temperature are filled in."""
@@ -284,19 +316,7 @@ class Operator:
         topic = self.topics(device).status if device else all_devices(self.prefix, "status")
         telemetry_topic = self.topics(device).telemetry if device else all_devices(self.prefix, "telemetry")
 
-        def on_message(msg: Any) -> None:
-            found = self._device_document(msg)
-            if found is None:
-                return
-            name, document = found
-            with lock:
-                row = rows.setdefault(name, DeviceRow(name))
-                if msg.topic.endswith("/status"):
-                    row.status, row.status_at = document, time.time()
-                    got.set()
-                else:
-                    row.telemetry, row.telemetry_at = figures.expand(document), time.time()
-
+        on_message = self._row_updater(rows, lock, got)
         self.link.subscribe(telemetry_topic, on_message, qos=0)
         self.link.subscribe(topic, on_message, qos=1)
         try:
@@ -316,22 +336,7 @@ class Operator:
         rows: Dict[str, DeviceRow] = {}
         lock = threading.Lock()
 
-        def row(name: str) -> DeviceRow:
-            if name not in rows:
-                rows[name] = DeviceRow(name)
-            return rows[name]
-
-        def on_message(msg: Any) -> None:
-            found = self._device_document(msg)
-            if found is None:
-                return
-            name, document = found
-            with lock:
-                if msg.topic.endswith("/status"):
-                    row(name).status, row(name).status_at = document, time.time()
-                else:
-                    row(name).telemetry, row(name).telemetry_at = figures.expand(document), time.time()
-
+        on_message = self._row_updater(rows, lock)
         filters = (
             [self.topics(device).status, self.topics(device).telemetry]
             if device

@@ -7,11 +7,13 @@ the device uses (agent.fleet.deployment), so a typo fails on the operator's mach
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from agent.errors import UsageError
+from agent.fleet.deployment import Deployment, DeploymentError, deployment_from_dict
 from agent.gate.thresholds import GateThresholds
 from agent.models import dump, parse
 from agent.store.hashing import sha256_file
@@ -44,3 +46,18 @@ def deployment_document(base: Optional[Mapping[str, Any]], fields: Mapping[str, 
     if "id" not in data and data.get("model"):
         data["id"] = f"{str(data['model'])[:8]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return data
+
+
+def read_deployment(path: str, option: str = "--deployment") -> Deployment:
+    """The deployment in a JSON file (`fleet build`, `fleet rollout start`), validated; a desired-state message
+    holding it under 'deployment' is fine too. A file that cannot be read or validated is a UsageError naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option} {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("deployment"), dict):
+        data = data["deployment"]
+    try:
+        return deployment_from_dict(data)
+    except DeploymentError as exc:
+        raise UsageError(f"{option} {path}: {exc}") from None

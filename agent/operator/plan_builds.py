@@ -23,11 +23,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.daemon.pipeline_steps import PackageSteps
-from agent.engine.build import _with_local_backend
+from agent.engine.build import fingerprint_for_backend
 from agent.engine.hardware_class import hardware_class, is_class_key
 from agent.engine.manifest import read_manifest
 from agent.errors import AgentError, UsageError
@@ -37,13 +37,14 @@ from agent.fleet.link import MqttLink, unique_client_id
 from agent.fleet.messages import MessageError
 from agent.fleet.plans import (
     PLAN_KIND,
-    decode_reply,
-    decode_request,
+    BuildRequest,
+    decode_build_reply,
+    decode_build_request,
     describe_plan,
     embedded_of,
+    encode_build_reply,
+    encode_build_request,
     encode_index,
-    encode_reply,
-    encode_request,
     index_topic,
     reply_topic,
     request_topic,
@@ -79,7 +80,7 @@ class PlanBuilder:
         self.steps = PackageSteps(config, self.link, self.topics, config.state_dir, events)
         self.steps.shared_plans = None  # the builder builds; it never takes a plan from elsewhere
         self.server = ArtifactServer(self.link, self.prefix, self.folder, rate_limit_bps=rate_limit_bps)
-        self._requests: queue.Queue[Optional[Dict[str, Any]]] = queue.Queue()
+        self._requests: queue.Queue[Optional[BuildRequest]] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self.builds = 0
@@ -123,8 +124,8 @@ class PlanBuilder:
 
     def _on_request(self, msg: Any) -> None:
         try:
-            self._requests.put(decode_request(bytes(msg.payload)))
-        except (MessageError, RecursionError) as exc:
+            self._requests.put(decode_build_request(bytes(msg.payload)))
+        except MessageError as exc:
             log.warning("plan-build request refused: %s", exc)
 
     def _work(self) -> None:
@@ -133,17 +134,17 @@ class PlanBuilder:
             if request is None:
                 return
             try:
-                deployment = deployment_from_dict(request["deployment"])
-                result = self.build(deployment, request_class=str(request["class"]))
+                deployment = deployment_from_dict(request.deployment)
+                result = self.build(deployment, request_class=request.class_key)
             except NotThisClass as exc:
-                log.info("plan-build %s: %s", request["id"], exc)
+                log.info("plan-build %s: %s", request.id, exc)
                 continue
             except (AgentError, DeploymentError) as exc:
                 result = {"ok": False, "reason": str(exc), "builder": self.device_id}
             except Exception as exc:  # a bug in one build must not end the service
                 log.exception("plan build failed")
                 result = {"ok": False, "reason": f"internal error: {type(exc).__name__}: {exc}", "builder": self.device_id}
-            self.link.publish(reply_topic(self.prefix, str(request["id"])), encode_reply(str(request["id"]), result), qos=1)
+            self.link.publish(reply_topic(self.prefix, request.id), encode_build_reply(request.id, result), qos=1)
 
     # one build -----------------------------------------------------------------------------------------
     def build(self, deployment: Any, *, request_class: Optional[str] = None) -> Dict[str, Any]:
@@ -151,7 +152,7 @@ class PlanBuilder:
         {ok, artifact_id, class, engine_key, build_s, gate, builder}; raises PlanBuildError with the reason."""
         with self._lock:
             spec = self.steps.build_spec(deployment).validate()
-            fp = _with_local_backend(self.steps.fingerprint, spec.backend)
+            fp = fingerprint_for_backend(self.steps.fingerprint, spec.backend)
             klass = hardware_class(fp, spec)
             if request_class and request_class != klass.key:
                 raise NotThisClass(f"this builder ({self.device_id}) is class {klass.key}, not {request_class}: it builds only for its own class")
@@ -196,9 +197,9 @@ def request_build(link: Any, prefix: str, deployment: Any, class_key: str, timeo
     link.subscribe(topic, lambda msg: answers.put(bytes(msg.payload)), qos=1)
     try:
         time.sleep(0.1)  # let the subscription reach the broker before the builder can answer
-        link.publish(request_topic(prefix, class_key), encode_request(request_id, class_key, deployment.to_dict()), qos=1)
+        link.publish(request_topic(prefix, class_key), encode_build_request(request_id, class_key, deployment.to_dict()), qos=1)
         try:
-            reply = decode_reply(answers.get(timeout=timeout_s))
+            reply = decode_build_reply(answers.get(timeout=timeout_s))
         except queue.Empty:
             raise PlanBuildError(f"no builder for class {class_key} answered within {timeout_s:g} s (is `edge-agent fleet builder` running there?)") from None
     finally:
@@ -264,3 +265,10 @@ def build_plans(config: AgentConfig, deployment: Any, classes: List[str], timeou
         return {klass: request_build(link, config.broker.topic_prefix, deployment, klass, timeout_s) for klass in classes}
     finally:
         link.stop()
+
+
+def build_and_name_plans(config: AgentConfig, deployment: Any, classes: List[str], timeout_s: float) -> Tuple[Dict[str, Dict[str, Any]], Any]:
+    """`build_plans`, then the deployment naming each plan built (`fleet build`, `fleet deploy --build-plans`):
+    (class -> the builder's answer, the deployment with its `plans`)."""
+    answers = build_plans(config, deployment, classes, timeout_s)
+    return answers, with_plans(deployment, {klass: answer["artifact_id"] for klass, answer in answers.items()})

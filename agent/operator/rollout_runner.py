@@ -21,8 +21,11 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+
+import msgspec
 
 from agent.config import BrokerConfig
 from agent.fleet.commands import decode_reply
@@ -36,6 +39,7 @@ from agent.fleet.deployment import (
 from agent.fleet.limits import join, parts_header, split
 from agent.fleet.messages import MessageError, decode
 from agent.fleet.topics import all_devices, device_of
+from agent.models import Model, parse
 from agent.operator import figures
 from agent.operator.client import Operator, OperatorError, new_command_id
 from agent.operator.rollout import (
@@ -67,6 +71,15 @@ def check_group(group: str) -> str:
     if not group or any(ch in group for ch in "/+#"):
         raise RolloutError(f"{group!r} is not a group name (no '/', '+' or '#')")
     return group
+
+
+class ControlMessage(Model, kw_only=True):
+    """The retained `control` document: `fleet rollout pause|resume|abort` for the runner of rollout `rollout`."""
+
+    rollout: str
+    action: Literal["pause", "resume", "abort"]
+    ts: float  # the sender's clock: a message is applied once (RolloutState.control_ts)
+    by: str = "operator"
 
 
 class RolloutDocs:
@@ -115,6 +128,16 @@ class RolloutDocs:
         try:
             return decode_state(payload)
         except RolloutError:
+            return None
+
+    def control(self) -> Optional[ControlMessage]:
+        """The group's retained control message; None when there is none or it is not one."""
+        payload = self._doc(rollout_topic(self.prefix, self.group, "control"))
+        if not payload:
+            return None
+        try:
+            return msgspec.json.decode(payload, type=ControlMessage)
+        except (msgspec.ValidationError, msgspec.DecodeError):
             return None
 
     def json_doc(self, leaf: str, group: Optional[str] = None) -> Dict[str, Any]:
@@ -190,6 +213,16 @@ class FleetView:
         with self._lock:
             replies = {job[len(rollback_prefix):]: state for job, state in self.replies.items() if job.startswith(rollback_prefix)}
             return View(statuses=dict(self.statuses), telemetry=dict(self.telemetry), rollback_replies=replies)
+
+
+@dataclass
+class ControlOutcome:
+    """What `RolloutRunner.apply_control` did: sent the action to the live runner (`sent_to` names it), or applied
+    it here (`drive`: a resume or an abort that `run(state)` carries on from this process)."""
+
+    state: RolloutState
+    sent_to: str = ""
+    drive: bool = False
 
 
 def owner_name() -> str:
@@ -282,17 +315,17 @@ class RolloutRunner:
         if self.state_file is not None:
             atomic_write_bytes(self.state_file, payload)
         for topic, part in split(self.topic("state"), payload, self.broker.max_payload):
-            self.operator._publish(topic, part, retain=True)
+            self.operator.publish(topic, part, retain=True)
         self._saved = payload
 
     def _claim(self, state: RolloutState) -> None:
-        self.operator._publish(self.topic("runner"), json.dumps({"alive": True, "owner": self.owner, "rollout": state.id,
+        self.operator.publish(self.topic("runner"), json.dumps({"alive": True, "owner": self.owner, "rollout": state.id,
                                                                  "ts": round(time.time(), 3)}).encode(), retain=True)
         self._driving = True
 
     def _release(self) -> None:
         try:
-            self.operator._publish(self.topic("runner"), json.dumps({"alive": False, "owner": self.owner}).encode(), retain=True)
+            self.operator.publish(self.topic("runner"), json.dumps({"alive": False, "owner": self.owner}).encode(), retain=True)
         except OperatorError:
             pass
         self._driving = False
@@ -354,18 +387,33 @@ class RolloutRunner:
         state = self.current()
         if state is None or not state.active:
             raise RolloutError(f"group {self.group} has no active rollout")
-        message = {"rollout": state.id, "action": action, "ts": round(time.time(), 3), "by": self.owner}
-        self.operator._publish(self.topic("control"), json.dumps(message).encode(), retain=True)
+        message = parse(ControlMessage, {"rollout": state.id, "action": action, "ts": round(time.time(), 3), "by": self.owner}, error=RolloutError)
+        self.operator.publish(self.topic("control"), msgspec.json.encode(message), retain=True)
         return state
+
+    def apply_control(self, action: str) -> ControlOutcome:
+        """`fleet rollout pause|resume|abort`: sent to the live runner when one drives the rollout; else the rollout
+        is taken over here and the action applied: a pause is saved, a resume or an abort is for `run` to carry on."""
+        alive = self.runner_alive()
+        if alive:
+            return ControlOutcome(self.send_control(action), sent_to=str(alive.get("owner")))
+        state = self.take_over()
+        if action != "resume":
+            control(state, action, time.time(), by=self.owner)
+        if action == "pause":
+            self.save(state)
+            return ControlOutcome(state)
+        if state.status == "paused":
+            control(state, "resume", time.time(), by=self.owner)
+        return ControlOutcome(state, drive=True)
 
     # running ----------------------------------------------------------------------------------------------------------
     def _apply_control(self, state: RolloutState) -> None:
-        message = self.docs.json_doc("control")
-        ts = message.get("ts")
-        if message.get("rollout") != state.id or not isinstance(ts, (int, float)) or ts <= state.control_ts:
+        message = self.docs.control()
+        if message is None or message.rollout != state.id or message.ts <= state.control_ts:
             return
-        state.control_ts = float(ts)
-        if control(state, str(message.get("action")), time.time(), by=str(message.get("by") or "operator")):
+        state.control_ts = message.ts
+        if control(state, message.action, time.time(), by=message.by or "operator"):
             self.say(state.history[-1])
 
     def tick(self, state: RolloutState) -> List[Action]:
@@ -394,25 +442,9 @@ class RolloutRunner:
             if state.status not in ("completed", "aborted"):
                 self.stop.wait(self.tick_s)
         if state.status in ("completed", "aborted"):
-            self.operator._publish(self.topic("control"), b"", retain=True)
+            self.operator.publish(self.topic("control"), b"", retain=True)
         self._release()
         return state
-
-    def _publish_many(self, messages: List[Tuple[str, bytes]]) -> None:
-        """Retained QoS 1 messages, all handed to the connection first and then waited for together: a wave of a
-        thousand devices costs one round trip to a distant broker, not a thousand."""
-        for topic, payload in messages:
-            if not self.operator.link.fits(topic, payload):
-                raise OperatorError(f"the message for {topic} is {len(payload)} bytes, over broker.max_payload ({self.broker.max_payload})")
-        infos = [(topic, self.operator.link.client.publish(topic, payload, qos=1, retain=True)) for topic, payload in messages]
-        deadline = time.monotonic() + max(10.0, len(infos) * 0.05)
-        for topic, info in infos:
-            try:
-                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-            except (RuntimeError, ValueError) as exc:
-                raise OperatorError(f"publishing to {topic} failed: {exc}") from None
-            if not info.is_published():
-                raise OperatorError(f"the broker did not acknowledge the message on {topic}")
 
     def _desired(self, device: str, deployment: Optional[Deployment]) -> Tuple[str, bytes]:
         return self.operator.desired_topic(device=device), encode_desired(deployment)
@@ -420,7 +452,7 @@ class RolloutRunner:
     def _execute(self, state: RolloutState, action: Action) -> None:
         new = deployment_from_dict(state.deployment)
         if action.kind == "send":
-            self._publish_many([self._desired(device, new) for device in action.devices])
+            self.operator.publish_many([self._desired(device, new) for device in action.devices])
         elif action.kind == "rollback":
             for device in action.devices:
                 try:
@@ -431,11 +463,11 @@ class RolloutRunner:
             # the pin it had, else `{"deployment": null}`: "nothing from this source", so the group's wins. Not an
             # empty (clearing) message: a device that was offline would never hear of that one and keep following
             # the per-device deployment it last received
-            self._publish_many([self._desired(d, deployment_from_dict(state.pins[d]) if state.pins.get(d) else None) for d in action.devices])
+            self.operator.publish_many([self._desired(d, deployment_from_dict(state.pins[d]) if state.pins.get(d) else None) for d in action.devices])
         elif action.kind == "complete":
             self.operator.deploy(new, group=state.group)
             # the group's desired state now says the same; a device pin would shadow later group deploys
-            self._publish_many([self._desired(device, None) for device in action.devices])
+            self.operator.publish_many([self._desired(device, None) for device in action.devices])
 
 
 class RolloutBoard:
@@ -455,3 +487,11 @@ class RolloutBoard:
 
     def close(self) -> None:
         self.link.unsubscribe(self.docs.filter)
+
+
+def read_rollouts(broker: BrokerConfig, prefix: str, *, group: Optional[str] = None, wait_s: float = 1.0) -> List[RolloutState]:
+    """The retained rollout state of every group, or of `group`, collected for `wait_s` (`fleet rollout status`)."""
+    with Operator(broker, prefix) as operator:
+        board = RolloutBoard(operator.link, prefix)
+        time.sleep(wait_s)
+        return [s for s in board.states() if not group or s.group == group]

@@ -219,10 +219,14 @@ class ArtifactStore:
         """How many bytes are missing to write `needed_bytes` and still keep `floor_bytes` free (0: enough)."""
         return max(0, needed_bytes + floor_bytes - self.free_bytes())
 
-    def gc(self, keep: Iterable[str]) -> List[str]:
+    def gc(self, keep: Iterable[str], *, dry_run: bool = False) -> List[str]:
         """Remove artifacts (and abandoned partial transfers) not in `keep`. A partial transfer that a running
-        pull holds locked is left alone. Returns the removed ids."""
+        pull holds locked is left alone. Returns the removed ids (with `dry_run`, those it would remove)."""
         keep_set = set(keep)
+        if dry_run:
+            doomed = [a for a in self.ids() if a not in keep_set]
+            doomed += [p for p in self.partials() if p not in keep_set and not self._partial_in_use(p)]
+            return sorted(set(doomed))
         removed: List[str] = []
         for artifact_id in self.ids():
             if artifact_id not in keep_set and self.remove(artifact_id):

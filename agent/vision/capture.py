@@ -313,27 +313,20 @@ class Capture:
             self._busy(worker, "opening")
             try:
                 reader = open_reader(self.uri, self.plans)
-            except SourceError as exc:
+            except Exception as exc:  # SourceError, or a backend bug: it must not kill the capture thread silently
                 self._busy(worker, "")
                 if not self._current(worker):
                     return
                 attempt += 1
                 with self._cond:
                     self._open_failures += 1
-                self._set_state("waiting", str(exc))
                 delay = self.policy.delay(attempt)
-                log.warning("%s (retrying in %.1f s)", exc, delay)
+                if isinstance(exc, SourceError):
+                    self._set_state("waiting", str(exc))
+                    log.warning("%s (retrying in %.1f s)", exc, delay)
+                else:
+                    self._set_state("waiting", f"opening {self.uri} failed: {type(exc).__name__}: {exc}")
                 self._stop.wait(delay)
-                continue
-            except Exception as exc:  # a backend bug must not kill the capture thread silently
-                self._busy(worker, "")
-                if not self._current(worker):
-                    return
-                attempt += 1
-                with self._cond:
-                    self._open_failures += 1
-                self._set_state("waiting", f"opening {self.uri} failed: {type(exc).__name__}: {exc}")
-                self._stop.wait(self.policy.delay(attempt))
                 continue
             self._busy(worker, "")
             if not self._current(worker):  # abandoned while opening: this reader is nobody's

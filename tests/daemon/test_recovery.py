@@ -21,8 +21,7 @@ from tests.daemon.fleet_kit import FleetKit
 from tests.daemon.test_deployments import serving_id, tiny_v1, tiny_v2, wait_error, wait_serving
 from tests.helpers import Collector, json_of, wait_until
 
-# the fixtures of test_deployments.py (an operator kit, the tiny artifacts, in-process agents), shared by name
-kit = deployments.kit
+# the fixtures of test_deployments.py (the tiny artifacts, in-process agents), shared by name; `kit` is tests/conftest.py's
 tiny = deployments.tiny
 start_agent = deployments.start_agent
 

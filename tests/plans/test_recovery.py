@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -24,13 +24,6 @@ from tests.helpers import REPO_ROOT, tiny_classifier_onnx, wait_until
 from tests.plans.plan_kit import SimDevice, device_config
 
 GATE = {"top1_agreement": 0.5, "top5_containment": 0.5}
-
-
-@pytest.fixture(scope="module")
-def kit(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetKit]:
-    fleet = FleetKit(broker, tmp_path_factory.mktemp("fleet"))
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,6 @@ GATE = {"top1_agreement": 0.5, "top5_containment": 0.5}
 
 
 @pytest.fixture(scope="module")
-def kit(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetKit]:
-    fleet = FleetKit(broker, tmp_path_factory.mktemp("fleet"))
-    yield fleet
-    fleet.close()
-
-
-@pytest.fixture(scope="module")
 def tiny(kit: FleetKit, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     made = make_tiny_artifacts(tmp_path_factory.mktemp("tiny"))
     return {"model": kit.publish(made.model, "model"), "validation": kit.publish(made.validation, "validation")}
