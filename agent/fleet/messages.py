@@ -1,5 +1,8 @@
 """Message envelopes: every payload is a JSON object with a `schema` version field.
 
+`decode` checks what every message shares (size, JSON, object, schema, kind); each document is then a Struct
+that subclasses `Envelope` (which holds the keys `encode` adds), parsed with `agent.models.parse`.
+
 Decoding is strict and never raises anything but MessageError, whose text says what is wrong, so a
 malformed message from the network becomes a clear REJECTED reply or a log line, never a traceback.
 """
@@ -11,6 +14,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 from agent.errors import AgentError
+from agent.models import FrozenModel
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
@@ -52,6 +56,7 @@ def decode(payload: bytes, expected_kind: Optional[str] = None) -> Dict[str, Any
     return data
 
 
+
 def field_str(data: Mapping[str, Any], key: str, default: Optional[str] = None, *, max_len: int = 256) -> str:
     value = data.get(key, default)
     if value is None:
@@ -90,3 +95,12 @@ def field_dict(data: Mapping[str, Any], key: str, default: Optional[Dict[str, An
     if not isinstance(value, dict):
         raise MessageError(f"'{key}' must be an object, got {type(value).__name__}")
     return value
+
+
+class Envelope(FrozenModel, frozen=True, kw_only=True):
+    """The keys `encode` adds to every body (`decode` has checked `schema` and `kind`); a message's Struct
+    subclasses it and adds its own fields."""
+
+    schema: int = SCHEMA_VERSION
+    kind: str = ""
+    ts: float = 0.0  # the sender's clock (informational)
