@@ -56,47 +56,6 @@ def decode(payload: bytes, expected_kind: Optional[str] = None) -> Dict[str, Any
     return data
 
 
-
-def field_str(data: Mapping[str, Any], key: str, default: Optional[str] = None, *, max_len: int = 256) -> str:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, str):
-        raise MessageError(f"'{key}' must be a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise MessageError(f"'{key}' is longer than {max_len} characters")
-    return value
-
-
-def field_int(data: Mapping[str, Any], key: str, default: Optional[int] = None, *, lo: int = 0, hi: int = 2**62) -> int:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MessageError(f"'{key}' must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise MessageError(f"'{key}' must be from {lo} to {hi}, got {value}")
-    return value
-
-
-def field_float(data: Mapping[str, Any], key: str, default: Optional[float] = None) -> float:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MessageError(f"'{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def field_dict(data: Mapping[str, Any], key: str, default: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, dict):
-        raise MessageError(f"'{key}' must be an object, got {type(value).__name__}")
-    return value
-
-
 class Envelope(FrozenModel, frozen=True, kw_only=True):
     """The keys `encode` adds to every body (`decode` has checked `schema` and `kind`); a message's Struct
     subclasses it and adds its own fields."""
