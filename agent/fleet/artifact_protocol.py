@@ -27,8 +27,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from agent.errors import AgentError
 from agent.fleet import messages
-from agent.fleet.messages import MessageError
+from agent.fleet.messages import Envelope, MessageError
 from agent.fleet.signing import key_id, sign, verify
+from agent.models import Annotated, FrozenModel, Meta, parse
 
 MANIFEST_SCHEMA = 1
 KINDS = ("model", "calib", "validation", "labels", "engine")  # engine: a shared plan (agent.fleet.plans)
@@ -169,6 +170,46 @@ def validate_name(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ manifest
+def _sha256_problem(value: str) -> str:
+    return "" if _HEX64.match(value) else f"not a sha256 (64 lowercase hex characters): {value!r}"
+
+
+class ManifestDocument(FrozenModel, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The shape of a manifest as it arrives (`decode_manifest` parses it, then builds an ArtifactManifest).
+    Unknown keys are not refused here: they are the fields of a newer publisher, covered by the signature, and
+    `decode_manifest` keeps them in `ArtifactManifest.extra`. Encoding and the signed bytes stay
+    `ArtifactManifest`'s (`canonical_bytes`)."""
+
+    schema: Annotated[int, Meta(ge=1, le=2**31)]
+    artifact_id: Annotated[str, Meta(max_length=64)]
+    size: Annotated[int, Meta(ge=0, le=2**62)]
+    kind: Annotated[str, Meta(max_length=32)]
+    name: Annotated[str, Meta(max_length=1024)]  # checked by validate_name where it is used as a file name
+    chunk_size: Annotated[int, Meta(ge=MIN_CHUNK, le=MAX_CHUNK)]
+    created: Annotated[str, Meta(max_length=64)]
+    block_sha256: List[Annotated[str, Meta(pattern=_HEX64.pattern)]]
+    key_id: Annotated[str, Meta(max_length=64)] = ""
+    signature: Annotated[str, Meta(max_length=256)] = ""
+
+    def __post_init__(self) -> None:
+        if self.schema > MANIFEST_SCHEMA:
+            raise ValueError(
+                f"schema: manifest schema {self.schema} is newer than this agent understands ({MANIFEST_SCHEMA}); upgrade the agent"
+            )
+        if _sha256_problem(self.artifact_id):
+            raise ValueError(f"artifact_id: {_sha256_problem(self.artifact_id)}")
+        if not _KIND.match(self.kind):
+            raise ValueError(f"kind: {self.kind!r} is not a kind name (a lowercase letter, then up to 31 of a-z, 0-9, -)")
+        expected = block_count_for(self.size, self.chunk_size)
+        if len(self.block_sha256) != expected:
+            raise ValueError(
+                f"block_sha256: {len(self.block_sha256)} block hashes for {self.size} bytes in {self.chunk_size}-byte blocks "
+                f"(expected {expected})"
+            )
+        if expected > MAX_BLOCKS:
+            raise ValueError(f"block_sha256: {expected} blocks is over the limit of {MAX_BLOCKS}")
+
+
 @dataclass(frozen=True)
 class ArtifactManifest:
     artifact_id: str
@@ -275,39 +316,13 @@ def decode_manifest(payload: Union[bytes, Mapping[str, Any]]) -> ArtifactManifes
             raise ManifestError(f"manifest is not JSON: {str(exc)[:200]}") from None
     else:
         data = dict(payload)
-    if not isinstance(data, dict):
-        raise ManifestError("manifest must be a JSON object")
-    try:
-        schema = messages.field_int(data, "schema", lo=1, hi=2**31)
-        if schema > MANIFEST_SCHEMA:
-            raise ManifestError(f"manifest schema {schema} is newer than this agent understands ({MANIFEST_SCHEMA}); upgrade the agent")
-        artifact_id = messages.field_str(data, "artifact_id", max_len=64)
-        size = messages.field_int(data, "size")
-        kind = messages.field_str(data, "kind", max_len=32)
-        name = messages.field_str(data, "name", max_len=1024)
-        chunk_size = messages.field_int(data, "chunk_size", lo=MIN_CHUNK, hi=MAX_CHUNK)
-        created = messages.field_str(data, "created", max_len=64)
-        key = messages.field_str(data, "key_id", "", max_len=64)
-        signature = messages.field_str(data, "signature", "", max_len=256)
-    except MessageError as exc:
-        raise ManifestError(f"manifest: {exc}") from None
-    if not _HEX64.match(artifact_id):
-        raise ManifestError(f"manifest: 'artifact_id' is not a sha256 (64 lowercase hex characters): {artifact_id!r}")
-    if not _KIND.match(kind):
-        raise ManifestError(f"manifest: 'kind' {kind!r} is not a kind name")
-    blocks = data.get("block_sha256")
-    if not isinstance(blocks, list) or not all(isinstance(b, str) and _HEX64.match(b) for b in blocks):
-        raise ManifestError("manifest: 'block_sha256' must be a list of sha256 hex strings")
-    if len(blocks) != block_count_for(size, chunk_size):
-        raise ManifestError(
-            f"manifest: {len(blocks)} block hashes for {size} bytes in {chunk_size}-byte blocks "
-            f"(expected {block_count_for(size, chunk_size)})"
-        )
-    if len(blocks) > MAX_BLOCKS:
-        raise ManifestError(f"manifest: {len(blocks)} blocks is over the limit of {MAX_BLOCKS}")
-    known = {"schema", "artifact_id", "size", "kind", "name", "chunk_size", "created", "block_sha256", "key_id", "signature"}
-    extra = {k: v for k, v in data.items() if k not in known}
-    return ArtifactManifest(artifact_id, size, kind, name, chunk_size, created, tuple(blocks), key, signature, schema, extra)
+    document = parse(ManifestDocument, data, error=ManifestError, root="manifest")
+    known = ManifestDocument.__struct_fields__
+    extra = {k: v for k, v in data.items() if k not in known} if isinstance(data, dict) else {}
+    return ArtifactManifest(
+        document.artifact_id, document.size, document.kind, document.name, document.chunk_size, document.created,
+        tuple(document.block_sha256), document.key_id, document.signature, document.schema, extra,
+    )
 
 
 def verify_manifest(manifest: ArtifactManifest, public_keys: Mapping[str, Any], allow_unsigned: bool = False) -> str:
@@ -406,11 +421,18 @@ def decode_block(payload: bytes) -> Block:
     return Block(raw_id.hex(), index, offset, digest, data)
 
 
-@dataclass(frozen=True)
-class BlockRequest:
-    artifact_id: str
-    chunk_size: int
-    blocks: Tuple[int, ...]
+class BlockRequest(Envelope, frozen=True, kw_only=True):
+    """A device's request for blocks of an artifact, sent to the artifact server."""
+
+    artifact_id: Annotated[str, Meta(max_length=64)]
+    chunk_size: Annotated[int, Meta(ge=MIN_CHUNK, le=MAX_CHUNK)]
+    blocks: Annotated[
+        Tuple[Annotated[int, Meta(ge=0, lt=MAX_BLOCKS)], ...], Meta(min_length=1, max_length=MAX_BLOCKS_PER_REQUEST)
+    ]
+
+    def __post_init__(self) -> None:
+        if _sha256_problem(self.artifact_id):
+            raise ValueError(f"artifact_id: {_sha256_problem(self.artifact_id)}")
 
 
 def encode_request(artifact_id: str, chunk_size: int, blocks: Sequence[int]) -> bytes:
@@ -418,15 +440,5 @@ def encode_request(artifact_id: str, chunk_size: int, blocks: Sequence[int]) -> 
 
 
 def decode_request(payload: bytes) -> BlockRequest:
-    """Parse a device's block request; raises MessageError naming the problem."""
-    data = messages.decode(payload, REQUEST_KIND)
-    artifact_id = messages.field_str(data, "artifact_id", max_len=64)
-    if not _HEX64.match(artifact_id):
-        raise MessageError(f"'artifact_id' is not a sha256: {artifact_id!r}")
-    chunk_size = messages.field_int(data, "chunk_size", lo=MIN_CHUNK, hi=MAX_CHUNK)
-    blocks = data.get("blocks")
-    if not isinstance(blocks, list) or not blocks or len(blocks) > MAX_BLOCKS_PER_REQUEST:
-        raise MessageError(f"'blocks' must be a list of 1 to {MAX_BLOCKS_PER_REQUEST} block numbers")
-    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < MAX_BLOCKS for b in blocks):
-        raise MessageError(f"'blocks' must hold integers from 0 to {MAX_BLOCKS - 1}")
-    return BlockRequest(artifact_id, chunk_size, tuple(blocks))
+    """Parse a device's block request; raises MessageError naming the key and the problem."""
+    return parse(BlockRequest, messages.decode(payload, REQUEST_KIND), error=MessageError)

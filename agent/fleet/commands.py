@@ -3,7 +3,8 @@ QUEUED -> IN_PROGRESS -> SUCCEEDED | FAILED | TIMED_OUT | CANCELED; a command th
 all (malformed, unknown type, bad arguments, not addressed to this device, not allowed from where it came)
 goes straight to REJECTED with the reason.
 
-This module is plain data and rules: decoding a command strictly, the arguments Struct of each type, the
+This module is plain data and rules: decoding a command strictly (the envelope is a Struct,
+`CommandEnvelope`; the arguments are one Struct per type), where it may come from, the
 legal state transitions, and the reply message. The daemon runs the jobs (agent/daemon/jobs.py); the
 operator uses the same schema to build and coerce commands (agent/operator/client.py).
 """
@@ -16,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Type
 
-from agent.fleet.messages import ENVELOPE_KEYS, MessageError, decode, encode
+import msgspec
+
+from agent.fleet.messages import Envelope, MessageError, decode, encode
 from agent.models import Annotated, FrozenModel, Meta, dump, parse
 
 COMMAND_KIND = "cmd"
@@ -131,6 +134,18 @@ class Command:
     source: str = "device"  # "device" or "group:<name>"
 
 
+class CommandEnvelope(Envelope, frozen=True, kw_only=True):
+    """A command as it travels on `<device>/cmd` or `group/<name>/cmd`. Its `args` are parsed into the
+    command type's own Struct once the type is known (`check_args`)."""
+
+    id: Annotated[str, Meta(pattern=COMMAND_ID_PATTERN.pattern)]  # 1 to 128 of letters, digits and ._:-
+    type: Annotated[str, Meta(max_length=256)]  # a key of COMMANDS (an unknown one is refused naming them)
+    args: Optional[Dict[str, Any]] = None  # null is no arguments
+    timeout_s: Optional[Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)]] = None  # default: the type's own
+    reply_to: Optional[Annotated[str, Meta(max_length=256)]] = None  # MQTT 3.1.1; MQTT 5 uses the response topic
+    device: Optional[Annotated[str, Meta(max_length=256)]] = None  # the device it is addressed to
+
+
 def _readable(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     return value if isinstance(value, str) and len(value) <= 256 else ""
@@ -149,41 +164,26 @@ def decode_command(payload: bytes, *, device_id: str, source: str = "device", to
     def reject(reason: str) -> CommandRejected:
         return CommandRejected(reason, command_id if COMMAND_ID_PATTERN.match(command_id) else "", command_type, reply_to)
 
-    unknown = sorted(set(data) - ENVELOPE_KEYS - {"id", "type", "args", "timeout_s", "reply_to", "device"})
-    if unknown:
-        raise reject(f"malformed command: unknown keys {unknown}")
-    if not COMMAND_ID_PATTERN.match(command_id):
-        raise reject(f"malformed command: 'id' is required, 1 to 128 of letters, digits and ._:- ; got {data.get('id')!r}")
-    if "type" not in data or not command_type:
-        raise reject("malformed command: 'type' is required")
-    spec = COMMANDS.get(command_type)
-    if spec is None:
-        raise reject(f"unknown command type {command_type!r} (known: {', '.join(COMMANDS)})")
-    target = data.get("device")
-    if target is not None and target != device_id:
-        raise reject(f"unauthorised: the command is addressed to device {target!r}, this is {device_id!r}")
-    if source != "device" and not spec.from_group:
-        raise reject(f"unauthorised: '{command_type}' is accepted on the device's own command topic only, not from {source}")
-    if reply_to:
-        if any(ch in reply_to for ch in "+#") or (topic_prefix and not reply_to.startswith(topic_prefix + "/")):
-            raise reject(f"unauthorised: reply_to must be a topic under '{topic_prefix}/' without wildcards, got {reply_to!r}")
-    elif "reply_to" in data and data["reply_to"] is not None:
-        raise reject("malformed command: 'reply_to' must be a topic string")
-    raw_args = data.get("args", {})
-    if raw_args is None:
-        raw_args = {}
-    if not isinstance(raw_args, dict):
-        raise reject(f"malformed command: 'args' must be an object, got {type(raw_args).__name__}")
     try:
-        args = check_args(spec, raw_args)
+        envelope = parse(CommandEnvelope, data, error=MessageError)
     except MessageError as exc:
-        raise reject(f"bad arguments for '{command_type}': {exc}") from None
-    timeout = data.get("timeout_s", spec.timeout_s)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
-        raise reject(f"malformed command: 'timeout_s' must be a number of seconds from 0 to {MAX_TIMEOUT_S:.0f}, got {timeout!r}")
-    issued = data.get("ts", 0.0)
-    issued_at = float(issued) if isinstance(issued, (int, float)) and not isinstance(issued, bool) else 0.0
-    return Command(command_id, command_type, args, float(timeout), issued_at, reply_to, source)
+        raise reject(f"malformed command: {exc}") from None
+    spec = COMMANDS.get(envelope.type)
+    if spec is None:
+        raise reject(f"unknown command type {envelope.type!r} (known: {', '.join(COMMANDS)})")
+    if envelope.device is not None and envelope.device != device_id:
+        raise reject(f"unauthorised: the command is addressed to device {envelope.device!r}, this is {device_id!r}")
+    if source != "device" and not spec.from_group:
+        raise reject(f"unauthorised: '{envelope.type}' is accepted on the device's own command topic only, not from {source}")
+    reply_to = envelope.reply_to or ""
+    if reply_to and (any(ch in reply_to for ch in "+#") or (topic_prefix and not reply_to.startswith(topic_prefix + "/"))):
+        raise reject(f"unauthorised: reply_to must be a topic under '{topic_prefix}/' without wildcards, got {reply_to!r}")
+    try:
+        args = check_args(spec, envelope.args or {})
+    except MessageError as exc:
+        raise reject(f"bad arguments for '{envelope.type}': {exc}") from None
+    timeout = spec.timeout_s if envelope.timeout_s is None else envelope.timeout_s
+    return Command(envelope.id, envelope.type, args, float(timeout), envelope.ts, reply_to, source)
 
 
 def check_args(spec: CommandSpec, raw: Mapping[str, Any], *, strict: bool = True) -> Any:
@@ -290,33 +290,17 @@ def reply_payload(
     return encode(REPLY_KIND, body)
 
 
-@dataclass(frozen=True)
-class Reply:
-    device: str
-    job_id: str
-    type: str
+class Reply(Envelope, frozen=True, kw_only=True):
+    """One state transition of a job, as read from the reply topic (`reply_payload` writes it)."""
+
     state: JobState
-    detail: str
-    result: Dict[str, Any]
-    ts: float
+    device: str = ""
+    job_id: str = ""
+    type: str = ""
+    detail: str = ""
+    result: Dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def decode_reply(payload: bytes) -> Reply:
-    data = decode(payload, expected_kind=REPLY_KIND)
-    try:
-        state = JobState(data.get("state"))
-    except ValueError:
-        raise MessageError(f"reply: unknown state {data.get('state')!r}") from None
-    result = data.get("result") or {}
-    if not isinstance(result, dict):
-        raise MessageError("reply: 'result' must be an object")
-    ts = data.get("ts", 0.0)
-    return Reply(
-        device=str(data.get("device", "")),
-        job_id=str(data.get("job_id", "")),
-        type=str(data.get("type", "")),
-        state=state,
-        detail=str(data.get("detail", "")),
-        result=result,
-        ts=float(ts) if isinstance(ts, (int, float)) else 0.0,
-    )
+    """A reply payload -> Reply; MessageError names the key and the problem (for `state`, the states)."""
+    return parse(Reply, decode(payload, expected_kind=REPLY_KIND), error=MessageError, root="reply")

@@ -1,5 +1,8 @@
 """Message envelopes: every payload is a JSON object with a `schema` version field.
 
+`decode` checks what every message shares (size, JSON, object, schema, kind); each document is then a Struct
+that subclasses `Envelope` (which holds the keys `encode` adds), parsed with `agent.models.parse`.
+
 Decoding is strict and never raises anything but MessageError, whose text says what is wrong, so a
 malformed message from the network becomes a clear REJECTED reply or a log line, never a traceback.
 """
@@ -11,6 +14,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 from agent.errors import AgentError
+from agent.models import FrozenModel
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
@@ -52,41 +56,10 @@ def decode(payload: bytes, expected_kind: Optional[str] = None) -> Dict[str, Any
     return data
 
 
-def field_str(data: Mapping[str, Any], key: str, default: Optional[str] = None, *, max_len: int = 256) -> str:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, str):
-        raise MessageError(f"'{key}' must be a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise MessageError(f"'{key}' is longer than {max_len} characters")
-    return value
+class Envelope(FrozenModel, frozen=True, kw_only=True):
+    """The keys `encode` adds to every body (`decode` has checked `schema` and `kind`); a message's Struct
+    subclasses it and adds its own fields."""
 
-
-def field_int(data: Mapping[str, Any], key: str, default: Optional[int] = None, *, lo: int = 0, hi: int = 2**62) -> int:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MessageError(f"'{key}' must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise MessageError(f"'{key}' must be from {lo} to {hi}, got {value}")
-    return value
-
-
-def field_float(data: Mapping[str, Any], key: str, default: Optional[float] = None) -> float:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MessageError(f"'{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def field_dict(data: Mapping[str, Any], key: str, default: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    value = data.get(key, default)
-    if value is None:
-        raise MessageError(f"'{key}' is required")
-    if not isinstance(value, dict):
-        raise MessageError(f"'{key}' must be an object, got {type(value).__name__}")
-    return value
+    schema: int = SCHEMA_VERSION
+    kind: str = ""
+    ts: float = 0.0  # the sender's clock (informational)

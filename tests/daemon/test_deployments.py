@@ -213,7 +213,7 @@ def test_commands_duplicates_malformed_unknown_unauthorised_and_cancel(
         reply = json_of(live.messages.get())
         seen.setdefault(reply["job_id"], []).append(reply)
     assert "dup-1" not in seen  # its three replies were consumed above; the duplicate brought no more
-    assert seen["bad-1"][0]["state"] == "REJECTED" and "'args' must be an object" in seen["bad-1"][0]["detail"]
+    assert seen["bad-1"][0]["state"] == "REJECTED" and "args: expected object | null, got array" in seen["bad-1"][0]["detail"]
     assert seen["unk-1"][0]["state"] == "REJECTED" and "unknown command type 'reboot'" in seen["unk-1"][0]["detail"]
     assert seen["grp-1"][0]["state"] == "REJECTED" and seen["grp-1"][0]["detail"].startswith("unauthorised")
     assert seen["grp-2"][-1]["state"] == "SUCCEEDED"

@@ -143,8 +143,8 @@ def test_command_decodes_with_defaults_and_typed_args() -> None:
         (encode_command("c-1", "ping", {"x": 1}), "bad arguments for 'ping': args.x: unknown key"),
         (encode_command("c-1", "ping", device="other"), "unauthorised: the command is addressed to device 'other'"),
         (encode_command("c-1", "ping", reply_to="elsewhere/x"), "unauthorised: reply_to"),
-        (encode_command("c-1", "ping", timeout_s=-1), "'timeout_s'"),
-        (b'{"kind": "cmd", "type": "ping"}', "'id' is required"),
+        (encode_command("c-1", "ping", timeout_s=-1), "malformed command: timeout_s: expected float > 0.0, got -1"),
+        (b'{"kind": "cmd", "type": "ping"}', "malformed command: id: required"),
     ],
 )
 def test_rejected_commands_name_the_problem(payload: bytes, reason: str) -> None:
