@@ -421,8 +421,10 @@ def decode_block(payload: bytes) -> Block:
     return Block(raw_id.hex(), index, offset, digest, data)
 
 
-class BlockRequest(Envelope, frozen=True, kw_only=True):
-    """A device's request for blocks of an artifact, sent to the artifact server."""
+class BlockRequest(Envelope, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """A device's request for blocks of an artifact, sent to the artifact server. Unknown keys are ignored, not
+    refused: devices and artifact servers are upgraded at different times, and an older server must keep serving
+    a newer device (the manifest is read the same way)."""
 
     artifact_id: Annotated[str, Meta(max_length=64)]
     chunk_size: Annotated[int, Meta(ge=MIN_CHUNK, le=MAX_CHUNK)]
