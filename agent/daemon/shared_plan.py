@@ -40,6 +40,7 @@ from agent.engine.plan_trial import trial_load
 from agent.engine.plugins import resolve_plugins
 from agent.engine.spec import cache_key
 from agent.errors import AgentError
+from agent.fleet.artifact_trust import KindTrust
 from agent.fleet.plans import PLAN_KIND, PlanRefusedError, decode_index, embedded_of, index_topic, spec_digest
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ class SharedPlans:
                 return outcome
             outcome.source = "cache"
             outcome.reason = "an engine for this class and spec is already cached here"
+            return outcome
+        if not getattr(deployment, "plans", None) and not KindTrust.parse(self.config.artifacts.key_kinds).trusts_any_key_for(PLAN_KIND):
+            # no key may sign plans here, so none could be accepted: skip the wait for the class's index
+            outcome.reason = "no key is trusted for engine plans here (artifacts.key_kinds): built locally"
             return outcome
         candidate, manifest, named = self._candidate(deployment, klass.key, spec)
         if candidate is None:

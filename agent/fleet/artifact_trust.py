@@ -60,6 +60,10 @@ class KindTrust:
             trust.kinds[ident] = trust.kinds.get(ident, frozenset()) | kinds
         return trust
 
+    def trusts_any_key_for(self, kind: str) -> bool:
+        """Whether some key is named for `kind`: without one, a restricted kind (engine plans) can never be accepted."""
+        return any(kind in kinds for kinds in self.kinds.values())
+
     def allowed(self, ident: str, kind: str) -> bool:
         if ident in self.kinds:
             return kind in self.kinds[ident]
